@@ -1,0 +1,35 @@
+"""Fixtures shared by every test: the storage emulator, started once per session on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack import procs
+from devstack.azurite import AzuriteConfig, azurite_argv
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteConfig]:
+    """A private Azurite (blob + queue) for the test session; stopped at the end."""
+    location = tmp_path_factory.mktemp("azurite")
+    cfg = AzuriteConfig(
+        location=location,
+        blob_port=procs.free_port(),
+        queue_port=procs.free_port(),
+        table_port=procs.free_port(),
+    )
+    _, record = procs.spawn("azurite", azurite_argv(cfg), log_path=location / "azurite.log")
+    try:
+        procs.wait_until(
+            lambda: procs.port_open(cfg.blob_port) and procs.port_open(cfg.queue_port),
+            timeout=60,
+            what="Azurite",
+        )
+        yield cfg
+    finally:
+        procs.stop(record.pid)
