@@ -6,6 +6,7 @@ storage SDK sends a newer ``x-ms-version`` than Azurite knows.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,9 @@ def ensure_containers(connection_string: str, containers: list[str], queues: lis
 
     blobs = BlobServiceClient.from_connection_string(connection_string)
     for name in containers:
-        try:
+        with contextlib.suppress(ResourceExistsError):
             blobs.create_container(name)
-        except ResourceExistsError:
-            pass
     queue_service = QueueServiceClient.from_connection_string(connection_string)
     for name in queues:
-        try:
+        with contextlib.suppress(ResourceExistsError):
             queue_service.create_queue(name)
-        except ResourceExistsError:
-            pass

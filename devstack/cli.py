@@ -1,0 +1,130 @@
+"""``python -m devstack up|down|status|logs``: run the local Azure stack by hand or from scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from devstack import procs, stack
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=stack.DEFAULT_STATE_DIR,
+                        help="where the stack keeps its data, logs and pids (default: .devstack)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the stack, wait until every part answers, then exit")
+    up.add_argument("--auto-ports", action="store_true",
+                    help="pick free ports instead of the defaults (tests, parallel stacks)")
+    up.add_argument("--vision-tier", choices=["F0", "S1"], default="S1")
+    up.add_argument("--vision-tps", type=int, default=10, help="S1 calls per second")
+    up.add_argument("--no-host", action="store_true", help="storage and emulators only")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each part")
+    up.add_argument("--json", action="store_true", help="print the endpoints as JSON")
+
+    sub.add_parser("down", help="stop exactly what `up` started")
+
+    status = sub.add_parser("status", help="endpoints and health of the running stack")
+    status.add_argument("--json", action="store_true")
+
+    logs = sub.add_parser("logs", help="print the last lines of a component's log")
+    logs.add_argument("component", nargs="?", choices=["azurite", "vision", "host"])
+    logs.add_argument("-n", "--lines", type=int, default=40)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    state_dir: Path = args.state_dir.resolve()
+    if args.command == "up":
+        return _up(args, state_dir)
+    if args.command == "down":
+        leftovers = stack.down(state_dir)
+        if leftovers:
+            print(f"still running: {leftovers}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "status":
+        return _status(state_dir, as_json=args.json)
+    return _logs(state_dir, args.component, args.lines)
+
+
+def _up(args: argparse.Namespace, state_dir: Path) -> int:
+    report = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    opts = stack.StackOptions(
+        state_dir=state_dir,
+        auto_ports=args.auto_ports,
+        vision_tier=args.vision_tier,
+        vision_tps=args.vision_tps,
+        start_host=not args.no_host,
+        timeout=args.timeout,
+    )
+    try:
+        state = stack.up(opts, report=report)
+    except (procs.StartupError, RuntimeError) as exc:
+        print(f"devstack up failed: {exc}", file=sys.stderr)
+        return 1
+    endpoints = state.endpoints(state_dir)
+    if args.json:
+        print(json.dumps(endpoints, indent=2))
+    else:
+        _print_endpoints(endpoints)
+    return 0
+
+
+def _print_endpoints(endpoints: dict[str, object]) -> None:
+    print("\nThe local stack is running:")
+    width = max(len(k) for k in endpoints)
+    for key, value in endpoints.items():
+        print(f"  {key:<{width}}  {value}")
+    print("\nFor a shell:")
+    env = {
+        "AZURE_STORAGE_CONNECTION_STRING": endpoints["storage_connection_string"],
+        "VISION_ENDPOINT": endpoints["vision_endpoint"],
+        "VISION_KEY": endpoints["vision_key"],
+        "FUNCTIONS_URL": endpoints["functions_url"],
+        "FUNCTION_KEY": endpoints["function_key"],
+    }
+    for key, value in env.items():
+        print(f"  export {key}={shlex.quote(str(value))}")
+    print("\nStop it with: python -m devstack down")
+
+
+def _status(state_dir: Path, *, as_json: bool) -> int:
+    state = stack.load_state(state_dir)
+    if state is None:
+        if as_json:
+            print(json.dumps({"running": False}))
+        else:
+            print("the stack is not running (start it with: python -m devstack up)")
+        return 1
+    health = stack.component_health(state)
+    payload = {
+        "running": all(health.values()),
+        "components": health,
+        "pids": {name: info["pid"] for name, info in state.processes.items()},
+        **state.endpoints(state_dir),
+    }
+    if as_json:
+        print(json.dumps(payload, indent=2))
+    else:
+        for name, ok in health.items():
+            print(f"  {name:<8} {'up' if ok else 'DOWN'}")
+        _print_endpoints(state.endpoints(state_dir))
+    return 0 if payload["running"] else 1
+
+
+def _logs(state_dir: Path, component: str | None, lines: int) -> int:
+    names = [component] if component else ["azurite", "vision", "host"]
+    for name in names:
+        path = state_dir / "logs" / f"{name}.log"
+        if not path.exists():
+            continue
+        print(f"==> {path} <==")
+        print(stack.tail(path, lines))
+    return 0
