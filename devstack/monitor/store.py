@@ -1,0 +1,213 @@
+# ruff: noqa: S608 - every interpolated SQL identifier comes from this package's own table list
+"""The emulator's DuckDB: workspace tables, raw envelopes, time-windowed KQL, retention.
+
+One connection guarded by one lock: DuckDB connections must not run two statements at once, and
+the HTTP handlers call in from a thread pool. The data lives in an attached file catalog
+(``store``); the connection's own in-memory catalog holds one view per table that applies the
+query's ``timespan`` (read from two session variables), so KQL sees exactly the rows inside the
+window, the way Log Analytics restricts every table to the request's timespan.
+
+Never executes KQL that writes (``allow_write=False``), never deletes anything but rows past
+retention or on an explicit reset.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import duckdb_kql
+
+from devstack.monitor.envelopes import TABLES, Mapped
+
+RAW_TABLE = "RawEnvelopes"
+_RAW_COLUMNS = (
+    "Seq BIGINT, ReceivedAt TIMESTAMPTZ, TimeGenerated TIMESTAMPTZ, TableName VARCHAR, "
+    "Accepted BOOLEAN, Error VARCHAR, Envelope VARCHAR"
+)
+_START_VAR = "visionops_window_start"
+_END_VAR = "visionops_window_end"
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One item of a track request: its raw JSON text and what became of it."""
+
+    raw: str
+    mapped: Mapped | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    columns: list[tuple[str, str]]  # (name, DuckDB type name)
+    rows: list[tuple[Any, ...]]
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class Store:
+    """Thread-safe owner of the DuckDB connection."""
+
+    def __init__(
+        self,
+        db_path: Path | None,
+        *,
+        retention: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._lock = threading.Lock()
+        self._retention = retention
+        self._clock = clock
+        self._con = duckdb_kql.connect(":memory:")
+        target = ":memory:" if db_path is None else str(db_path)
+        self._con.execute(f"ATTACH '{target.replace(chr(39), chr(39) * 2)}' AS store")
+        for table, columns in TABLES.items():
+            cols = ", ".join(f"{_quote(name)} {kind}" for name, kind in columns)
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS store.main.{_quote(table)} ({cols})")
+            self._con.execute(
+                f"CREATE OR REPLACE VIEW main.{_quote(table)} AS SELECT * FROM "
+                f"store.main.{_quote(table)} WHERE TimeGenerated >= getvariable('{_START_VAR}') "
+                f"AND TimeGenerated <= getvariable('{_END_VAR}')"
+            )
+        self._con.execute(f"CREATE TABLE IF NOT EXISTS store.main.{RAW_TABLE} ({_RAW_COLUMNS})")
+        row = self._con.execute(f"SELECT coalesce(max(Seq), 0) FROM store.main.{RAW_TABLE}")
+        self._seq = int(_one(row))
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def ingest(self, items: Sequence[Received]) -> None:
+        """Store every item's raw JSON and the rows of the accepted ones, in one transaction."""
+        received_at = self._clock()
+        by_table: dict[str, list[list[Any]]] = {}
+        for item in items:
+            if item.mapped is None:
+                continue
+            for table, row in item.mapped.rows:
+                by_table.setdefault(table, []).append([row[name] for name, _ in TABLES[table]])
+        with self._lock:
+            self._con.begin()
+            try:
+                for table, values in by_table.items():
+                    names = [name for name, _ in TABLES[table]]
+                    placeholders = ", ".join("?" for _ in names)
+                    self._con.executemany(
+                        f"INSERT INTO store.main.{_quote(table)} "
+                        f"({', '.join(_quote(n) for n in names)}) VALUES ({placeholders})",
+                        values,
+                    )
+                raw_rows = []
+                for item in items:
+                    self._seq += 1
+                    mapped = item.mapped
+                    tables = sorted({t for t, _ in mapped.rows}) if mapped else []
+                    raw_rows.append([
+                        self._seq, received_at, mapped.time if mapped else None,
+                        ",".join(tables) if tables else None, mapped is not None, item.error,
+                        item.raw,
+                    ])
+                if raw_rows:
+                    self._con.executemany(
+                        f"INSERT INTO store.main.{RAW_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        raw_rows,
+                    )
+                self._con.commit()
+            except BaseException:
+                self._con.rollback()
+                raise
+
+    def purge(self, now: datetime | None = None) -> int:
+        """Delete rows older than the retention period; the number of rows deleted."""
+        cutoff = (now or self._clock()) - self._retention
+        deleted = 0
+        with self._lock:
+            for table in TABLES:
+                deleted += int(_one(self._con.execute(
+                    f"DELETE FROM store.main.{_quote(table)} WHERE TimeGenerated < ?", [cutoff]
+                )))
+            deleted += int(_one(self._con.execute(
+                f"DELETE FROM store.main.{RAW_TABLE} "
+                "WHERE coalesce(TimeGenerated, ReceivedAt) < ?", [cutoff]
+            )))
+            if deleted:
+                # Lets DuckDB reuse the freed blocks, so the file stops growing.
+                self._con.execute("CHECKPOINT store")
+        return deleted
+
+    def reset(self) -> None:
+        with self._lock:
+            for table in [*TABLES, RAW_TABLE]:
+                self._con.execute(f"DELETE FROM store.main.{_quote(table)}")
+            self._con.execute("CHECKPOINT store")
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                table: int(_one(self._con.execute(
+                    f"SELECT count(*) FROM store.main.{_quote(table)}"
+                )))
+                for table in [*TABLES, RAW_TABLE]
+            }
+
+    def raw_envelopes(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` stored envelopes, oldest first, each with its parsed JSON."""
+        with self._lock:
+            rows = self._con.execute(
+                f"SELECT Seq, ReceivedAt, TableName, Accepted, Error, Envelope "
+                f"FROM store.main.{RAW_TABLE} ORDER BY Seq DESC LIMIT ?", [limit]
+            ).fetchall()
+        out = []
+        for seq, received_at, table, accepted, error, raw in reversed(rows):
+            try:
+                envelope: Any = json.loads(raw)
+            except ValueError:
+                envelope = None
+            out.append({
+                "seq": seq, "receivedAt": received_at.astimezone(UTC).isoformat(),
+                "table": table, "accepted": accepted, "error": error, "raw": raw,
+                "envelope": envelope,
+            })
+        return out
+
+    def query(
+        self, kql: str, window: tuple[datetime | None, datetime | None]
+    ) -> QueryResult:
+        """Run ``kql`` with every table restricted to ``window``; KQL/DuckDB errors propagate."""
+        start, end = window
+        with self._lock:
+            self._con.execute(
+                f"SET VARIABLE {_START_VAR} = ?::TIMESTAMPTZ",
+                [start if start is not None else "-infinity"],
+            )
+            self._con.execute(
+                f"SET VARIABLE {_END_VAR} = ?::TIMESTAMPTZ",
+                [end if end is not None else "infinity"],
+            )
+            # None when the statement produces no result set (typed as always a relation).
+            relation: duckdb.DuckDBPyRelation | None = duckdb_kql.query(
+                self._con, kql, allow_write=False
+            )
+            if relation is None:
+                return QueryResult(columns=[], rows=[])
+            columns = [(str(n), str(t)) for n, t in zip(relation.columns, relation.types,
+                                                        strict=True)]
+            return QueryResult(columns=columns, rows=relation.fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+def _one(cursor: duckdb.DuckDBPyConnection) -> Any:
+    row = cursor.fetchone()
+    return row[0] if row else 0

@@ -1,0 +1,105 @@
+"""The emulator's DuckDB store: windows, retention with an injected clock, reset, raw envelopes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.monitor.envelopes import Context, map_envelope
+from devstack.monitor.store import Received, Store
+
+CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
+NOW = datetime(2024, 5, 31, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def trace(message: str, at: datetime) -> Received:
+    env: dict[str, Any] = {
+        "name": "Microsoft.ApplicationInsights.Message", "iKey": "k",
+        "time": at.isoformat(), "tags": {"ai.operation.id": "op"},
+        "data": {"baseType": "MessageData", "baseData": {"message": message}},
+    }
+    return Received(json.dumps(env), map_envelope(env, CTX))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOW)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
+    s = Store(tmp_path / "m.duckdb", retention=timedelta(days=30), clock=clock)
+    yield s
+    s.close()
+
+
+def messages(store: Store, window: tuple[datetime | None, datetime | None] = (None, None)
+             ) -> list[str]:
+    result = store.query("AppTraces | order by TimeGenerated asc | project Message", window)
+    return [row[0] for row in result.rows]
+
+
+def test_window_restricts_rows(store: Store) -> None:
+    store.ingest([trace("old", NOW - timedelta(days=2)), trace("new", NOW - timedelta(minutes=5))])
+    assert messages(store) == ["old", "new"]
+    assert messages(store, (NOW - timedelta(hours=1), NOW)) == ["new"]
+    assert messages(store, (None, NOW - timedelta(days=1))) == ["old"]
+
+
+def test_retention_deletes_only_expired_rows(store: Store, clock: Clock) -> None:
+    store.ingest([trace("expired", NOW - timedelta(days=31)),
+                  trace("kept", NOW - timedelta(days=29))])
+    assert store.purge() == 2  # the row and its raw envelope
+    assert messages(store) == ["kept"]
+    clock.now = NOW + timedelta(days=2)
+    assert store.purge() == 2
+    assert messages(store) == []
+    assert store.counts()["RawEnvelopes"] == 0
+
+
+def test_data_survives_reopen_and_is_purged_at_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / "m.duckdb"
+    first = Store(path, retention=timedelta(days=30), clock=Clock(NOW))
+    first.ingest([trace("a", NOW)])
+    first.close()
+    later = Store(path, retention=timedelta(days=30), clock=Clock(NOW + timedelta(days=40)))
+    try:
+        assert later.counts()["AppTraces"] == 1
+        later.purge()
+        assert later.counts()["AppTraces"] == 0
+        later.ingest([trace("b", NOW + timedelta(days=40))])
+        assert [e["seq"] for e in later.raw_envelopes(10)] == [2]  # sequence continues
+    finally:
+        later.close()
+
+
+def test_reset_counts_and_raw_envelopes(store: Store) -> None:
+    store.ingest([trace("a", NOW), Received('{"broken"', None, "Invalid JSON")])
+    counts = store.counts()
+    assert counts["AppTraces"] == 1 and counts["RawEnvelopes"] == 2
+    raw = store.raw_envelopes(10)
+    assert [(r["table"], r["accepted"]) for r in raw] == [("AppTraces", True), (None, False)]
+    assert raw[0]["envelope"]["data"]["baseData"]["message"] == "a"
+    assert raw[1]["envelope"] is None and raw[1]["error"] == "Invalid JSON"
+    store.reset()
+    assert set(store.counts().values()) == {0}
+
+
+def test_kql_cannot_write(store: Store) -> None:
+    import duckdb_kql
+
+    with pytest.raises(duckdb_kql.KqlError):
+        store.query(".set-or-replace AppTraces <| datatable(x: long)[1]", (None, None))
