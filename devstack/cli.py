@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
 
     logs = sub.add_parser("logs", help="print the last lines of a component's log")
-    logs.add_argument("component", nargs="?", choices=["azurite", "vision", "host"])
+    logs.add_argument("component", nargs="?", choices=["azurite", "vision", "monitor", "host"])
     logs.add_argument("-n", "--lines", type=int, default=40)
     return parser
 
@@ -87,6 +87,8 @@ def _print_endpoints(endpoints: dict[str, object]) -> None:
         "AZURE_STORAGE_CONNECTION_STRING": endpoints["storage_connection_string"],
         "VISION_ENDPOINT": endpoints["vision_endpoint"],
         "VISION_KEY": endpoints["vision_key"],
+        "APPLICATIONINSIGHTS_CONNECTION_STRING":
+            endpoints["applicationinsights_connection_string"],
         "FUNCTIONS_URL": endpoints["functions_url"],
         "FUNCTION_KEY": endpoints["function_key"],
     }
@@ -120,7 +122,7 @@ def _status(state_dir: Path, *, as_json: bool) -> int:
 
 
 def _logs(state_dir: Path, component: str | None, lines: int) -> int:
-    names = [component] if component else ["azurite", "vision", "host"]
+    names = [component] if component else ["azurite", "vision", "monitor", "host"]
     for name in names:
         path = state_dir / "logs" / f"{name}.log"
         if not path.exists():

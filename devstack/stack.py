@@ -18,6 +18,7 @@ from typing import Any
 
 from devstack import procs
 from devstack.azurite import AzuriteConfig, azurite_argv, ensure_containers
+from devstack.monitor.config import DEFAULT_WORKSPACE_ID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".devstack"
@@ -25,7 +26,13 @@ STATE_FILE = "stack.json"
 
 # Safe local defaults, the same values local.settings.json.example carries.
 DEFAULT_VISION_KEY = "devstack-vision-key"
-DEFAULT_PORTS = {"blob": 10000, "queue": 10001, "table": 10002, "vision": 7081, "functions": 7071}
+DEFAULT_PORTS = {
+    "blob": 10000, "queue": 10001, "table": 10002,
+    "vision": 7081, "monitor": 7082, "functions": 7071,
+}
+# The Monitor emulator accepts any instrumentation key; this one is all zeros so it is obviously
+# not a real resource.
+LOCAL_IKEY = "00000000-0000-0000-0000-000000000000"
 
 # What the app and the host need in storage before the first trigger fires.
 CONTAINERS = ["images", "results", "failed", "azure-webjobs-hosts"]
@@ -66,12 +73,18 @@ class StackState:
         """The values scripts and people need to talk to the stack."""
         functions_url = f"http://{procs.LOOPBACK}:{self.ports['functions']}"
         keys = read_host_keys(state_dir)
+        monitor = f"http://{procs.LOOPBACK}:{self.ports['monitor']}"
         return {
             "storage_connection_string": self.azurite.connection_string,
             "blob_endpoint": self.azurite.blob_endpoint,
             "queue_endpoint": self.azurite.queue_endpoint,
             "vision_endpoint": f"http://{procs.LOOPBACK}:{self.ports['vision']}",
             "vision_key": self.vision_key,
+            "ingestion_endpoint": f"{monitor}/",
+            "applicationinsights_connection_string":
+                f"InstrumentationKey={LOCAL_IKEY};IngestionEndpoint={monitor}/",
+            "query_endpoint": f"{monitor}/v1",
+            "workspace_id": DEFAULT_WORKSPACE_ID,
             "functions_url": functions_url,
             "function_key": keys.get("function_key"),
             "master_key": keys.get("master_key"),
@@ -131,6 +144,7 @@ def component_health(state: StackState) -> dict[str, bool]:
     health = {
         "azurite": procs.port_open(state.ports["blob"]) and procs.port_open(state.ports["queue"]),
         "vision": procs.http_ok(f"http://{base}:{state.ports['vision']}/healthz"),
+        "monitor": procs.http_ok(f"http://{base}:{state.ports['monitor']}/healthz"),
     }
     if "host" in state.processes:
         health["host"] = procs.http_ok(f"http://{base}:{state.ports['functions']}/")
@@ -176,6 +190,13 @@ def up(opts: StackOptions, report: Callable[[str], None] = print) -> StackState:
                ready=lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{state.ports['vision']}/healthz"),
                timeout=opts.timeout, report=report)
 
+        monitor_argv = [python, "-m", "devstack.monitor", "--port", str(state.ports["monitor"]),
+                        "--state-dir", str(state_dir / "monitor")]
+        _start(state, state_dir, "monitor", monitor_argv, logs, env=None,
+               ready=lambda: procs.http_ok(
+                   f"http://{procs.LOOPBACK}:{state.ports['monitor']}/healthz"),
+               timeout=opts.timeout, report=report)
+
         if opts.start_host:
             endpoints = state.endpoints(state_dir)
             # Environment wins over local.settings.json in the host: point the app at this stack.
@@ -184,6 +205,10 @@ def up(opts: StackOptions, report: Callable[[str], None] = print) -> StackState:
                 "AzureWebJobsStorage": endpoints["storage_connection_string"],
                 "VISION_ENDPOINT": endpoints["vision_endpoint"],
                 "VISION_KEY": opts.vision_key,
+                "APPLICATIONINSIGHTS_CONNECTION_STRING":
+                    endpoints["applicationinsights_connection_string"],
+                "LOGS_QUERY_ENDPOINT": endpoints["query_endpoint"],
+                "LOGS_WORKSPACE_ID": endpoints["workspace_id"],
             })
             host_argv = [python, "-m", "devstack.host", "--script-root", str(opts.script_root),
                          "--port", str(state.ports["functions"]),

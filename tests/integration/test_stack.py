@@ -50,9 +50,10 @@ def test_status_json_names_every_endpoint(stack: tuple[Path, dict[str, Any]]) ->
     assert result.returncode == 0, result.stdout + result.stderr
     status = json.loads(result.stdout)
     assert status["running"] is True
-    assert set(status["components"]) == {"azurite", "vision", "host"}
+    assert set(status["components"]) == {"azurite", "vision", "monitor", "host"}
     for key in ("storage_connection_string", "vision_endpoint", "vision_key",
-                "functions_url", "function_key"):
+                "functions_url", "function_key", "ingestion_endpoint", "query_endpoint",
+                "workspace_id"):
         assert status[key], key
 
 
@@ -98,7 +99,7 @@ def test_down_leaves_no_process_of_ours(tmp_path: Path) -> None:
     assert started.returncode == 0, started.stderr
     recorded = json.loads((tmp_path / "stack.json").read_text())["processes"]
     pids = [int(p["pid"]) for p in recorded.values()]
-    assert len(pids) == 3
+    assert len(pids) == 4
     assert all(procs.pid_alive(pid) for pid in pids)
 
     stopped = _devstack(tmp_path, "down")
