@@ -1,0 +1,64 @@
+"""``python -m devstack.host``: run a function app on the local Functions host.
+
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT finish in-flight invocations first),
+2 for a configuration error (bad settings, unresolvable ``%SETTING%``, port in use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from devstack.host.host import Host, HostOptions
+from devstack.host.settings import HostConfigError
+
+log = logging.getLogger("devstack.host")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack.host",
+        description="Local Azure Functions host for a Python v2-model function app.")
+    parser.add_argument("--script-root", type=Path, required=True,
+                        help="folder with function_app.py, host.json and local.settings.json")
+    parser.add_argument("--port", type=int, default=7071, help="HTTP port on 127.0.0.1")
+    parser.add_argument("--state-dir", type=Path, required=True,
+                        help="folder for keys.json and other host state")
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="local.settings.json to use (created from the script root's "
+                             "local.settings.json.example if missing)")
+    parser.add_argument("--env-file", type=Path, default=None,
+                        help="KEY=VALUE file applied like environment variables")
+    parser.add_argument("--blob-poll-interval", type=float, default=1.0,
+                        help="seconds between container scans (default 1)")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
+                        help="seconds to let in-flight invocations finish on shutdown")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The storage SDK logs every request at INFO; the host's own lines are what matter here.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    options = HostOptions(
+        script_root=args.script_root, state_dir=args.state_dir, port=args.port,
+        settings_path=args.settings, env_file=args.env_file,
+        blob_poll_interval=args.blob_poll_interval, shutdown_timeout=args.shutdown_timeout)
+    host = Host(options)
+    try:
+        host.load()
+        asyncio.run(host.serve(install_signal_handlers=True))
+    except HostConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
