@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from devstack import procs, stack
@@ -27,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each part")
     up.add_argument("--json", action="store_true", help="print the endpoints as JSON")
 
+    run = sub.add_parser("run", help="the main job: start the stack, upload samples/, show "
+                         "them being analysed, keep running until Ctrl-C")
+    run.add_argument("--samples", type=Path, default=stack.REPO_ROOT / "samples")
+    run.add_argument("--no-wait", action="store_true",
+                     help="exit (leaving the stack running) once the samples are done")
+    run.add_argument("--deadline", type=float, default=600.0,
+                     help="seconds to wait for every sample's document")
+
     sub.add_parser("down", help="stop exactly what `up` started")
 
     status = sub.add_parser("status", help="endpoints and health of the running stack")
@@ -41,17 +50,30 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     state_dir: Path = args.state_dir.resolve()
-    if args.command == "up":
-        return _up(args, state_dir)
-    if args.command == "down":
-        leftovers = stack.down(state_dir)
-        if leftovers:
-            print(f"still running: {leftovers}", file=sys.stderr)
-            return 1
-        return 0
-    if args.command == "status":
-        return _status(state_dir, as_json=args.json)
-    return _logs(state_dir, args.component, args.lines)
+    commands: dict[str, Callable[[argparse.Namespace, Path], int]] = {
+        "up": _up, "run": _run, "down": _down, "status": _status, "logs": _logs,
+    }
+    return commands[args.command](args, state_dir)
+
+
+def _run(args: argparse.Namespace, state_dir: Path) -> int:
+    from devstack.run import run
+
+    try:
+        return run(args.samples, opts=stack.StackOptions(state_dir=state_dir),
+                   deadline_s=args.deadline,
+                   wait_forever=None if args.no_wait else signal.pause)
+    except procs.StartupError as exc:
+        print(f"devstack run failed: {exc}", file=sys.stderr)
+        return 1
+
+
+def _down(_args: argparse.Namespace, state_dir: Path) -> int:
+    leftovers = stack.down(state_dir)
+    if leftovers:
+        print(f"still running: {leftovers}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _up(args: argparse.Namespace, state_dir: Path) -> int:
@@ -97,7 +119,8 @@ def _print_endpoints(endpoints: dict[str, object]) -> None:
     print("\nStop it with: python -m devstack down")
 
 
-def _status(state_dir: Path, *, as_json: bool) -> int:
+def _status(args: argparse.Namespace, state_dir: Path) -> int:
+    as_json: bool = args.json
     state = stack.load_state(state_dir)
     if state is None:
         if as_json:
@@ -121,12 +144,12 @@ def _status(state_dir: Path, *, as_json: bool) -> int:
     return 0 if payload["running"] else 1
 
 
-def _logs(state_dir: Path, component: str | None, lines: int) -> int:
-    names = [component] if component else ["azurite", "vision", "monitor", "host"]
+def _logs(args: argparse.Namespace, state_dir: Path) -> int:
+    names = [args.component] if args.component else ["azurite", "vision", "monitor", "host"]
     for name in names:
         path = state_dir / "logs" / f"{name}.log"
         if not path.exists():
             continue
         print(f"==> {path} <==")
-        print(stack.tail(path, lines))
+        print(stack.tail(path, args.lines))
     return 0
