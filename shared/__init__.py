@@ -1,0 +1,1 @@
+"""VisionOps: the deployed package of the Functions app (domain code, no Functions types)."""

@@ -1,0 +1,497 @@
+"""Image preprocessing: make any acceptable upload fit Image Analysis 4.0, reject the rest early.
+
+What the service takes (documented limits): JPEG, PNG, GIF, BMP, WEBP, ICO, TIFF, MPO;
+fewer than 20,971,520 bytes; each side greater than 50 and less than 16,000 pixels.
+
+``preprocess`` sniffs the real format from the bytes (never the blob's extension), guards
+against decompression bombs from the header before any pixel is decoded, applies the EXIF
+orientation, and downscales/re-encodes *only* when the service limits, the orientation or
+``PREPROCESS_MAX_DIMENSION`` require it. JPEGs are decoded through ``draft()`` (DCT scaling,
+so a 24 MP photo is never decoded at full size when a smaller one is wanted) and large ratios
+go through ``reduce()`` before the final resample. Every rejection is an
+``InvalidImageError`` whose ``reason`` is one ``RejectReason`` code.
+
+Never log image bytes or metadata values from here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    IcoImagePlugin,
+    Image,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
+from PIL.Image import Image as PILImage
+from PIL.ImageFile import ImageFile
+
+from shared.errors import InvalidImageError
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+#: The service accepts images strictly smaller than 20 MB.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+#: Each side must be strictly greater than this …
+MIN_SIDE_EXCLUSIVE = 50
+#: … and strictly smaller than this.
+MAX_SIDE_EXCLUSIVE = 16_000
+#: A JPEG APP1 segment cannot hold more than 64 KiB; anything bigger is not a real EXIF block.
+MAX_EXIF_BYTES = 65_535
+#: Textual metadata (PNG text chunks, XMP, comments) beyond this is an attack, not a photo.
+MAX_METADATA_BYTES = 1024 * 1024
+#: Bytes per pixel we budget for when decoding (Pillow keeps RGB as 4 bytes per pixel).
+_BUDGET_BYTES_PER_PIXEL = 4
+_BYTES_PER_PIXEL = {
+    "1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "La": 4, "RGB": 4, "RGBA": 4, "RGBa": 4,
+    "RGBX": 4, "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4, "F": 4,
+    "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2,
+}  # fmt: skip
+
+
+class RejectReason(StrEnum):
+    """Why an input cannot be analysed. Stable codes: documents and telemetry use them."""
+
+    EMPTY = "empty"
+    INPUT_TOO_LARGE = "input_too_large"
+    TEXT_NOT_IMAGE = "text_not_image"
+    SVG_NOT_SUPPORTED = "svg_not_supported"
+    PDF_NOT_SUPPORTED = "pdf_not_supported"
+    HEIF_NOT_SUPPORTED = "heif_not_supported"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    UNKNOWN_FORMAT = "unknown_format"
+    CORRUPT_HEADER = "corrupt_header"
+    CORRUPT_DATA = "corrupt_data"
+    TRUNCATED = "truncated"
+    TOO_SMALL = "too_small"
+    EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    METADATA_TOO_LARGE = "metadata_too_large"
+    ENCODED_TOO_LARGE = "encoded_too_large"
+
+
+#: sniffed kind → Pillow plugins allowed to open it (nothing else is ever tried).
+_PILLOW_FORMATS: dict[str, tuple[str, ...]] = {
+    "jpeg": ("JPEG",),  # the JPEG opener also returns MPO (multi-picture) files
+    "png": ("PNG",),
+    "gif": ("GIF",),
+    "bmp": ("BMP",),
+    "webp": ("WEBP",),
+    "tiff": ("TIFF",),
+    "ico": ("ICO",),
+}
+SUPPORTED_KINDS = frozenset(_PILLOW_FORMATS)
+#: Importing a plugin registers it with ``Image.open``: exactly the formats above, no others.
+_PLUGINS = (
+    BmpImagePlugin,
+    GifImagePlugin,
+    IcoImagePlugin,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
+     b"msf1", b"avif", b"avis"}
+)  # fmt: skip
+_PREFIXES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"\x00\x00\x01\x00", "ico"),
+    (b"%PDF-", "pdf"),
+    (b"PK\x03\x04", "zip"),
+    (b"8BPS", "psd"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg2000"),
+    (b"\xff\x4f\xff\x51", "jpeg2000"),
+    (b"\xff\x0a", "jpegxl"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "jpegxl"),
+    (b"\x1f\x8b", "gzip"),
+)
+_BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessOptions:
+    max_dimension: int = 2048
+    jpeg_quality: int = 90
+    max_pixels: int = 50_000_000
+    max_input_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PreprocessOptions:
+        return cls(
+            max_dimension=settings.preprocess_max_dimension,
+            jpeg_quality=settings.preprocess_jpeg_quality,
+            max_pixels=settings.preprocess_max_pixels,
+            max_input_bytes=settings.preprocess_max_input_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessRecord:
+    """What was done to the image; goes verbatim into the result document."""
+
+    detected_format: str
+    original_width: int
+    original_height: int
+    original_bytes: int
+    final_format: str
+    final_width: int
+    final_height: int
+    final_bytes: int
+    orientation: int
+    reencoded: bool
+    steps: tuple[str, ...]
+    duration_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["steps"] = list(self.steps)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessResult:
+    data: bytes
+    record: PreprocessRecord
+
+
+def sniff_format(data: bytes) -> str:
+    """The real format of ``data`` from its leading bytes: a ``SUPPORTED_KINDS`` member,
+    a known unsupported kind (``svg``, ``pdf``, ``heif``, ``text``, ``zip`` …) or ``unknown``."""
+    kind = next((k for prefix, k in _PREFIXES if data.startswith(prefix)), None)
+    if kind is None:
+        kind = _sniff_containers(data)
+    if kind is None and b"%PDF-" in data[:1024]:
+        kind = "pdf"
+    if kind is None:
+        text = _as_text(data[:4096])
+        kind = "unknown" if text is None else "svg" if "<svg" in text.lower() else "text"
+    return kind
+
+
+def _sniff_containers(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM" and len(data) >= 18:
+        (dib_size,) = struct.unpack_from("<I", data, 14)
+        if dib_size in _BMP_DIB_SIZES:
+            return "bmp"
+    if data[4:8] == b"ftyp":
+        return "heif" if data[8:12] in _HEIF_BRANDS else "isobmff"
+    return None
+
+
+def _as_text(head: bytes) -> str | None:
+    for bom, encoding in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"),
+                          (b"\xfe\xff", "utf-16-be")):  # fmt: skip
+        if head.startswith(bom):
+            return head[len(bom) :].decode(encoding, errors="replace")
+    if b"\x00" in head:
+        return None
+    try:
+        # a multi-byte character may be cut at the end of the sample
+        text = (
+            head.decode("utf-8", errors="strict")
+            if len(head) < 4096
+            else (head[:-4].decode("utf-8", errors="strict") + head[-4:].decode("utf-8", "ignore"))
+        )
+    except UnicodeDecodeError:
+        return None
+    if not text:
+        return None
+    printable = sum(ch.isprintable() or ch in "\r\n\t\f" for ch in text)
+    return text if printable / len(text) >= 0.95 else None
+
+
+def _reject(reason: RejectReason, message: str) -> InvalidImageError:
+    return InvalidImageError(message, reason=reason.value)
+
+
+def _classify_unsupported(kind: str) -> InvalidImageError:
+    if kind == "text":
+        return _reject(RejectReason.TEXT_NOT_IMAGE, "content is text, not an image")
+    if kind == "svg":
+        return _reject(RejectReason.SVG_NOT_SUPPORTED, "SVG (vector) images are not supported")
+    if kind == "pdf":
+        return _reject(RejectReason.PDF_NOT_SUPPORTED, "PDF documents are not supported")
+    if kind == "heif":
+        return _reject(RejectReason.HEIF_NOT_SUPPORTED, "HEIF/HEIC/AVIF images are not supported")
+    if kind == "unknown":
+        return _reject(RejectReason.UNKNOWN_FORMAT, "content matches no known image format")
+    return _reject(RejectReason.UNSUPPORTED_FORMAT, f"{kind} content is not a supported image")
+
+
+def _decode_error(exc: BaseException, stage: str) -> InvalidImageError:
+    text = str(exc).lower()
+    if isinstance(exc, ValueError) and "too large" in text:
+        return _reject(RejectReason.METADATA_TOO_LARGE, f"metadata too large ({stage})")
+    if isinstance(exc, EOFError) or "truncated" in text or "premature" in text:
+        return _reject(RejectReason.TRUNCATED, f"image data ends early ({stage})")
+    if stage == "header":
+        return _reject(RejectReason.CORRUPT_HEADER, "image header cannot be parsed")
+    return _reject(RejectReason.CORRUPT_DATA, "image data is corrupt")
+
+
+def _open(data: bytes, kind: str) -> ImageFile:
+    try:
+        return Image.open(io.BytesIO(data), formats=list(_PILLOW_FORMATS[kind]))
+    except Image.DecompressionBombError as exc:
+        raise _reject(RejectReason.DECOMPRESSION_BOMB, "pixel count exceeds limits") from exc
+    except UnidentifiedImageError as exc:
+        raise _reject(RejectReason.CORRUPT_HEADER, f"{kind} header cannot be parsed") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise _decode_error(exc, "header") from exc
+
+
+def _check_header(im: ImageFile, options: PreprocessOptions) -> None:
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise _reject(RejectReason.CORRUPT_HEADER, "image declares no pixels")
+    pixels = width * height
+    if pixels > options.max_pixels:
+        raise _reject(
+            RejectReason.DECOMPRESSION_BOMB,
+            f"{width}x{height} = {pixels} pixels exceeds PREPROCESS_MAX_PIXELS",
+        )
+    per_pixel = _BYTES_PER_PIXEL.get(im.mode, 8)
+    if pixels * per_pixel > options.max_pixels * _BUDGET_BYTES_PER_PIXEL:
+        raise _reject(
+            RejectReason.DECOMPRESSION_BOMB,
+            f"decoding {width}x{height} {im.mode} exceeds the memory budget",
+        )
+    exif = im.info.get("exif")
+    if isinstance(exif, bytes | bytearray) and len(exif) > MAX_EXIF_BYTES:
+        raise _reject(RejectReason.METADATA_TOO_LARGE, f"EXIF block of {len(exif)} bytes")
+    metadata = sum(
+        len(value) for key, value in im.info.items()
+        if key != "icc_profile" and isinstance(value, bytes | bytearray | str)
+    )  # fmt: skip
+    if metadata > MAX_METADATA_BYTES:
+        raise _reject(RejectReason.METADATA_TOO_LARGE, f"{metadata} bytes of metadata")
+    if min(width, height) <= MIN_SIDE_EXCLUSIVE:
+        raise _reject(
+            RejectReason.TOO_SMALL,
+            f"image is {width}x{height}; both sides must be > {MIN_SIDE_EXCLUSIVE} px",
+        )
+
+
+def _orientation(im: ImageFile) -> int:
+    """EXIF orientation from the header only (``getexif()`` would decode a whole PNG)."""
+    try:
+        if isinstance(im, TiffImagePlugin.TiffImageFile):
+            value = im.tag_v2.get(_ORIENTATION_TAG, 1)
+        else:
+            raw = im.info.get("exif")
+            if not isinstance(raw, bytes | bytearray) or not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(bytes(raw))
+            value = exif.get(_ORIENTATION_TAG, 1)
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise _reject(RejectReason.CORRUPT_HEADER, "EXIF block cannot be parsed") from exc
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _target_size(width: int, height: int, max_dimension: int) -> tuple[int, int, bool]:
+    limit = min(max_dimension, MAX_SIDE_EXCLUSIVE - 1)
+    scale = min(1.0, limit / max(width, height))
+    if scale >= 1.0:
+        return width, height, False
+    target_w = max(1, min(limit, round(width * scale)))
+    target_h = max(1, min(limit, round(height * scale)))
+    if min(target_w, target_h) <= MIN_SIDE_EXCLUSIVE:
+        raise _reject(
+            RejectReason.EXTREME_ASPECT_RATIO,
+            f"{width}x{height} cannot fit {limit} px on the long side and keep the short side"
+            f" > {MIN_SIDE_EXCLUSIVE} px",
+        )
+    return target_w, target_h, True
+
+
+def preprocess(
+    data: bytes,
+    options: PreprocessOptions | None = None,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> PreprocessResult:
+    """Validate ``data`` and return the bytes to send plus a record of what was done.
+
+    Raises ``InvalidImageError`` (reason: a ``RejectReason`` value) for anything the service
+    cannot take and this function cannot fix.
+    """
+    options = options or PreprocessOptions()
+    started = clock()
+    if not data:
+        raise _reject(RejectReason.EMPTY, "blob is empty (0 bytes)")
+    if len(data) > options.max_input_bytes:
+        raise _reject(
+            RejectReason.INPUT_TOO_LARGE,
+            f"{len(data)} bytes exceeds PREPROCESS_MAX_INPUT_BYTES",
+        )
+    kind = sniff_format(data)
+    if kind not in SUPPORTED_KINDS:
+        raise _classify_unsupported(kind)
+
+    with _open(data, kind) as im:
+        _check_header(im, options)
+        width, height = im.size
+        orientation = _orientation(im)
+        target_w, target_h, resize = _target_size(width, height, options.max_dimension)
+        steps: list[str] = [f"sniff:{kind}"]
+        too_big = len(data) >= MAX_IMAGE_BYTES
+        if not (resize or too_big or orientation != 1):
+            _validate_decode(im, kind, data)
+            steps.append("validate")
+            record = PreprocessRecord(
+                detected_format=kind, original_width=width, original_height=height,
+                original_bytes=len(data), final_format=kind, final_width=width,
+                final_height=height, final_bytes=len(data), orientation=orientation,
+                reencoded=False, steps=tuple(steps),
+                duration_ms=round((clock() - started) * 1000, 3),
+            )  # fmt: skip
+            return PreprocessResult(data, record)
+        if resize:
+            steps.append(f"downscale:{width}x{height}->{target_w}x{target_h}")
+        if too_big:
+            steps.append(f"over_size_limit:{len(data)}")
+        out, fmt, final_size = _reencode(
+            im, kind=kind, target=(target_w, target_h), orientation=orientation,
+            options=options, steps=steps,
+        )  # fmt: skip
+    record = PreprocessRecord(
+        detected_format=kind, original_width=width, original_height=height,
+        original_bytes=len(data), final_format=fmt, final_width=final_size[0],
+        final_height=final_size[1], final_bytes=len(out), orientation=orientation,
+        reencoded=True, steps=tuple(steps), duration_ms=round((clock() - started) * 1000, 3),
+    )  # fmt: skip
+    return PreprocessResult(out, record)
+
+
+def _validate_decode(im: ImageFile, kind: str, data: bytes) -> None:
+    """Prove the pixels decode, as cheaply as the format allows, without keeping them."""
+    try:
+        if kind == "jpeg":
+            # DCT scaling: entropy-decode everything (catches truncation) at 1/8 the pixels
+            im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+        elif kind == "png":
+            # walks every chunk and checks its CRC without inflating pixels; verify() needs a
+            # fresh file object (reading EXIF above already moved this one)
+            with _open(data, kind) as fresh:
+                fresh.verify()
+        else:
+            im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise _decode_error(exc, "data") from exc
+
+
+def _reencode(
+    im: ImageFile,
+    *,
+    kind: str,
+    target: tuple[int, int],
+    orientation: int,
+    options: PreprocessOptions,
+    steps: list[str],
+) -> tuple[bytes, str, tuple[int, int]]:
+    icc = im.info.get("icc_profile")
+    _decode_for(im, kind=kind, target=target, steps=steps)
+    image, alpha = _normalise_mode(im)
+    ratio = min(image.width / target[0], image.height / target[1])
+    factor = int(ratio // 2)
+    if factor >= 2:
+        # box-average by an integer factor first: cheap, and leaves the filter a ratio < 4
+        image = image.reduce(factor)
+        steps.append(f"reduce:{factor}")
+    if image.size != target:
+        image = image.resize(target, Image.Resampling.BICUBIC)
+        steps.append("resample:bicubic")
+    if orientation != 1:
+        image = image.transpose(_TRANSPOSE[orientation])
+        steps.append(f"exif_orientation:{orientation}")
+
+    fmt = "png" if alpha else "jpeg"
+    for _ in range(6):
+        out = _encode(image, fmt, options.jpeg_quality, icc)
+        if len(out) < MAX_IMAGE_BYTES:
+            steps.append(f"encode:{fmt}" + ("" if alpha else f":q{options.jpeg_quality}"))
+            return out, fmt, image.size
+        shrink = math.sqrt(MAX_IMAGE_BYTES * 0.85 / len(out))
+        size = (max(1, int(image.width * shrink)), max(1, int(image.height * shrink)))
+        if min(size) <= MIN_SIDE_EXCLUSIVE:
+            break
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        steps.append(f"shrink_for_bytes:{size[0]}x{size[1]}")
+    raise _reject(RejectReason.ENCODED_TOO_LARGE, "cannot encode below the service byte limit")
+
+
+def _decode_for(im: ImageFile, *, kind: str, target: tuple[int, int], steps: list[str]) -> None:
+    try:
+        if kind == "jpeg":
+            before = im.size
+            # DCT scaling: libjpeg decodes at 1/2, 1/4 or 1/8 while staying >= target
+            im.draft(im.mode if im.mode in ("RGB", "L") else None, target)
+            if im.size != before:
+                steps.append(f"draft:{before[0]}x{before[1]}->{im.size[0]}x{im.size[1]}")
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise _decode_error(exc, "data") from exc
+
+
+def _normalise_mode(im: PILImage) -> tuple[PILImage, bool]:
+    """An image JPEG or PNG can store; alpha is kept (as PNG) because it may carry content."""
+    alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if alpha:
+        return (im if im.mode == "RGBA" else im.convert("RGBA")), True
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        # 16-bit samples: scale to 8 bits instead of clipping everything above 255
+        return im.convert("I").point(lambda v: v * (1 / 256)).convert("L"), False
+    if im.mode not in ("RGB", "L"):
+        return im.convert("RGB"), False
+    return im, False
+
+
+def _encode(image: PILImage, fmt: str, quality: int, icc: object) -> bytes:
+    buffer = io.BytesIO()
+    extra: dict[str, Any] = {"icc_profile": icc} if isinstance(icc, bytes) else {}
+    if fmt == "png":
+        image.save(buffer, "PNG", compress_level=6, **extra)
+    else:
+        image.save(buffer, "JPEG", quality=quality, **extra)
+    return buffer.getvalue()
+
+
+_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}

@@ -1,0 +1,39 @@
+"""Builds the pipeline's real dependencies once per process, on first use (never at import).
+
+The only place that turns ``Settings`` into SDK clients. Tests build ``PipelineDeps`` with
+fakes instead; issue 4's telemetry passes its observer to ``build_pipeline_deps``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from shared.pipeline import PipelineDeps, PipelineObserver
+
+
+def build_pipeline_deps(
+    settings: Settings, *, observer: PipelineObserver | None = None
+) -> PipelineDeps:
+    from shared.pipeline import NoOpObserver, PipelineDeps
+    from shared.preprocessing import PreprocessOptions
+    from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
+    from shared.vision import build_vision_client
+
+    store = BlobDocumentStore(blob_service_client(settings.storage))
+    return PipelineDeps(
+        analyzer=build_vision_client(settings),
+        repository=ResultRepository.from_settings(store, settings),
+        features=settings.vision_features,
+        preprocess_options=PreprocessOptions.from_settings(settings),
+        observer=observer or NoOpObserver(),
+    )
+
+
+@functools.cache
+def get_pipeline_deps() -> PipelineDeps:
+    """Thread-safe enough: a race at first use builds two sets and keeps one; both are valid."""
+    return build_pipeline_deps(get_settings())

@@ -1,0 +1,311 @@
+"""App settings, parsed once into one frozen ``Settings``.
+
+Every tunable of the pipeline is an app setting (upper-snake name). ``Settings.from_env`` reads a
+mapping (``os.environ`` in the app, a plain dict in tests) and reports *all* bad or missing keys
+in one ``SettingsError``. ``get_settings()`` parses ``os.environ`` once per process.
+
+Defaults work against the local stack (Vision emulator, Azurite). The emulator computes only
+``read``, ``people`` and ``smartCrops``; in Azure you may add ``caption``/``denseCaptions``
+(region-dependent), ``tags`` and ``objects`` to ``VISION_FEATURES``.
+
+This module must never log or ``repr`` a key or a connection string.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+#: Canonical feature names of Image Analysis 4.0 (the REST ``features`` query values).
+KNOWN_FEATURES: tuple[str, ...] = (
+    "caption",
+    "denseCaptions",
+    "objects",
+    "people",
+    "read",
+    "smartCrops",
+    "tags",
+)
+_FEATURES_BY_LOWER = {name.lower(): name for name in KNOWN_FEATURES}
+
+#: F0 allows 20 calls per minute.
+F0_CALLS_PER_SECOND = 20 / 60
+#: S1 default when VISION_RATE_LIMIT_PER_SECOND is unset (docs say 10-20 TPS; stay safe).
+S1_DEFAULT_CALLS_PER_SECOND = 10.0
+
+#: Pillow warns above this many pixels (``Image.MAX_IMAGE_PIXELS``); stay below it.
+PILLOW_BOMB_WARNING_PIXELS = 89_478_485
+
+STORAGE_CONNECTION = "AzureWebJobsStorage"
+_CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+class VisionTier(StrEnum):
+    F0 = "F0"
+    S1 = "S1"
+
+
+class SettingsError(ConfigError):
+    """One or more app settings are missing or invalid; ``problems`` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            "invalid app settings:\n  - " + "\n  - ".join(problems), reason="invalid_settings"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConnection:
+    """The ``AzureWebJobsStorage`` connection: a connection string or identity-based URIs.
+
+    Identity-based (``AzureWebJobsStorage__blobServiceUri`` …) is what runs in Azure; the
+    connection string (``UseDevelopmentStorage=true``) is for Azurite.
+    """
+
+    connection_string: str | None = field(default=None, repr=False)
+    blob_service_uri: str | None = None
+    queue_service_uri: str | None = None
+    client_id: str | None = None
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.connection_string is None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    vision_endpoint: str
+    vision_key: str | None = field(default=None, repr=False)
+    vision_features: tuple[str, ...] = ("read", "people", "smartCrops")
+    vision_language: str = "en"
+    vision_model_version: str | None = None
+    vision_tier: VisionTier = VisionTier.S1
+    vision_rate_limit_per_second: float | None = None
+    vision_rate_burst: int = 1
+    vision_connect_timeout_seconds: float = 5.0
+    vision_timeout_seconds: float = 30.0
+    vision_max_retries: int = 4
+    vision_backoff_base_seconds: float = 0.5
+    vision_backoff_max_seconds: float = 20.0
+    vision_max_retry_after_seconds: float = 60.0
+    preprocess_max_dimension: int = 2048
+    preprocess_jpeg_quality: int = 90
+    preprocess_max_pixels: int = 50_000_000
+    preprocess_max_input_bytes: int = 64 * 1024 * 1024
+    images_container: str = "images"
+    results_container: str = "results"
+    failed_container: str = "failed"
+    storage: StorageConnection = field(default_factory=StorageConnection)
+
+    @property
+    def rate_limit_per_second(self) -> float:
+        """Calls per second the client-side limiter allows (explicit setting, else the tier's)."""
+        if self.vision_rate_limit_per_second is not None:
+            return self.vision_rate_limit_per_second
+        if self.vision_tier is VisionTier.F0:
+            return F0_CALLS_PER_SECOND
+        return S1_DEFAULT_CALLS_PER_SECOND
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Parse app settings; raise ``SettingsError`` naming every bad or missing key."""
+        p = _Parser(env)
+        d: dict[str, Any] = {f.name: f.default for f in fields(cls)}
+        endpoint = p.url("VISION_ENDPOINT", required=True)
+        settings = cls(
+            vision_endpoint=endpoint or "",
+            vision_key=p.text("VISION_KEY"),
+            vision_features=p.features("VISION_FEATURES", d["vision_features"]),
+            vision_language=p.text("VISION_LANGUAGE") or d["vision_language"],
+            vision_model_version=p.text("VISION_MODEL_VERSION"),
+            vision_tier=p.choice("VISION_TIER", VisionTier, d["vision_tier"]),
+            vision_rate_limit_per_second=p.optional_number(
+                "VISION_RATE_LIMIT_PER_SECOND", float, low=0.001, high=1000.0
+            ),
+            vision_rate_burst=p.number("VISION_RATE_BURST", int, d["vision_rate_burst"], 1, 1000),
+            vision_connect_timeout_seconds=p.number(
+                "VISION_CONNECT_TIMEOUT_SECONDS",
+                float,
+                d["vision_connect_timeout_seconds"],
+                0.1,
+                300,
+            ),
+            vision_timeout_seconds=p.number(
+                "VISION_TIMEOUT_SECONDS", float, d["vision_timeout_seconds"], 0.1, 600
+            ),
+            vision_max_retries=p.number("VISION_MAX_RETRIES", int, d["vision_max_retries"], 0, 20),
+            vision_backoff_base_seconds=p.number(
+                "VISION_BACKOFF_BASE_SECONDS", float, d["vision_backoff_base_seconds"], 0.0, 60
+            ),
+            vision_backoff_max_seconds=p.number(
+                "VISION_BACKOFF_MAX_SECONDS", float, d["vision_backoff_max_seconds"], 0.0, 600
+            ),
+            vision_max_retry_after_seconds=p.number(
+                "VISION_MAX_RETRY_AFTER_SECONDS",
+                float,
+                d["vision_max_retry_after_seconds"],
+                0.0,
+                600,
+            ),
+            preprocess_max_dimension=p.number(
+                "PREPROCESS_MAX_DIMENSION", int, d["preprocess_max_dimension"], 64, 15_999
+            ),
+            preprocess_jpeg_quality=p.number(
+                "PREPROCESS_JPEG_QUALITY", int, d["preprocess_jpeg_quality"], 1, 95
+            ),
+            preprocess_max_pixels=p.number(
+                "PREPROCESS_MAX_PIXELS",
+                int,
+                d["preprocess_max_pixels"],
+                10_000,
+                PILLOW_BOMB_WARNING_PIXELS,
+            ),
+            preprocess_max_input_bytes=p.number(
+                "PREPROCESS_MAX_INPUT_BYTES",
+                int,
+                d["preprocess_max_input_bytes"],
+                1024,
+                1024 * 1024 * 1024,
+            ),
+            images_container=p.container("IMAGES_CONTAINER", d["images_container"]),
+            results_container=p.container("RESULTS_CONTAINER", d["results_container"]),
+            failed_container=p.container("FAILED_CONTAINER", d["failed_container"]),
+            storage=p.storage(),
+        )
+        if settings.vision_backoff_max_seconds < settings.vision_backoff_base_seconds:
+            p.problems.append("VISION_BACKOFF_MAX_SECONDS must be >= VISION_BACKOFF_BASE_SECONDS")
+        containers = [
+            settings.images_container,
+            settings.results_container,
+            settings.failed_container,
+        ]
+        if len(set(containers)) != len(containers):
+            p.problems.append(
+                "IMAGES_CONTAINER, RESULTS_CONTAINER and FAILED_CONTAINER must all differ"
+                " (results written into the trigger container would trigger the function)"
+            )
+        if p.problems:
+            raise SettingsError(p.problems)
+        return settings
+
+
+class _Parser:
+    """Collects every problem instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, key: str) -> str | None:
+        value = self.env.get(key)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def url(self, key: str, *, required: bool = False) -> str | None:
+        value = self.text(key)
+        if value is None:
+            if required:
+                self.problems.append(f"{key} is required (e.g. https://<name>.cognitiveservices…)")
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self.problems.append(f"{key} must be an http(s) URL, got {value!r}")
+            return None
+        return value.rstrip("/")
+
+    def number(self, key: str, kind: Callable[[str], T], default: T, low: float, high: float) -> T:
+        value = self.optional_number(key, kind, low=low, high=high)
+        return default if value is None else value
+
+    def optional_number(
+        self, key: str, kind: Callable[[str], T], *, low: float, high: float
+    ) -> T | None:
+        raw = self.text(key)
+        if raw is None:
+            return None
+        try:
+            value = kind(raw)
+        except ValueError:
+            name = "an integer" if kind is int else "a number"
+            self.problems.append(f"{key} must be {name}, got {raw!r}")
+            return None
+        if not low <= value <= high:  # type: ignore[operator]
+            self.problems.append(f"{key} must be between {low:g} and {high:g}, got {raw!r}")
+            return None
+        return value
+
+    def choice(self, key: str, enum: type[VisionTier], default: VisionTier) -> VisionTier:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        try:
+            return enum(raw.upper())
+        except ValueError:
+            allowed = ", ".join(m.value for m in enum)
+            self.problems.append(f"{key} must be one of {allowed}, got {raw!r}")
+            return default
+
+    def features(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        names = [part.strip() for part in raw.split(",") if part.strip()]
+        unknown = [n for n in names if n.lower() not in _FEATURES_BY_LOWER]
+        if unknown or not names:
+            allowed = ", ".join(KNOWN_FEATURES)
+            self.problems.append(f"{key} must list features from {allowed}, got {raw!r}")
+            return default
+        canonical = [_FEATURES_BY_LOWER[n.lower()] for n in names]
+        return tuple(dict.fromkeys(canonical))
+
+    def container(self, key: str, default: str) -> str:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        if not _CONTAINER_RE.fullmatch(raw):
+            self.problems.append(
+                f"{key} must be a valid container name (3-63 lowercase letters, digits, hyphens),"
+                f" got {raw!r}"
+            )
+            return default
+        return raw
+
+    def storage(self) -> StorageConnection:
+        prefix = STORAGE_CONNECTION
+        connection_string = self.text(prefix)
+        blob_uri = self.url(f"{prefix}__blobServiceUri") or self.url(f"{prefix}__serviceUri")
+        queue_uri = self.url(f"{prefix}__queueServiceUri")
+        account = self.text(f"{prefix}__accountName")
+        if blob_uri is None and account is not None:
+            blob_uri = f"https://{account}.blob.core.windows.net"
+            queue_uri = queue_uri or f"https://{account}.queue.core.windows.net"
+        if connection_string is None and blob_uri is None:
+            self.problems.append(
+                f"{prefix} (a connection string) or {prefix}__blobServiceUri"
+                " (identity-based) is required"
+            )
+        if connection_string is not None:
+            return StorageConnection(connection_string=connection_string)
+        return StorageConnection(
+            blob_service_uri=blob_uri,
+            queue_service_uri=queue_uri,
+            client_id=self.text(f"{prefix}__clientId"),
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, parsed from ``os.environ`` on first use (not at import)."""
+    return Settings.from_env(os.environ)

@@ -1,0 +1,531 @@
+"""process_blob with fakes (analyzer, document store, observer), the Functions adapter with a
+real ``func.InputStream``, and replay with fake queue/blobs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.functions as func
+import pytest
+from PIL import Image
+
+from shared.errors import (
+    AuthError,
+    Disposition,
+    ErrorClass,
+    InvalidImageError,
+    StorageError,
+    ThrottledError,
+)
+from shared.naming import result_path
+from shared.pipeline import (
+    AnalysisOutcome,
+    BlobInput,
+    Outcome,
+    PipelineDeps,
+    process_blob,
+)
+from shared.preprocessing import PreprocessRecord
+from shared.replay import QueuedMessage, Replayer, decode_poison
+from shared.results import ResultRepository
+from shared.settings import Settings
+from shared.vision import AttemptHook, VisionAttempt, VisionResult
+
+# --------------------------------------------------------------------------- fakes
+
+
+class MemoryStore:
+    """In-memory ``DocumentStore``."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[tuple[str, str], tuple[bytes, dict[str, str]]] = {}
+        self.fail_writes = False
+
+    def read_metadata(self, container: str, path: str) -> Mapping[str, str] | None:
+        item = self.blobs.get((container, path))
+        return None if item is None else dict(item[1])
+
+    def read(self, container: str, path: str) -> bytes | None:
+        item = self.blobs.get((container, path))
+        return None if item is None else item[0]
+
+    def write(self, container: str, path: str, body: bytes, metadata: Mapping[str, str]) -> None:
+        if self.fail_writes:
+            raise StorageError("storage down", reason="storage_write")
+        self.blobs[(container, path)] = (body, dict(metadata))
+
+    def delete(self, container: str, path: str) -> bool:
+        return self.blobs.pop((container, path), None) is not None
+
+    def list_paths(self, container: str) -> Iterator[str]:
+        yield from sorted(path for c, path in self.blobs if c == container)
+
+    def doc(self, container: str, name: str) -> dict[str, Any] | None:
+        raw = self.read(container, result_path(name))
+        return None if raw is None else json.loads(raw)
+
+
+class FakeAnalyzer:
+    def __init__(self, script: Sequence[Mapping[str, Any] | Exception] = ()) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[int, tuple[str, ...]]] = []
+
+    def analyze(
+        self, image: bytes, features: Sequence[str], *, on_attempt: AttemptHook | None = None
+    ) -> VisionResult:
+        self.calls.append((len(image), tuple(features)))
+        item = self.script.pop(0) if self.script else OK_PAYLOAD
+        if on_attempt is not None:
+            on_attempt(
+                VisionAttempt(
+                    attempt=1,
+                    features=tuple(features),
+                    image_bytes=len(image),
+                    duration_ms=5.0,
+                    limiter_wait_ms=0.0,
+                    status_code=200,
+                )
+            )
+        if isinstance(item, Exception):
+            item.attempts = 2  # type: ignore[attr-defined]
+            raise item
+        return VisionResult(
+            payload=item,
+            model_version=str(item["modelVersion"]),
+            features=tuple(features),
+            attempts=1,
+            duration_ms=5.0,
+            limiter_wait_ms=0.0,
+        )
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.outcomes: list[AnalysisOutcome] = []
+        self.failures: list[Disposition] = []
+
+    def on_started(self, source: BlobInput) -> None:
+        self.events.append("started")
+
+    def on_preprocessed(self, source: BlobInput, record: PreprocessRecord) -> None:
+        self.events.append("preprocessed")
+
+    def on_vision_attempt(self, source: BlobInput, attempt: VisionAttempt) -> None:
+        self.events.append(f"attempt:{attempt.attempt}")
+
+    def on_document_written(self, source: BlobInput, document: str, duration_ms: float) -> None:
+        self.events.append(f"written:{document}")
+
+    def on_outcome(self, source: BlobInput, outcome: AnalysisOutcome) -> None:
+        self.events.append(f"outcome:{outcome.status}")
+        self.outcomes.append(outcome)
+
+    def on_retryable_failure(
+        self, source: BlobInput, error: BaseException, disposition: Disposition
+    ) -> None:
+        self.events.append(f"retry:{disposition.error_class}")
+        self.failures.append(disposition)
+
+
+OK_PAYLOAD: dict[str, Any] = {
+    "modelVersion": "2023-10-01",
+    "metadata": {"width": 320, "height": 240},
+    "readResult": {"blocks": [{"lines": [{"text": "SECRET OCR LINE"}]}]},
+}
+
+
+def jpeg(size: tuple[int, int] = (320, 240)) -> bytes:
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").resize(size).convert("RGB").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+IMAGE = jpeg()
+
+
+def blob(name: str = "cats/tom.jpg", etag: str = '"0x8D1"', data: bytes = IMAGE) -> BlobInput:
+    return BlobInput(
+        container="images",
+        name=name,
+        data=data,
+        etag=etag,
+        content_type="image/jpeg",
+        last_modified="2024-05-01T12:00:00+00:00",
+    )
+
+
+def make_deps(
+    store: MemoryStore | None = None,
+    analyzer: FakeAnalyzer | None = None,
+    observer: RecordingObserver | None = None,
+) -> PipelineDeps:
+    ticks = iter(float(i) / 100 for i in range(10_000))
+    return PipelineDeps(
+        analyzer=analyzer or FakeAnalyzer(),
+        repository=ResultRepository(
+            store or MemoryStore(), results_container="results", failed_container="failed"
+        ),
+        features=("read", "people", "smartCrops"),
+        observer=observer or RecordingObserver(),
+        clock=lambda: next(ticks),
+        now=lambda: datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+    )
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def test_analysed_blob_writes_a_complete_result_document() -> None:
+    store, observer = MemoryStore(), RecordingObserver()
+    outcome = process_blob(blob(), make_deps(store, observer=observer))
+    assert outcome.status is Outcome.ANALYZED
+    assert outcome.document == "results/cats/tom.jpg.json"
+    doc = store.doc("results", "cats/tom.jpg")
+    assert doc is not None
+    assert doc["outcome"] == "analyzed"
+    assert doc["source"]["container"] == "images"
+    assert doc["source"]["name"] == "cats/tom.jpg"
+    assert doc["source"]["etag"] == "0x8D1"
+    assert doc["source"]["size"] == len(IMAGE)
+    assert len(doc["source"]["sha256"]) == 64
+    assert doc["model_version"] == "2023-10-01"
+    assert doc["features"] == ["read", "people", "smartCrops"]
+    assert doc["preprocessing"]["detected_format"] == "jpeg"
+    assert set(doc["timings_ms"]) == {"preprocess", "vision", "rate_limiter_wait", "total"}
+    assert doc["attempts"] == 1
+    assert doc["analysis"]["readResult"]["blocks"][0]["lines"][0]["text"] == "SECRET OCR LINE"
+    assert doc["error"] is None
+    assert doc["processed_at"] == "2024-05-01T12:00:00+00:00"
+    assert observer.events == [
+        "started",
+        "preprocessed",
+        "attempt:1",
+        "written:results/cats/tom.jpg.json",
+        "outcome:analyzed",
+    ]
+
+
+def test_same_blob_and_etag_is_a_no_op() -> None:
+    store, analyzer = MemoryStore(), FakeAnalyzer()
+    deps = make_deps(store, analyzer)
+    process_blob(blob(), deps)
+    before = dict(store.blobs)
+    again = process_blob(blob(etag="0x8D1"), deps)  # quoted or not, the same version
+    assert again.status is Outcome.DUPLICATE
+    assert again.document == "results/cats/tom.jpg.json"
+    assert len(analyzer.calls) == 1
+    assert store.blobs == before
+
+
+def test_changed_etag_reanalyses_and_overwrites() -> None:
+    store, analyzer = (
+        MemoryStore(),
+        FakeAnalyzer([OK_PAYLOAD, {**OK_PAYLOAD, "modelVersion": "v2"}]),
+    )
+    deps = make_deps(store, analyzer)
+    process_blob(blob(), deps)
+    outcome = process_blob(blob(etag='"0x8D2"'), deps)
+    assert outcome.status is Outcome.ANALYZED
+    assert len(analyzer.calls) == 2
+    doc = store.doc("results", "cats/tom.jpg")
+    assert doc is not None
+    assert (doc["source"]["etag"], doc["model_version"]) == ("0x8D2", "v2")
+
+
+def test_same_name_in_another_container_is_not_a_duplicate() -> None:
+    store, analyzer = MemoryStore(), FakeAnalyzer()
+    deps = make_deps(store, analyzer)
+    process_blob(blob(), deps)
+    other = BlobInput(container="other", name="cats/tom.jpg", data=IMAGE, etag='"0x8D1"')
+    assert process_blob(other, deps).status is Outcome.ANALYZED
+
+
+def test_invalid_image_goes_to_failed_without_raising() -> None:
+    store, analyzer, observer = MemoryStore(), FakeAnalyzer(), RecordingObserver()
+    outcome = process_blob(blob(data=b""), make_deps(store, analyzer, observer))
+    assert outcome.status is Outcome.REJECTED
+    assert (outcome.error_class, outcome.reason, outcome.stage) == (
+        ErrorClass.INVALID_INPUT,
+        "empty",
+        "preprocess",
+    )
+    assert analyzer.calls == []
+    doc = store.doc("failed", "cats/tom.jpg")
+    assert doc is not None
+    assert doc["outcome"] == "rejected"
+    assert doc["error"]["reason"] == "empty"
+    assert doc["error"]["retryable"] is False
+    assert store.doc("results", "cats/tom.jpg") is None
+    assert observer.events[-1] == "outcome:rejected"
+
+
+def test_service_rejection_records_service_codes() -> None:
+    error = InvalidImageError(
+        "bad image",
+        reason="service_invalid_image_format",
+        status_code=400,
+        error_code="InvalidRequest",
+        inner_code="InvalidImageFormat",
+    )
+    store = MemoryStore()
+    outcome = process_blob(blob(), make_deps(store, FakeAnalyzer([error])))
+    assert outcome.status is Outcome.REJECTED
+    assert (outcome.service_error_code, outcome.service_inner_code) == (
+        "InvalidRequest",
+        "InvalidImageFormat",
+    )
+    doc = store.doc("failed", "cats/tom.jpg")
+    assert doc is not None
+    assert doc["error"] == {
+        "class": "invalid_input",
+        "reason": "service_invalid_image_format",
+        "stage": "analyze",
+        "retryable": False,
+        "message": "bad image",
+        "status_code": 400,
+        "service_error_code": "InvalidRequest",
+        "service_inner_code": "InvalidImageFormat",
+    }
+    assert doc["attempts"] == 2
+    assert doc["preprocessing"]["detected_format"] == "jpeg"
+
+
+def test_auth_failure_is_documented_not_retried() -> None:
+    store = MemoryStore()
+    outcome = process_blob(
+        blob(), make_deps(store, FakeAnalyzer([AuthError("401", status_code=401)]))
+    )
+    assert outcome.error_class is ErrorClass.AUTH
+    assert store.doc("failed", "cats/tom.jpg") is not None
+
+
+def test_retryable_failure_raises_and_writes_nothing() -> None:
+    store, observer = MemoryStore(), RecordingObserver()
+    with pytest.raises(ThrottledError):
+        process_blob(blob(), make_deps(store, FakeAnalyzer([ThrottledError("429")]), observer))
+    assert store.blobs == {}
+    assert observer.failures == [Disposition(ErrorClass.THROTTLED, True, "throttled")]
+
+
+def test_storage_failure_is_retryable() -> None:
+    store = MemoryStore()
+    store.fail_writes = True
+    with pytest.raises(StorageError) as info:
+        process_blob(blob(), make_deps(store))
+    assert info.value.retryable
+
+
+def test_unexpected_errors_propagate_for_the_host_to_poison() -> None:
+    observer = RecordingObserver()
+    with pytest.raises(ZeroDivisionError):
+        process_blob(
+            blob(), make_deps(analyzer=FakeAnalyzer([ZeroDivisionError()]), observer=observer)
+        )
+    assert observer.failures[0].error_class is ErrorClass.UNEXPECTED
+
+
+def test_a_blob_ends_in_exactly_one_place() -> None:
+    store = MemoryStore()
+    deps = make_deps(store)
+    process_blob(blob(data=b"", etag='"v1"'), deps)
+    assert store.doc("failed", "cats/tom.jpg") is not None
+    process_blob(blob(etag='"v2"'), deps)  # fixed upload: now analysed
+    assert store.doc("failed", "cats/tom.jpg") is None
+    assert store.doc("results", "cats/tom.jpg") is not None
+    process_blob(blob(data=b"", etag='"v3"'), deps)  # broken again
+    assert store.doc("results", "cats/tom.jpg") is None
+    assert store.doc("failed", "cats/tom.jpg") is not None
+
+
+def test_failed_document_with_same_etag_is_a_no_op() -> None:
+    store, analyzer = MemoryStore(), FakeAnalyzer()
+    deps = make_deps(store, analyzer)
+    process_blob(blob(data=b""), deps)
+    assert process_blob(blob(data=b""), deps).status is Outcome.DUPLICATE
+
+
+def test_odd_names_map_to_safe_paths() -> None:
+    store = MemoryStore()
+    outcome = process_blob(blob(name="../../weird/ünïcode name?.jpg"), make_deps(store))
+    assert outcome.document == f"results/{result_path('../../weird/ünïcode name?.jpg')}"
+    assert outcome.document is not None and ".." not in outcome.document
+
+
+def test_ocr_text_never_reaches_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    deps = make_deps()
+    process_blob(blob(), deps)
+    process_blob(blob(data=b"", etag='"x"', name="other.jpg"), deps)
+    assert "SECRET OCR" not in caplog.text
+
+
+# --------------------------------------------------------------------------- Functions adapter
+
+
+def test_adapter_builds_blob_input_from_a_real_input_stream() -> None:
+    from shared.blueprints.analysis import blob_input_from_stream
+
+    stream = func.blob.InputStream(
+        data=IMAGE,
+        name="images/cats/tom.jpg",
+        uri="http://127.0.0.1:10000/devstoreaccount1/images/cats/tom.jpg",
+        length=len(IMAGE),
+        blob_properties={
+            "ETag": '"0x8DC0FFEE"',
+            "ContentLength": len(IMAGE),
+            "ContentType": "image/jpeg",
+            "LastModified": "2024-05-01T12:00:00+00:00",
+        },
+        metadata={"owner": "tests"},
+    )
+    source = blob_input_from_stream(stream)
+    assert (source.container, source.name) == ("images", "cats/tom.jpg")
+    assert source.data == IMAGE
+    assert source.etag == '"0x8DC0FFEE"'
+    assert source.content_type == "image/jpeg"
+    assert source.uri is not None and source.uri.endswith("/images/cats/tom.jpg")
+
+
+def test_function_binding_is_an_event_grid_blob_trigger() -> None:
+    import function_app
+
+    (function,) = function_app.app.get_functions()
+    binding = json.loads(function.get_function_json())["bindings"][0]
+    assert function.get_function_name() == "analyze_image"
+    assert binding["type"] == "blobTrigger"
+    assert binding["path"] == "%IMAGES_CONTAINER%/{name}"
+    assert binding["connection"] == "AzureWebJobsStorage"
+    assert binding["source"] == "EventGrid"
+
+
+def test_handler_raises_only_for_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.runtime
+    from shared.blueprints.analysis import analyze_image
+
+    store = MemoryStore()
+    deps = make_deps(store, FakeAnalyzer([ThrottledError("429")]))
+    monkeypatch.setattr(shared.runtime, "get_pipeline_deps", lambda: deps)
+
+    def stream(data: bytes, etag: str) -> func.InputStream:
+        return func.blob.InputStream(data=data, name="images/a.jpg", blob_properties={"ETag": etag})
+
+    with pytest.raises(ThrottledError):
+        analyze_image(stream(IMAGE, "v1"))
+    assert analyze_image(stream(b"", "v2")) is None  # rejected: documented, host not told
+    assert store.doc("failed", "a.jpg") is not None
+
+
+# --------------------------------------------------------------------------- replay
+
+SETTINGS = Settings.from_env(
+    {
+        "VISION_ENDPOINT": "http://127.0.0.1:7081",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    }
+)
+
+
+def poison(container: str, name: str, etag: str = '"0x1"') -> QueuedMessage:
+    body = {
+        "Type": "BlobTrigger",
+        "FunctionId": "Host.Functions.analyze_image",
+        "BlobType": "BlockBlob",
+        "ContainerName": container,
+        "BlobName": name,
+        "ETag": etag,
+    }
+    return QueuedMessage(handle=name, content=base64.b64encode(json.dumps(body).encode()).decode())
+
+
+class FakeQueue:
+    def __init__(self, messages: list[QueuedMessage]) -> None:
+        self.messages = messages
+        self.deleted: list[QueuedMessage] = []
+
+    def receive(self) -> Iterator[QueuedMessage]:
+        yield from list(self.messages)
+
+    def delete(self, message: QueuedMessage) -> None:
+        self.deleted.append(message)
+        self.messages.remove(message)
+
+
+class FakeBlobs:
+    def __init__(self, etags: dict[str, str]) -> None:
+        self.etags = etags
+        self.retouched: list[str] = []
+
+    def current_etag(self, container: str, name: str) -> str | None:
+        return self.etags.get(name)
+
+    def retouch(self, container: str, name: str, etag: str) -> str:
+        assert self.etags[name] == etag
+        self.retouched.append(name)
+        self.etags[name] = etag + "-new"
+        return self.etags[name]
+
+
+def test_decode_poison_message() -> None:
+    ref = decode_poison(poison("images", "a/b.jpg").content)
+    assert ref is not None
+    assert (ref.container, ref.name, ref.etag) == ("images", "a/b.jpg", '"0x1"')
+    assert ref.function_id == "Host.Functions.analyze_image"
+    assert decode_poison('{"ContainerName": "images", "BlobName": "x"}') is not None  # plain JSON
+    assert decode_poison("not json") is None
+
+
+def test_replay_poison_retouches_and_removes_handled_messages() -> None:
+    store = MemoryStore()
+    deps = make_deps(store)
+    process_blob(blob(name="done.jpg", etag='"e-done"'), deps)  # already has a result
+    queue = FakeQueue(
+        [
+            poison("images", "todo.jpg"),
+            poison("images", "done.jpg"),
+            poison("images", "gone.jpg"),
+            poison("elsewhere", "x.jpg"),
+            QueuedMessage(handle="junk", content="%%%"),
+        ]
+    )
+    blobs = FakeBlobs({"todo.jpg": '"e-todo"', "done.jpg": '"e-done"'})
+    replayer = Replayer(settings=SETTINGS, blobs=blobs, store=store, queue=queue)
+    actions = {(item.name, item.action) for item in replayer.replay_poison()}
+    assert actions == {
+        ("todo.jpg", "requeued"),
+        ("done.jpg", "already_done"),
+        ("gone.jpg", "missing"),
+        ("x.jpg", "foreign"),
+        ("", "undecodable"),
+    }
+    assert blobs.retouched == ["todo.jpg"]
+    assert [m.handle for m in queue.messages] == ["x.jpg", "junk"]  # foreign/undecodable kept
+
+
+def test_replay_failed_documents_and_class_filter() -> None:
+    store = MemoryStore()
+    deps = make_deps(store, FakeAnalyzer([AuthError("401", status_code=401)]))
+    process_blob(blob(name="auth.jpg", etag='"e1"'), deps)
+    process_blob(blob(name="empty.jpg", etag='"e2"', data=b""), deps)
+    blobs = FakeBlobs({"auth.jpg": '"e1"', "empty.jpg": '"e2"'})
+    replayer = Replayer(settings=SETTINGS, blobs=blobs, store=store, queue=None)
+    items = {(i.name, i.action) for i in replayer.replay_failed(classes=["auth"])}
+    assert items == {("auth.jpg", "requeued"), ("empty.jpg", "filtered")}
+    assert blobs.retouched == ["auth.jpg"]
+    assert store.doc("failed", "auth.jpg") is None  # cleared for the fresh run
+    assert store.doc("failed", "empty.jpg") is not None
+
+
+def test_replay_dry_run_changes_nothing() -> None:
+    store = MemoryStore()
+    queue = FakeQueue([poison("images", "todo.jpg")])
+    blobs = FakeBlobs({"todo.jpg": '"e"'})
+    replayer = Replayer(settings=SETTINGS, blobs=blobs, store=store, queue=queue, dry_run=True)
+    assert [i.action for i in replayer.replay_poison()] == ["requeued"]
+    assert blobs.retouched == [] and len(queue.messages) == 1

@@ -1,0 +1,325 @@
+"""Preprocessing on generated images: every good format goes through, every bad one is
+rejected with its own reason code, and big images take the draft/reduce path."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+from collections.abc import Callable
+
+import pytest
+from PIL import Image
+
+from shared.errors import InvalidImageError
+from shared.preprocessing import (
+    MAX_IMAGE_BYTES,
+    PreprocessOptions,
+    RejectReason,
+    preprocess,
+    sniff_format,
+)
+
+# --------------------------------------------------------------------------- generators
+
+
+def encode(im: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def photo(size: tuple[int, int] = (640, 480), mode: str = "RGB") -> Image.Image:
+    """A smooth synthetic picture (gradient + shapes) that compresses like a photo."""
+    gradient = Image.linear_gradient("L").resize(size)
+    im = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_180), gradient))
+    return im.convert(mode) if mode != "RGB" else im
+
+
+def noisy(size: tuple[int, int]) -> Image.Image:
+    return Image.merge("RGB", [Image.effect_noise(size, 60) for _ in range(3)])
+
+
+def png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A real 1-bit PNG bomb: tiny file, ``width*height`` pixels of zeros."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = b"\x00" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    chunks = [compressor.compress(row * 1000) for _ in range(height // 1000)]
+    chunks.append(compressor.compress(row * (height % 1000)))
+    chunks.append(compressor.flush())
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", b"".join(chunks))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def exif_with(**tags: object) -> bytes:
+    exif = Image.Exif()
+    names = {"orientation": 0x0112, "description": 0x010E}
+    for name, value in tags.items():
+        exif[names[name]] = value
+    return exif.tobytes()
+
+
+@pytest.fixture(scope="module")
+def jpeg_24mp() -> bytes:
+    return encode(photo((6000, 4000)), "JPEG", quality=90)
+
+
+@pytest.fixture(scope="module")
+def bmp_30mb() -> bytes:
+    data = encode(photo((3000, 3400)), "BMP")
+    assert len(data) > 30_000_000
+    return data
+
+
+def run(data: bytes, **options: int) -> tuple[bytes, dict[str, object]]:
+    result = preprocess(data, PreprocessOptions(**options))
+    return result.data, result.record.as_dict()
+
+
+def opened(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+# --------------------------------------------------------------------------- good inputs
+
+GOOD: dict[str, Callable[[], bytes]] = {
+    "jpeg": lambda: encode(photo(), "JPEG", quality=90),
+    "png_alpha": lambda: encode(photo(mode="RGBA"), "PNG"),
+    "gif": lambda: encode(photo().convert("P"), "GIF"),
+    "bmp": lambda: encode(photo(), "BMP"),
+    "webp": lambda: encode(photo(), "WEBP", quality=80),
+    "tiff": lambda: encode(photo(), "TIFF", compression="tiff_lzw"),
+    "ico": lambda: encode(photo((128, 128)), "ICO", sizes=[(128, 128)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_small_supported_images_pass_through_unchanged(name: str) -> None:
+    data = GOOD[name]()
+    out, record = run(data)
+    assert out is data  # no re-encode when nothing requires it
+    assert record["reencoded"] is False
+    assert record["detected_format"] == name.partition("_")[0]
+    assert record["steps"] == [f"sniff:{record['detected_format']}", "validate"]
+    assert record["final_bytes"] == record["original_bytes"] == len(data)
+
+
+def test_rotated_exif_jpeg_is_turned_upright() -> None:
+    data = encode(photo((400, 300)), "JPEG", exif=exif_with(orientation=6))
+    out, record = run(data)
+    assert record["orientation"] == 6
+    assert "exif_orientation:6" in record["steps"]
+    assert (record["final_width"], record["final_height"]) == (300, 400)
+    im = opened(out)
+    assert im.size == (300, 400)
+    assert im.getexif().get(0x0112) is None  # orientation applied, EXIF not carried over
+
+
+def test_24mp_jpeg_is_drafted_not_decoded_at_full_size(jpeg_24mp: bytes) -> None:
+    out, record = run(jpeg_24mp)
+    steps = record["steps"]
+    assert isinstance(steps, list)
+    assert "draft:6000x4000->3000x2000" in steps
+    assert (record["final_width"], record["final_height"]) == (2048, 1365)
+    assert record["final_format"] == "jpeg"
+    assert opened(out).size == (2048, 1365)
+
+
+def test_large_ratio_goes_through_reduce() -> None:
+    data = encode(photo((6000, 600)), "PNG")
+    _, record = run(data, max_dimension=1000)
+    assert "reduce:3" in record["steps"]  # type: ignore[operator]
+    assert (record["final_width"], record["final_height"]) == (1000, 100)
+
+
+def test_30mb_image_is_reencoded_below_the_service_limit(bmp_30mb: bytes) -> None:
+    out, record = run(bmp_30mb, max_dimension=4000)  # no downscale needed: bytes alone force it
+    assert len(out) < MAX_IMAGE_BYTES
+    assert record["reencoded"] is True
+    assert record["final_format"] == "jpeg"
+    assert (record["final_width"], record["final_height"]) == (3000, 3400)
+    assert any(str(s).startswith("over_size_limit:") for s in record["steps"])  # type: ignore[union-attr]
+
+
+def test_30mb_image_with_default_max_dimension(bmp_30mb: bytes) -> None:
+    out, record = run(bmp_30mb)
+    assert len(out) < MAX_IMAGE_BYTES
+    assert max(record["final_width"], record["final_height"]) == 2048  # type: ignore[type-var]
+
+
+def test_alpha_survives_reencoding_as_png() -> None:
+    data = encode(photo((3000, 2000), mode="RGBA"), "PNG")
+    out, record = run(data)
+    assert record["final_format"] == "png"
+    assert opened(out).mode == "RGBA"
+
+
+def test_palette_with_transparency_keeps_alpha() -> None:
+    im = photo((3000, 2000)).convert("P")
+    data = encode(im, "PNG", transparency=0)
+    out, record = run(data)
+    assert record["final_format"] == "png"
+    assert opened(out).mode == "RGBA"
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
+    im = Image.linear_gradient("L").resize((1200, 800)).point(lambda v: v * 256, mode="I")
+    data = encode(im.convert("I;16"), "PNG")
+    out, _ = run(data, max_dimension=600)
+    result = opened(out)
+    assert result.mode == "L"
+    low, high = result.getextrema()  # type: ignore[misc]
+    assert high > 200 and low < 50
+
+
+def test_cmyk_jpeg_downscales_to_rgb() -> None:
+    data = encode(photo((3000, 2000)).convert("CMYK"), "JPEG")
+    out, _ = run(data)
+    assert opened(out).mode == "RGB"
+
+
+def test_boundary_sizes() -> None:
+    _, record = run(encode(photo((51, 51)), "PNG"))
+    assert record["final_width"] == 51
+    with pytest.raises(InvalidImageError) as info:
+        run(encode(photo((50, 400)), "PNG"))
+    assert info.value.reason == RejectReason.TOO_SMALL
+
+
+def test_record_duration_uses_injected_clock() -> None:
+    ticks = iter([10.0, 10.25])
+    result = preprocess(GOOD["jpeg"](), clock=lambda: next(ticks))
+    assert result.record.duration_ms == 250.0
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def _truncated_jpeg() -> bytes:
+    data = encode(photo(), "JPEG")
+    return data[: len(data) // 2]
+
+
+def _corrupt_png_chunk() -> bytes:
+    data = bytearray(encode(photo(), "PNG"))
+    at = data.index(b"IDAT") + 20
+    data[at] ^= 0xFF  # IDAT payload no longer matches its CRC
+    return bytes(data)
+
+
+def _huge_exif_png() -> bytes:
+    return encode(photo(), "PNG", exif=exif_with(description="x" * 200_000))
+
+
+def _zip_named_jpg() -> bytes:
+    buffer = io.BytesIO()
+    import zipfile
+
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("photo.jpg", b"not really")
+    return buffer.getvalue()
+
+
+BAD: dict[str, tuple[Callable[[], bytes], RejectReason]] = {
+    "zero_bytes": (lambda: b"", RejectReason.EMPTY),
+    "truncated_jpeg": (_truncated_jpeg, RejectReason.TRUNCATED),
+    "wrong_extension_zip_as_jpg": (_zip_named_jpg, RejectReason.UNSUPPORTED_FORMAT),
+    "svg": (
+        lambda: (
+            b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="800"'
+            b' height="600"><rect width="800" height="600"/></svg>'
+        ),
+        RejectReason.SVG_NOT_SUPPORTED,
+    ),
+    "pdf": (
+        lambda: b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n",
+        RejectReason.PDF_NOT_SUPPORTED,
+    ),
+    "text": (lambda: b"Quarterly report\nRevenue: 12\n" * 20, RejectReason.TEXT_NOT_IMAGE),
+    "40x40": (lambda: encode(photo((40, 40)), "PNG"), RejectReason.TOO_SMALL),
+    "20000x100": (lambda: encode(photo((20000, 100)), "PNG"), RejectReason.EXTREME_ASPECT_RATIO),
+    "bomb_8000x8000": (lambda: bomb_png(8000, 8000), RejectReason.DECOMPRESSION_BOMB),
+    "corrupt_png_chunk": (_corrupt_png_chunk, RejectReason.CORRUPT_DATA),
+    "heic_like": (
+        lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
+        RejectReason.HEIF_NOT_SUPPORTED,
+    ),
+    "huge_exif": (_huge_exif_png, RejectReason.METADATA_TOO_LARGE),
+    "jpeg_garbage_header": (
+        lambda: b"\xff\xd8\xff\xe0" + bytes(200),
+        RejectReason.CORRUPT_HEADER,
+    ),
+    "random_bytes": (
+        lambda: random.Random(7).randbytes(4096),
+        RejectReason.UNKNOWN_FORMAT,
+    ),
+    "over_input_limit": (
+        lambda: encode(noisy((1500, 1500)), "BMP"),  # 6.75 MB vs a 4 MiB limit below
+        RejectReason.INPUT_TOO_LARGE,
+    ),
+}
+EXTRA_BAD: dict[str, tuple[Callable[[], bytes], RejectReason]] = {
+    "bomb_20000x20000": (lambda: bomb_png(20_000, 20_000), RejectReason.DECOMPRESSION_BOMB),
+    "truncated_png": (lambda: GOOD["png_alpha"]()[:2000], RejectReason.TRUNCATED),
+    "html": (lambda: b"<!doctype html><html><body>hi</body></html>", RejectReason.TEXT_NOT_IMAGE),
+    "psd": (lambda: b"8BPS\x00\x01" + bytes(100), RejectReason.UNSUPPORTED_FORMAT),
+    "avif": (
+        lambda: b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64),
+        RejectReason.HEIF_NOT_SUPPORTED,
+    ),
+    "mp4": (lambda: b"\x00\x00\x00\x18ftypisom" + bytes(64), RejectReason.UNSUPPORTED_FORMAT),
+}
+
+
+def test_at_least_fifteen_distinct_reasons() -> None:
+    assert len(BAD) >= 15
+    assert len({reason for _, reason in BAD.values()}) == len(BAD)
+
+
+@pytest.mark.parametrize("name", sorted(BAD) + sorted(EXTRA_BAD))
+def test_bad_inputs_are_rejected_with_their_reason(name: str) -> None:
+    make, reason = BAD.get(name) or EXTRA_BAD[name]
+    data = make()
+    with pytest.raises(InvalidImageError) as info:
+        preprocess(data, PreprocessOptions(max_input_bytes=4 * 1024 * 1024))
+    assert info.value.reason == reason.value, info.value.message
+    assert info.value.retryable is False
+
+
+def test_bomb_is_rejected_from_the_header_before_decoding() -> None:
+    data = bomb_png(8000, 8000)
+    assert len(data) < 100_000  # 64 million pixels in a tiny file
+    with pytest.raises(InvalidImageError, match="PREPROCESS_MAX_PIXELS"):
+        preprocess(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"BMW owners manual, page 1\n" * 4, "text"),  # "BM" prefix without a DIB header
+        (b"\xef\xbb\xbfhello", "text"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "svg"),
+        (b"junk" * 10 + b"%PDF-1.4", "pdf"),
+        (b"\x00\x01\x02\x03" * 100, "unknown"),
+    ],
+)
+def test_sniffing_uses_content_not_names(data: bytes, kind: str) -> None:
+    assert sniff_format(data) == kind
+
+
+def test_png_named_jpg_is_still_a_png() -> None:
+    # the blob's extension never matters: the bytes decide
+    _, record = run(GOOD["png_alpha"]())
+    assert record["detected_format"] == "png"

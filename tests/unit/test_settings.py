@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.settings import (
+    F0_CALLS_PER_SECOND,
+    Settings,
+    SettingsError,
+    VisionTier,
+    get_settings,
+)
+
+BASE = {
+    "VISION_ENDPOINT": "http://127.0.0.1:7081",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+}
+
+
+def test_minimal_settings_use_local_defaults() -> None:
+    s = Settings.from_env(BASE)
+    assert s.vision_features == ("read", "people", "smartCrops")
+    assert s.vision_key is None
+    assert s.vision_tier is VisionTier.S1
+    assert s.rate_limit_per_second == 10.0
+    assert (s.images_container, s.results_container, s.failed_container) == (
+        "images",
+        "results",
+        "failed",
+    )
+    assert s.storage.connection_string == "UseDevelopmentStorage=true"
+    assert not s.storage.uses_identity
+
+
+def test_all_problems_reported_at_once() -> None:
+    env = {
+        "VISION_FEATURES": "read,colour",
+        "VISION_TIER": "S9",
+        "VISION_TIMEOUT_SECONDS": "soon",
+        "VISION_MAX_RETRIES": "-1",
+        "PREPROCESS_MAX_DIMENSION": "20000",
+        "IMAGES_CONTAINER": "Bad_Name",
+    }
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    problems = "\n".join(info.value.problems)
+    for key in (
+        "VISION_ENDPOINT",
+        "AzureWebJobsStorage",
+        "VISION_FEATURES",
+        "VISION_TIER",
+        "VISION_TIMEOUT_SECONDS",
+        "VISION_MAX_RETRIES",
+        "PREPROCESS_MAX_DIMENSION",
+        "IMAGES_CONTAINER",
+    ):
+        assert key in problems
+    assert len(info.value.problems) == 8
+    assert info.value.reason == "invalid_settings"
+
+
+def test_features_are_canonicalised_and_deduplicated() -> None:
+    s = Settings.from_env({**BASE, "VISION_FEATURES": " READ, smartcrops ,Caption,read"})
+    assert s.vision_features == ("read", "smartCrops", "caption")
+
+
+def test_f0_tier_rate_and_explicit_override() -> None:
+    assert Settings.from_env({**BASE, "VISION_TIER": "f0"}).rate_limit_per_second == (
+        F0_CALLS_PER_SECOND
+    )
+    s = Settings.from_env({**BASE, "VISION_TIER": "S1", "VISION_RATE_LIMIT_PER_SECOND": "19.5"})
+    assert s.rate_limit_per_second == 19.5
+
+
+def test_identity_based_storage() -> None:
+    env = {
+        "VISION_ENDPOINT": "https://acct.cognitiveservices.azure.com/",
+        "AzureWebJobsStorage__blobServiceUri": "https://acct.blob.core.windows.net",
+        "AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net",
+        "AzureWebJobsStorage__clientId": "00000000-0000-0000-0000-000000000001",
+    }
+    s = Settings.from_env(env)
+    assert s.vision_endpoint == "https://acct.cognitiveservices.azure.com"
+    assert s.storage.uses_identity
+    assert s.storage.blob_service_uri == "https://acct.blob.core.windows.net"
+    assert s.storage.queue_service_uri == "https://acct.queue.core.windows.net"
+    assert s.storage.client_id == "00000000-0000-0000-0000-000000000001"
+
+
+def test_account_name_form_derives_uris() -> None:
+    s = Settings.from_env(
+        {**BASE, "AzureWebJobsStorage": "", "AzureWebJobsStorage__accountName": "acct"}
+    )
+    assert s.storage.blob_service_uri == "https://acct.blob.core.windows.net"
+
+
+def test_secrets_never_in_repr() -> None:
+    s = Settings.from_env(
+        {**BASE, "VISION_KEY": "super-secret-key", "AzureWebJobsStorage": "AccountKey=abc123=="}
+    )
+    assert "super-secret-key" not in repr(s)
+    assert "abc123" not in repr(s)
+
+
+def test_containers_must_differ_and_backoff_order() -> None:
+    env = {
+        **BASE,
+        "RESULTS_CONTAINER": "images",
+        "VISION_BACKOFF_BASE_SECONDS": "5",
+        "VISION_BACKOFF_MAX_SECONDS": "1",
+    }
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    assert len(info.value.problems) == 2
+
+
+def test_settings_are_frozen_and_slotted() -> None:
+    s = Settings.from_env(BASE)
+    with pytest.raises(AttributeError):
+        s.vision_endpoint = "x"  # type: ignore[misc]
+    assert not hasattr(s, "__dict__")
+
+
+def test_example_local_settings_parse_and_cover_every_setting() -> None:
+    example = Path(__file__).parents[2] / "local.settings.json.example"
+    values = json.loads(example.read_text())["Values"]
+    s = Settings.from_env(values)
+    assert s.vision_endpoint == "http://127.0.0.1:7081"
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    documented = set(values)
+    for key in (
+        "VISION_FEATURES",
+        "VISION_TIER",
+        "VISION_RATE_LIMIT_PER_SECOND",
+        "VISION_TIMEOUT_SECONDS",
+        "VISION_MAX_RETRIES",
+        "VISION_BACKOFF_BASE_SECONDS",
+        "VISION_BACKOFF_MAX_SECONDS",
+        "PREPROCESS_MAX_DIMENSION",
+        "PREPROCESS_JPEG_QUALITY",
+        "PREPROCESS_MAX_PIXELS",
+        "IMAGES_CONTAINER",
+        "RESULTS_CONTAINER",
+        "FAILED_CONTAINER",
+        "VISION_KEY",
+    ):
+        assert key in documented
+
+
+def test_get_settings_reads_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    get_settings.cache_clear()
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    first = get_settings()
+    monkeypatch.setenv("VISION_ENDPOINT", "http://other:1")
+    assert get_settings() is first
+    get_settings.cache_clear()

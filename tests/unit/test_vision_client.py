@@ -1,0 +1,490 @@
+"""The Vision client with a hand-written fake transport under the real SDK, a fake clock and a
+recording sleep: retries, Retry-After, no retry on 4xx, jitter bounds and the token bucket."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ServiceRequestError, ServiceResponseTimeoutError
+from azure.core.pipeline.transport import HttpTransport
+from azure.core.rest import HttpRequest
+from azure.core.rest._http_response_impl import HttpResponseImpl
+from azure.core.utils import case_insensitive_dict
+
+from shared.errors import (
+    AuthError,
+    ConfigError,
+    ErrorClass,
+    InvalidImageError,
+    OperationTimeoutError,
+    ThrottledError,
+    TransientError,
+)
+from shared.settings import Settings
+from shared.vision import (
+    RetryingVisionClient,
+    RetryPolicy,
+    TokenBucket,
+    VisionAttempt,
+    build_vision_client,
+    parse_retry_after,
+)
+
+# --------------------------------------------------------------------------- fakes
+
+
+class FakeClock:
+    """Time that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_body(code: str, inner: str | None = None, message: str = "nope") -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if inner:
+        error["innererror"] = {"code": inner, "message": message}
+    return {"error": error}
+
+
+OK_BODY = {
+    "modelVersion": "2023-10-01",
+    "metadata": {"width": 640, "height": 480},
+    "readResult": {
+        "blocks": [{"lines": [{"text": "SECRET OCR LINE", "boundingPolygon": [], "words": []}]}]
+    },
+    "peopleResult": {"values": []},
+}
+
+
+class _Closable:
+    def close(self) -> None:
+        pass
+
+
+class FakeTransport(HttpTransport):  # type: ignore[type-arg]
+    """Answers each request with the next scripted reply (or raises the scripted error)."""
+
+    def __init__(self, script: Sequence[Reply | Exception]) -> None:
+        self.script = list(script)
+        self.requests: list[tuple[HttpRequest, dict[str, Any]]] = []
+
+    def send(self, request: HttpRequest, **kwargs: Any) -> HttpResponseImpl:  # type: ignore[override]
+        self.requests.append((request, kwargs))
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        body = b"" if item.body is None else json.dumps(item.body).encode()
+
+        def stream(**_: Any) -> Iterator[bytes]:
+            yield body
+
+        response = HttpResponseImpl(
+            request=request,
+            internal_response=_Closable(),
+            status_code=item.status,
+            reason="fake",
+            content_type="application/json",
+            headers=case_insensitive_dict({"Content-Type": "application/json", **item.headers}),
+            stream_download_generator=stream,
+        )
+        response.read()  # like the requests transport does for non-streamed calls
+        return response
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> FakeTransport:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        pass
+
+
+SETTINGS = Settings.from_env(
+    {
+        "VISION_ENDPOINT": "http://127.0.0.1:7081",
+        "VISION_KEY": "devstack-vision-key",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "VISION_MAX_RETRIES": "3",
+        "VISION_BACKOFF_BASE_SECONDS": "1",
+        "VISION_BACKOFF_MAX_SECONDS": "8",
+        "VISION_MAX_RETRY_AFTER_SECONDS": "30",
+        "VISION_CONNECT_TIMEOUT_SECONDS": "2",
+        "VISION_TIMEOUT_SECONDS": "9",
+        "VISION_RATE_LIMIT_PER_SECOND": "1000",
+    }
+)
+FEATURES = ("read", "people", "smartCrops")
+
+
+def client_for(
+    script: Sequence[Reply | Exception], clock: FakeClock
+) -> tuple[RetryingVisionClient, FakeTransport]:
+    transport = FakeTransport(script)
+    client = build_vision_client(
+        SETTINGS,
+        transport=transport,
+        clock=clock,
+        sleep=clock.sleep,
+        limiter_clock=clock,
+        rng=random.Random(42),
+    )
+    return client, transport
+
+
+# --------------------------------------------------------------------------- the real SDK path
+
+
+def test_success_sends_features_key_and_timeouts() -> None:
+    clock = FakeClock()
+    client, transport = client_for([Reply(200, OK_BODY)], clock)
+    attempts: list[VisionAttempt] = []
+    result = client.analyze(b"\xff\xd8\xffimage", FEATURES, on_attempt=attempts.append)
+    assert result.model_version == "2023-10-01"
+    assert result.payload["metadata"] == {"width": 640, "height": 480}
+    assert result.attempts == 1
+    ((request, kwargs),) = transport.requests
+    assert request.url.startswith("http://127.0.0.1:7081/computervision/imageanalysis:analyze?")
+    assert "features=read,people,smartCrops" in request.url.replace("%2C", ",")
+    assert request.headers["Ocp-Apim-Subscription-Key"] == "devstack-vision-key"
+    assert request.headers["Content-Type"] == "application/octet-stream"
+    assert kwargs["connection_timeout"] == 2.0
+    assert kwargs["read_timeout"] == 9.0
+    assert [a.status_code for a in attempts] == [200]
+    assert attempts[0].succeeded and not attempts[0].will_retry
+    assert clock.sleeps == []
+
+
+def test_429_honours_retry_after_then_succeeds() -> None:
+    clock = FakeClock()
+    client, transport = client_for(
+        [
+            Reply(429, error_body("429", None, "Rate limit"), {"Retry-After": "3"}),
+            Reply(200, OK_BODY),
+        ],
+        clock,
+    )
+    attempts: list[VisionAttempt] = []
+    result = client.analyze(b"img", FEATURES, on_attempt=attempts.append)
+    assert result.attempts == 2
+    assert len(transport.requests) == 2
+    assert clock.sleeps[0] >= 3.0  # never sooner than the service asked
+    first = attempts[0]
+    assert first.error_class is ErrorClass.THROTTLED
+    assert first.retry_after_s == 3.0
+    assert first.backoff_s is not None and first.backoff_s >= 3.0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error_type", "reason"),
+    [
+        (
+            400,
+            error_body("InvalidRequest", "InvalidImageFormat"),
+            InvalidImageError,
+            "service_invalid_image_format",
+        ),
+        (
+            400,
+            error_body("InvalidRequest", "InvalidImageSize"),
+            InvalidImageError,
+            "service_invalid_image_size",
+        ),
+        (
+            400,
+            error_body("InvalidRequest", "NotSupportedVisualFeature"),
+            ConfigError,
+            "service_not_supported_visual_feature",
+        ),
+        (401, error_body("PermissionDenied"), AuthError, "unauthorized"),
+        (403, error_body("Forbidden"), AuthError, "forbidden"),
+        (404, error_body("NotFound"), ConfigError, "endpoint_not_found"),
+        (415, None, InvalidImageError, "service_rejected_image"),
+    ],
+)
+def test_non_retryable_errors_are_never_retried(
+    status: int, body: Any, error_type: type[Exception], reason: str
+) -> None:
+    clock = FakeClock()
+    client, transport = client_for([Reply(status, body), Reply(200, OK_BODY)], clock)
+    with pytest.raises(error_type) as info:
+        client.analyze(b"img", FEATURES)
+    assert len(transport.requests) == 1
+    assert clock.sleeps == []
+    error = info.value
+    assert getattr(error, "reason") == reason  # noqa: B009
+    assert getattr(error, "status_code") == status  # noqa: B009
+    assert getattr(error, "attempts") == 1  # noqa: B009
+    assert getattr(error, "retryable") is False  # noqa: B009
+
+
+def test_service_error_codes_are_kept() -> None:
+    clock = FakeClock()
+    client, _ = client_for([Reply(400, error_body("InvalidRequest", "InvalidImageFormat"))], clock)
+    with pytest.raises(InvalidImageError) as info:
+        client.analyze(b"img", FEATURES)
+    assert (info.value.error_code, info.value.inner_code) == (
+        "InvalidRequest",
+        "InvalidImageFormat",
+    )
+
+
+def test_5xx_retried_until_exhausted_then_retryable_error() -> None:
+    clock = FakeClock()
+    client, transport = client_for([Reply(503, error_body("ServiceUnavailable"))] * 4, clock)
+    attempts: list[VisionAttempt] = []
+    with pytest.raises(TransientError) as info:
+        client.analyze(b"img", FEATURES, on_attempt=attempts.append)
+    assert len(transport.requests) == 4  # 1 + VISION_MAX_RETRIES
+    assert info.value.attempts == 4
+    assert info.value.retryable
+    assert info.value.reason == "server_error_503"
+    assert len(clock.sleeps) == 3
+    for n, slept in enumerate(clock.sleeps, start=1):
+        assert 0.0 <= slept <= min(8.0, 1.0 * 2 ** (n - 1))
+    assert [a.will_retry for a in attempts] == [True, True, True, False]
+
+
+def test_timeouts_and_connection_errors_are_retried() -> None:
+    clock = FakeClock()
+    client, transport = client_for(
+        [
+            ServiceResponseTimeoutError("read timed out"),
+            ServiceRequestError("refused"),
+            Reply(200, OK_BODY),
+        ],
+        clock,
+    )
+    attempts: list[VisionAttempt] = []
+    result = client.analyze(b"img", FEATURES, on_attempt=attempts.append)
+    assert result.attempts == 3
+    assert [a.error_class for a in attempts] == [ErrorClass.TIMEOUT, ErrorClass.TRANSIENT, None]
+    assert len(transport.requests) == 3
+
+
+def test_exhausted_timeouts_raise_timeout_error() -> None:
+    clock = FakeClock()
+    client, _ = client_for([ServiceResponseTimeoutError("read timed out")] * 4, clock)
+    with pytest.raises(OperationTimeoutError):
+        client.analyze(b"img", FEATURES)
+
+
+def test_retry_after_beyond_cap_gives_back_to_the_host() -> None:
+    clock = FakeClock()
+    client, transport = client_for([Reply(429, None, {"Retry-After": "120"})], clock)
+    with pytest.raises(ThrottledError) as info:
+        client.analyze(b"img", FEATURES)
+    assert info.value.retry_after == 120.0
+    assert info.value.retryable
+    assert len(transport.requests) == 1
+    assert clock.sleeps == []
+
+
+def test_401_from_entra_token_path_uses_bearer() -> None:
+    @dataclass
+    class Token:
+        token: str
+        expires_on: int
+
+    class Credential:
+        def get_token(self, *scopes: str, **kwargs: Any) -> Token:
+            assert scopes == ("https://cognitiveservices.azure.com/.default",)
+            return Token("entra-token", 2**31)
+
+    keyless = Settings.from_env(
+        {
+            "VISION_ENDPOINT": "https://acct.cognitiveservices.azure.com",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+    )
+    clock = FakeClock()
+    transport = FakeTransport([Reply(401, error_body("PermissionDenied"))])
+    client = build_vision_client(
+        keyless,
+        credential=Credential(),
+        transport=transport,
+        clock=clock,
+        sleep=clock.sleep,  # type: ignore[arg-type]
+        limiter_clock=clock,
+    )
+    with pytest.raises(AuthError):
+        client.analyze(b"img", FEATURES)
+    ((request, _),) = transport.requests
+    assert request.headers["Authorization"] == "Bearer entra-token"
+
+
+# --------------------------------------------------------------------------- our seam only
+
+
+class ScriptedCall:
+    def __init__(self, script: Sequence[Mapping[str, Any] | Exception]) -> None:
+        self.script = list(script)
+        self.calls = 0
+
+    def __call__(self, image: bytes, features: Sequence[str]) -> Mapping[str, Any]:
+        self.calls += 1
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def test_unexpected_exceptions_propagate_unchanged() -> None:
+    clock = FakeClock()
+    call = ScriptedCall([KeyError("bug")])
+    client = RetryingVisionClient(
+        call,
+        limiter=TokenBucket(100, clock=clock, sleep=clock.sleep),
+        policy=RetryPolicy(),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    with pytest.raises(KeyError):
+        client.analyze(b"img", FEATURES)
+    assert call.calls == 1
+
+
+def test_each_attempt_takes_a_rate_limiter_token() -> None:
+    clock = FakeClock()
+    call = ScriptedCall([TransientError("x"), TransientError("x"), dict(OK_BODY)])
+    limiter = TokenBucket(2.0, clock=clock, sleep=clock.sleep)  # one slot every 0.5 s
+    client = RetryingVisionClient(
+        call,
+        limiter=limiter,
+        policy=RetryPolicy(backoff_base_seconds=0.0, backoff_max_seconds=0.0),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    result = client.analyze(b"img", FEATURES)
+    assert result.attempts == 3
+    assert result.limiter_wait_ms == pytest.approx(1000.0)  # 0 + 0.5 + 0.5 s
+
+
+# --------------------------------------------------------------------------- backoff + jitter
+
+
+class EdgeRng(random.Random):
+    def __init__(self, pick_high: bool) -> None:
+        super().__init__(0)
+        self.pick_high = pick_high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.pick_high else a
+
+
+def test_full_jitter_bounds_and_cap() -> None:
+    policy = RetryPolicy(backoff_base_seconds=0.5, backoff_max_seconds=5.0)
+    assert [policy.backoff_ceiling(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    high, low = EdgeRng(True), EdgeRng(False)
+    assert policy.delay(3, None, high) == 2.0
+    assert policy.delay(3, None, low) == 0.0
+    assert policy.delay(3, 7.5, low) == 7.5  # Retry-After is a floor
+    rng = random.Random(1)
+    samples = [policy.delay(4, None, rng) for _ in range(2000)]
+    assert min(samples) >= 0.0 and max(samples) <= 4.0
+    assert max(samples) > 3.5 and min(samples) < 0.5  # the full range is used
+    assert policy.backoff_ceiling(10_000) == 5.0
+
+
+def test_parse_retry_after_forms() -> None:
+    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after({"Retry-After": "7"}) == 7.0
+    assert parse_retry_after({"retry-after-ms": "1500"}) == 1.5
+    assert parse_retry_after({"x-ms-retry-after-ms": "250"}) == 0.25
+    date = "Wed, 01 May 2024 12:00:30 GMT"
+    assert parse_retry_after({"Retry-After": date}, now=lambda: now) == 30.0
+    assert parse_retry_after({"Retry-After": "-5"}) == 0.0
+    assert parse_retry_after({"Retry-After": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+# --------------------------------------------------------------------------- token bucket
+
+
+def test_token_bucket_spaces_calls_at_the_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(10.0, clock=clock, sleep=clock.sleep)
+    waits = [bucket.reserve() for _ in range(5)]
+    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    clock.now += 10.0  # idle time does not bank more than the burst
+    assert [bucket.reserve() for _ in range(2)] == pytest.approx([0.0, 0.1])
+
+
+def test_token_bucket_burst_then_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1.0, burst=3, clock=clock, sleep=clock.sleep)
+    assert [bucket.reserve() for _ in range(5)] == pytest.approx([0, 0, 0, 1, 2])
+
+
+def test_token_bucket_acquire_sleeps_and_f0_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(20 / 60, clock=clock, sleep=clock.sleep)  # F0: 20 per minute
+    for _ in range(21):
+        bucket.acquire()
+    assert clock.now - 1000.0 == pytest.approx(60.0)  # 21st call starts after one minute
+    assert len(clock.sleeps) == 20
+
+
+def test_token_bucket_pause_delays_new_slots() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(10.0, clock=clock, sleep=clock.sleep)
+    bucket.reserve()
+    bucket.pause(2.0)
+    assert bucket.reserve() == pytest.approx(2.0)
+    assert bucket.reserve() == pytest.approx(2.1)
+
+
+def test_token_bucket_is_thread_safe() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(100.0, clock=clock, sleep=clock.sleep)
+    waits: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(16)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(25):
+            wait = bucket.reserve()
+            with lock:
+                waits.append(wait)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # 400 reservations, each its own slot exactly 10 ms apart: none lost, none shared
+    assert sorted(round(w, 6) for w in waits) == [round(i * 0.01, 6) for i in range(400)]
+
+
+def test_invalid_bucket_arguments() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        TokenBucket(0)
