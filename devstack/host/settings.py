@@ -54,7 +54,34 @@ def load_local_settings(
     values = document.get("Values", {}) if isinstance(document, dict) else {}
     if not isinstance(values, dict):
         raise HostConfigError(f"{path}: 'Values' must be an object")
+    added = _add_new_example_keys(path, document, values, script_root / SETTINGS_EXAMPLE)
+    if added:
+        log.warning("Added %d app setting(s) that %s gained since %s was made: %s",
+                    len(added), SETTINGS_EXAMPLE, path.name, ", ".join(added))
     return {str(key): "" if value is None else str(value) for key, value in values.items()}
+
+
+def _add_new_example_keys(
+    path: Path, document: dict[str, Any], values: dict[str, Any], example: Path
+) -> list[str]:
+    """Copy settings the example has and the developer's file lacks (their values are kept).
+
+    A checkout that gains a setting (a new schedule, say) would otherwise leave an older
+    local.settings.json unable to resolve ``%SETTING%``; the real Core Tools would fail the same
+    way, so the file is updated visibly rather than papered over in memory.
+    """
+    try:
+        example_values = json.loads(example.read_text(encoding="utf-8")).get("Values", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    missing = [key for key in example_values if key not in values]
+    if not missing:
+        return []
+    for key in missing:
+        values[key] = example_values[key]
+    document["Values"] = values
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return missing
 
 
 def apply_settings(

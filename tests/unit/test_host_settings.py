@@ -69,6 +69,19 @@ def test_local_settings_created_from_example(tmp_path: Path) -> None:
     assert elsewhere.is_file()
 
 
+def test_settings_the_example_gained_are_added_keeping_the_developers_values(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "local.settings.json").write_text(json.dumps({"Values": {"A": "mine"}}))
+    (root / "local.settings.json.example").write_text(
+        json.dumps({"Values": {"A": "1", "NEW_SCHEDULE": "0 */5 * * * *"}}))
+    assert load_local_settings(root) == {"A": "mine", "NEW_SCHEDULE": "0 */5 * * * *"}
+    on_disk = json.loads((root / "local.settings.json").read_text())["Values"]
+    assert on_disk == {"A": "mine", "NEW_SCHEDULE": "0 */5 * * * *"}
+
+
 def test_host_json_blob_settings_and_defaults() -> None:
     assert HostJson.from_document({}).poison_blob_threshold == 5
     assert HostJson.from_document({}).route_prefix == "api"
