@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,3 +35,19 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteConfig]
         yield cfg
     finally:
         procs.stop(record.pid)
+
+
+@pytest.fixture
+def repo_app() -> Any:
+    """The project's ``func.FunctionApp``, loaded by path, fresh for each test.
+
+    Host tests load other apps into this process (and put their folders on ``sys.path``), so a
+    plain ``import function_app`` could find one of those instead. Fresh, because
+    ``get_functions()`` remembers the names it has seen and refuses to list them twice.
+    """
+    path = REPO_ROOT / "function_app.py"
+    spec = importlib.util.spec_from_file_location("repo_function_app", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app

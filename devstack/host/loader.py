@@ -86,11 +86,14 @@ def import_app_module(script_root: Path) -> ModuleType:
     root = str(script_root.resolve())
     if root not in sys.path:
         sys.path.insert(0, root)
-    # The worker imports it as ``function_app``; keep that name unless another app already holds it
-    # (tests may load several apps into one process).
+    # The worker imports it as ``function_app``. In-process (tests) another app may be loaded from
+    # elsewhere: only the app in the working directory gets that name, so an app loaded from a
+    # test folder never shadows the project's own ``import function_app``.
     name = "function_app"
     existing = sys.modules.get(name)
-    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() != path:
+    other_app_holds_name = existing is not None and Path(
+        getattr(existing, "__file__", "") or "").resolve() != path.resolve()
+    if other_app_holds_name or Path.cwd().resolve() != script_root.resolve():
         name = f"function_app_{abs(hash(root)):x}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -321,9 +322,8 @@ def test_postdeploy_hook_reads_only_outputs_main_bicep_emits() -> None:
     assert needed <= outputs, sorted(needed - outputs)
 
 
-def test_blob_subscription_targets_the_blob_trigger() -> None:
-    from function_app import app
-
+def test_blob_subscription_targets_the_blob_trigger(repo_app: Any) -> None:
+    app = repo_app
     triggers = [
         f.get_function_name()
         for f in app.get_functions()

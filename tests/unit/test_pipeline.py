@@ -9,7 +9,6 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -394,19 +393,10 @@ def test_adapter_builds_blob_input_from_a_real_input_stream() -> None:
     assert source.uri is not None and source.uri.endswith("/images/cats/tom.jpg")
 
 
-def test_function_binding_is_an_event_grid_blob_trigger() -> None:
-    # Loaded by path: other tests load other apps that the worker would also call function_app.
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "function_app.py"
-    spec = importlib.util.spec_from_file_location("repo_function_app", path)
-    assert spec is not None and spec.loader is not None
-    function_app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(function_app)
-
-    (function,) = function_app.app.get_functions()
+def test_function_binding_is_an_event_grid_blob_trigger(repo_app: Any) -> None:
+    functions = {f.get_function_name(): f for f in repo_app.get_functions()}
+    function = functions["analyze_image"]
     binding = json.loads(function.get_function_json())["bindings"][0]
-    assert function.get_function_name() == "analyze_image"
     assert binding["type"] == "blobTrigger"
     assert binding["path"] == "%IMAGES_CONTAINER%/{name}"
     assert binding["connection"] == "AzureWebJobsStorage"
