@@ -4,7 +4,8 @@ A type exists only where a caller handles it differently::
 
     VisionOpsError
     ├── RetryableError            raise out of the function: the host retries, then poisons
-    │   ├── ThrottledError        429 / quota exhausted (carries Retry-After)
+    │   │                         (carries the service's Retry-After, if it sent one)
+    │   ├── ThrottledError        429 / quota exhausted
     │   ├── TransientError        5xx, connection reset, storage hiccup
     │   │   └── StorageError      reading or writing results/failed documents failed
     │   └── OperationTimeoutError connect/read timeout, 408
@@ -67,14 +68,14 @@ class VisionOpsError(Exception):
 
 
 class RetryableError(VisionOpsError):
-    """The operation may succeed later; the Functions host retries the invocation."""
+    """The operation may succeed later; the Functions host retries the invocation.
+
+    ``retry_after`` is the wait the service asked for with ``Retry-After`` (429, but also 503
+    and 408 answers carry it), or ``None``.
+    """
 
     retryable = True
     error_class = ErrorClass.TRANSIENT
-
-
-class ThrottledError(RetryableError):
-    error_class = ErrorClass.THROTTLED
 
     def __init__(
         self,
@@ -96,6 +97,10 @@ class ThrottledError(RetryableError):
             attempts=attempts,
         )
         self.retry_after = retry_after
+
+
+class ThrottledError(RetryableError):
+    error_class = ErrorClass.THROTTLED
 
 
 class TransientError(RetryableError):

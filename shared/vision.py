@@ -8,12 +8,13 @@ reported to the observer with its classification. The SDK's own retries are ther
 off (``RetryPolicy.no_retries()``); transport timeouts (connect/read) come from settings.
 
 Retry rules: exponential backoff with full jitter (``uniform(0, min(cap, base * 2**n))``),
-never sooner than the service's ``Retry-After``; only throttled/transient/timeout errors are
-retried, never 400/401/403/404. A ``Retry-After`` longer than
-``VISION_MAX_RETRY_AFTER_SECONDS`` ends the local loop (the host retries the blob later).
+never sooner than the service's ``Retry-After`` (429, 503 and 408 alike), which also pauses the
+rate limiter; only throttled/transient/timeout errors are retried, never 400/401/403/404. A
+``Retry-After`` longer than ``VISION_MAX_RETRY_AFTER_SECONDS`` ends the local loop (the host
+retries the blob later).
 
 The token bucket is sized from the tier (F0: 20/min; S1: ``VISION_RATE_LIMIT_PER_SECOND``)
-and is per process: with N instances, set the limit to quota / N.
+less ``LIMITER_HEADROOM``, and is per process: with N instances, set the limit to quota / N.
 
 Never log image bytes, OCR text or the key from here.
 """
@@ -38,6 +39,7 @@ from shared.errors import (
     ErrorClass,
     InvalidImageError,
     OperationTimeoutError,
+    RetryableError,
     ThrottledError,
     TransientError,
     VisionOpsError,
@@ -122,6 +124,14 @@ class AnalyzeCall(Protocol):
 
 
 # --------------------------------------------------------------------------- rate limiter
+
+#: The service counts *arrivals* in a rolling one-second window with no burst allowance; the
+#: bucket can only space *sends*. At exactly the limit, calls N apart are exactly one second
+#: apart, so a few ms of send-to-arrival jitter puts the (N+1)th call inside the window: a 429
+#: and a ``Retry-After`` pause of at least a second. Pacing at 98 % leaves every window 20 ms of
+#: slack. Measured against the emulator at 10 TPS with 8 threads (bench/goodput_bench.py): at
+#: 100 %, 5 % of calls got 429 and goodput was 86 % of the limit; at 98 %, no 429 and 98 %.
+LIMITER_HEADROOM = 0.02
 
 
 class TokenBucket:
@@ -261,9 +271,14 @@ def classify_http(
     if status == 429:
         result = ThrottledError(message, retry_after=retry_after, reason="throttled", **kw)
     elif status == 408:
-        result = OperationTimeoutError(message, reason="service_timeout", **kw)
+        result = OperationTimeoutError(
+            message, retry_after=retry_after, reason="service_timeout", **kw
+        )
     elif status >= 500:
-        result = TransientError(message, reason=f"server_error_{status}", **kw)
+        # a 503 says when to come back just like a 429 does
+        result = TransientError(
+            message, retry_after=retry_after, reason=f"server_error_{status}", **kw
+        )
     elif status in (401, 403):
         result = AuthError(message, reason="unauthorized" if status == 401 else "forbidden", **kw)
     elif status == 404:
@@ -417,7 +432,7 @@ class RetryingVisionClient:
 
 
 def _retry_after(error: VisionOpsError) -> float | None:
-    return error.retry_after if isinstance(error, ThrottledError) else None
+    return error.retry_after if isinstance(error, RetryableError) else None
 
 
 def _ms(seconds: float) -> float:
@@ -492,7 +507,7 @@ def build_vision_client(
         read_timeout=settings.vision_timeout_seconds,
     )
     limiter = TokenBucket(
-        settings.rate_limit_per_second,
+        settings.rate_limit_per_second * (1.0 - LIMITER_HEADROOM),
         settings.vision_rate_burst,
         clock=limiter_clock,
         sleep=sleep,

@@ -273,6 +273,39 @@ def test_5xx_retried_until_exhausted_then_retryable_error() -> None:
     assert [a.will_retry for a in attempts] == [True, True, True, False]
 
 
+def test_503_retry_after_is_honoured_like_a_429s() -> None:
+    clock = FakeClock()
+    client, transport = client_for(
+        [Reply(503, error_body("ServiceUnavailable"), {"Retry-After": "2"}), Reply(200, OK_BODY)],
+        clock,
+    )
+    attempts: list[VisionAttempt] = []
+    result = client.analyze(b"img", FEATURES, on_attempt=attempts.append)
+    assert result.attempts == 2
+    assert clock.sleeps[0] >= 2.0  # not the 0-0.5 s jitter of a plain 5xx
+    assert attempts[0].error_class is ErrorClass.TRANSIENT
+    assert attempts[0].retry_after_s == 2.0
+    assert len(transport.requests) == 2
+
+
+def test_503_retry_after_pauses_the_limiter_for_every_caller() -> None:
+    clock = FakeClock()
+    limiter = TokenBucket(100, clock=clock, sleep=clock.sleep)
+    others: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        others.append(limiter.reserve())  # another thread asks for a slot during the backoff
+        clock.sleep(seconds)
+
+    error = TransientError("busy", reason="server_error_503", status_code=503, retry_after=5.0)
+    client = RetryingVisionClient(
+        ScriptedCall([error, OK_BODY]), limiter=limiter, policy=RetryPolicy(), clock=clock,
+        sleep=sleep, rng=random.Random(1),
+    )  # fmt: skip
+    assert client.analyze(b"img", FEATURES).attempts == 2
+    assert others == [pytest.approx(5.0)]
+
+
 def test_timeouts_and_connection_errors_are_retried() -> None:
     clock = FakeClock()
     client, transport = client_for(
@@ -483,6 +516,30 @@ def test_token_bucket_is_thread_safe() -> None:
         thread.join()
     # 400 reservations, each its own slot exactly 10 ms apart: none lost, none shared
     assert sorted(round(w, 6) for w in waits) == [round(i * 0.01, 6) for i in range(400)]
+
+
+def test_limiter_leaves_headroom_below_the_configured_rate() -> None:
+    """The service counts arrivals in a rolling second: at 10/s configured, any 11 consecutive
+    sends must span more than a second, with slack for send-to-arrival jitter."""
+    settings = Settings.from_env(
+        {
+            "VISION_ENDPOINT": "http://127.0.0.1:7081",
+            "VISION_KEY": "k",
+            "VISION_RATE_LIMIT_PER_SECOND": "10",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+    )
+    clock = FakeClock()
+    transport = FakeTransport([Reply(200, OK_BODY)] * 11)
+    client = build_vision_client(
+        settings, transport=transport, clock=clock, sleep=clock.sleep, limiter_clock=clock
+    )
+    sent: list[float] = []
+    for _ in range(11):
+        client.analyze(b"img", FEATURES)
+        sent.append(clock.now)
+    assert sent[10] - sent[0] >= 1.0 + 0.02  # 20 ms of slack per window
+    assert sent[10] - sent[0] <= 1.0 / 0.97  # but no more than 3 % below the limit
 
 
 def test_invalid_bucket_arguments() -> None:
