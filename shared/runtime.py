@@ -1,7 +1,8 @@
 """Builds the pipeline's real dependencies once per process, on first use (never at import).
 
 The only place that turns ``Settings`` into SDK clients. Tests build ``PipelineDeps`` with
-fakes instead; issue 4's telemetry passes its observer to ``build_pipeline_deps``.
+fakes instead. ``ensure_telemetry()`` runs before the first request span so that span is
+already exported; the pipeline gets ``shared.telemetry.TelemetryObserver``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
     from shared.pipeline import PipelineDeps, PipelineObserver
@@ -36,4 +37,22 @@ def build_pipeline_deps(
 @functools.cache
 def get_pipeline_deps() -> PipelineDeps:
     """Thread-safe enough: a race at first use builds two sets and keeps one; both are valid."""
-    return build_pipeline_deps(get_settings())
+    from shared.telemetry import TelemetryObserver
+
+    settings = get_settings()
+    return build_pipeline_deps(settings, observer=TelemetryObserver.from_settings(settings))
+
+
+def ensure_telemetry() -> None:
+    """Configure telemetry once (cheap after the first call). Never raises.
+
+    Bad settings leave it unconfigured; the invocation then fails on them as before, and the
+    next invocation tries again.
+    """
+    from shared import telemetry
+
+    try:
+        settings: Settings | None = get_settings()
+    except SettingsError:
+        settings = None
+    telemetry.configure(settings)

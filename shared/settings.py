@@ -84,6 +84,115 @@ class StorageConnection:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """Telemetry and Log Analytics settings (see ``shared.telemetry`` / ``shared.logsquery``).
+
+    ``connection_string`` and the query endpoint only ever reach the SDKs, never a log line.
+    """
+
+    connection_string: str | None = field(default=None, repr=False)
+    configured_by_worker: bool = False
+    sampling_ratio: float = 1.0
+    live_metrics: bool | None = None
+    hash_blob_names: bool = False
+    role_name: str | None = None
+    storage_directory: str | None = None
+    storage_retry_seconds: int = 60
+    synthetic_prefix: str | None = "synthetic/"
+    poison_after_attempts: int = 5
+    query_endpoint: str | None = None
+    workspace_id: str | None = None
+
+    @property
+    def ingestion_is_loopback(self) -> bool:
+        """True when the connection string points at a local ingestion endpoint (devstack)."""
+        endpoint = _connection_string_field(self.connection_string, "ingestionendpoint")
+        return is_loopback_url(endpoint)
+
+    @property
+    def query_is_loopback(self) -> bool:
+        return is_loopback_url(self.query_endpoint)
+
+
+# --------------------------------------------------------------------------- health (probes, quota)
+# Settings of the synthetic probes and the quota check (shared/probes.py, shared/quota.py; see
+# docs/probes-and-quota.md). The three schedules are read by the Functions host from
+# ``%PROBE_SCHEDULE%`` / ``%PROBE_E2E_SCHEDULE%`` / ``%QUOTA_SCHEDULE%``; they are parsed here too
+# so a bad value is reported with every other bad setting.
+
+DEFAULT_PROBE_SCHEDULE = "0 */5 * * * *"
+DEFAULT_PROBE_E2E_SCHEDULE = "30 */10 * * * *"
+DEFAULT_QUOTA_SCHEDULE = "0 7 * * * *"
+#: F0's monthly call volume (*unconfirmed*: configurable through QUOTA_MONTHLY_CALLS).
+F0_MONTHLY_CALLS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """Probes, quota check and where their results are kept (the ``status`` container)."""
+
+    probe_schedule: str = DEFAULT_PROBE_SCHEDULE
+    probe_e2e_schedule: str = DEFAULT_PROBE_E2E_SCHEDULE
+    quota_schedule: str = DEFAULT_QUOTA_SCHEDULE
+    probe_vision_key: str | None = field(default=None, repr=False)
+    probe_timeout_seconds: float = 10.0
+    probe_max_retries: int = 0
+    probe_e2e_deadline_seconds: float = 120.0
+    probe_e2e_poll_seconds: float = 2.0
+    probe_run_location: str = "local"
+    lock_lease_seconds: int = 60
+    quota_monthly_calls: int = F0_MONTHLY_CALLS
+    quota_tps_limit: float | None = None
+    quota_warn_thresholds: tuple[float, ...] = (0.8, 0.95)
+    status_container: str = "status"
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """True for http(s) URLs whose host is 127.0.0.1, ::1 or localhost."""
+    if not url:
+        return False
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def _connection_string_field(connection_string: str | None, key: str) -> str | None:
+    for part in (connection_string or "").split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip().lower() == key:
+            return value.strip()
+    return None
+
+
+# --- status, alerts and dashboards (issue 6) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringSettings:
+    """Thresholds of the alert rules (``shared.alerts``) and the status endpoint's tunables.
+
+    The same values render into the Azure alert rules and decide the status page's state.
+    """
+
+    slo_target: float = 0.99
+    error_rate_threshold: float = 0.05
+    min_requests: int = 5
+    latency_baseline_p95_ms: float = 3000.0
+    latency_factor: float = 2.0
+    availability_threshold_pct: float = 90.0
+    throttle_rate_threshold: float = 0.10
+    quota_forecast_threshold: float = 1.0
+    freshness_max_age_s: int = 900
+    app_version: str = "dev"
+
+    @property
+    def latency_threshold_ms(self) -> float:
+        return self.latency_baseline_p95_ms * self.latency_factor
+
+
+# --- end of status, alerts and dashboards ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     vision_endpoint: str
     vision_key: str | None = field(default=None, repr=False)
@@ -107,6 +216,9 @@ class Settings:
     results_container: str = "results"
     failed_container: str = "failed"
     storage: StorageConnection = field(default_factory=StorageConnection)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)  # issue 6
 
     @property
     def rate_limit_per_second(self) -> float:
@@ -182,6 +294,9 @@ class Settings:
             results_container=p.container("RESULTS_CONTAINER", d["results_container"]),
             failed_container=p.container("FAILED_CONTAINER", d["failed_container"]),
             storage=p.storage(),
+            telemetry=p.telemetry(),
+            health=p.health(),
+            monitoring=p.monitoring(),  # issue 6
         )
         if settings.vision_backoff_max_seconds < settings.vision_backoff_base_seconds:
             p.problems.append("VISION_BACKOFF_MAX_SECONDS must be >= VISION_BACKOFF_BASE_SECONDS")
@@ -195,6 +310,9 @@ class Settings:
                 "IMAGES_CONTAINER, RESULTS_CONTAINER and FAILED_CONTAINER must all differ"
                 " (results written into the trigger container would trigger the function)"
             )
+        if settings.health.status_container in containers:  # health block
+            p.problems.append("STATUS_CONTAINER must differ from IMAGES_CONTAINER,"
+                              " RESULTS_CONTAINER and FAILED_CONTAINER")
         if p.problems:
             raise SettingsError(p.problems)
         return settings
@@ -245,6 +363,143 @@ class _Parser:
             self.problems.append(f"{key} must be between {low:g} and {high:g}, got {raw!r}")
             return None
         return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.optional_flag(key)
+        return default if value is None else value
+
+    def optional_flag(self, key: str) -> bool | None:
+        raw = self.text(key)
+        if raw is None:
+            return None
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{key} must be true or false, got {raw!r}")
+        return None
+
+    # --- status, alerts and dashboards (issue 6) ---------------------------------------------
+
+    def monitoring(self) -> MonitoringSettings:
+        d = MonitoringSettings()
+        return MonitoringSettings(
+            slo_target=self.number("ANALYSIS_SLO_TARGET", float, d.slo_target, 0.5, 0.99999),
+            error_rate_threshold=self.number(
+                "ALERT_ERROR_RATE_THRESHOLD", float, d.error_rate_threshold, 0.0001, 1.0
+            ),
+            min_requests=self.number("ALERT_MIN_REQUESTS", int, d.min_requests, 1, 100_000),
+            latency_baseline_p95_ms=self.number(
+                "LATENCY_BASELINE_P95_MS", float, d.latency_baseline_p95_ms, 1.0, 600_000
+            ),
+            latency_factor=self.number("ALERT_LATENCY_FACTOR", float, d.latency_factor, 1.0, 100),
+            availability_threshold_pct=self.number(
+                "ALERT_AVAILABILITY_THRESHOLD_PCT", float, d.availability_threshold_pct, 0.0, 100
+            ),
+            throttle_rate_threshold=self.number(
+                "ALERT_THROTTLE_RATE_THRESHOLD", float, d.throttle_rate_threshold, 0.0001, 1.0
+            ),
+            quota_forecast_threshold=self.number(
+                "ALERT_QUOTA_FORECAST_THRESHOLD", float, d.quota_forecast_threshold, 0.01, 100
+            ),
+            freshness_max_age_s=self.number(
+                "STATUS_FRESHNESS_MAX_AGE_SECONDS", int, d.freshness_max_age_s, 10, 86_400
+            ),
+            app_version=self.text("APP_VERSION") or d.app_version,
+        )
+
+    # --- end of status, alerts and dashboards ------------------------------------------------
+
+    def telemetry(self) -> TelemetrySettings:
+        d = TelemetrySettings()
+        connection_string = self.text("APPLICATIONINSIGHTS_CONNECTION_STRING")
+        if connection_string is not None and "instrumentationkey=" not in connection_string.lower():
+            # never echo the value: it is a secret-ish identifier
+            self.problems.append(
+                "APPLICATIONINSIGHTS_CONNECTION_STRING must contain InstrumentationKey=…"
+            )
+            connection_string = None
+        prefix = self.env.get("TELEMETRY_SYNTHETIC_PREFIX")
+        return TelemetrySettings(
+            connection_string=connection_string,
+            configured_by_worker=self.flag("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", False),
+            sampling_ratio=self.number(
+                "TELEMETRY_SAMPLING_RATIO", float, d.sampling_ratio, 0.0, 1.0
+            ),
+            live_metrics=self.optional_flag("TELEMETRY_LIVE_METRICS"),
+            hash_blob_names=self.flag("TELEMETRY_HASH_BLOB_NAMES", d.hash_blob_names),
+            role_name=self.text("TELEMETRY_ROLE_NAME"),
+            storage_directory=self.text("TELEMETRY_STORAGE_DIRECTORY"),
+            storage_retry_seconds=self.number(
+                "TELEMETRY_STORAGE_RETRY_SECONDS", int, d.storage_retry_seconds, 1, 86_400
+            ),
+            # set but empty disables the prefix rule
+            synthetic_prefix=d.synthetic_prefix if prefix is None else (prefix.strip() or None),
+            poison_after_attempts=self.number(
+                "TELEMETRY_POISON_AFTER_ATTEMPTS", int, d.poison_after_attempts, 1, 100
+            ),
+            query_endpoint=self.url("LOGS_QUERY_ENDPOINT"),
+            workspace_id=self.text("LOGS_WORKSPACE_ID"),
+        )
+
+
+    # -- health block (probes, quota) --------------------------------------------------------
+
+    def health(self) -> HealthSettings:
+        d = HealthSettings()
+        tps = self.optional_number("QUOTA_TPS_LIMIT", float, low=0.001, high=10_000.0)
+        return HealthSettings(
+            probe_schedule=self.schedule("PROBE_SCHEDULE", d.probe_schedule),
+            probe_e2e_schedule=self.schedule("PROBE_E2E_SCHEDULE", d.probe_e2e_schedule),
+            quota_schedule=self.schedule("QUOTA_SCHEDULE", d.quota_schedule),
+            # unset: the pipeline's VISION_KEY (or Entra ID when that is unset too)
+            probe_vision_key=self.text("PROBE_VISION_KEY") or self.text("VISION_KEY"),
+            probe_timeout_seconds=self.number(
+                "PROBE_TIMEOUT_SECONDS", float, d.probe_timeout_seconds, 0.5, 300),
+            probe_max_retries=self.number("PROBE_MAX_RETRIES", int, d.probe_max_retries, 0, 3),
+            probe_e2e_deadline_seconds=self.number(
+                "PROBE_E2E_DEADLINE_SECONDS", float, d.probe_e2e_deadline_seconds, 1, 3600),
+            probe_e2e_poll_seconds=self.number(
+                "PROBE_E2E_POLL_SECONDS", float, d.probe_e2e_poll_seconds, 0.05, 60),
+            # REGION_NAME is set by App Service / Functions in Azure
+            probe_run_location=self.text("PROBE_RUN_LOCATION") or self.text("REGION_NAME")
+            or d.probe_run_location,
+            lock_lease_seconds=self.number(
+                "HEALTH_LOCK_LEASE_SECONDS", int, d.lock_lease_seconds, 15, 60),
+            quota_monthly_calls=self.number(
+                "QUOTA_MONTHLY_CALLS", int, d.quota_monthly_calls, 1, 10**12),
+            quota_tps_limit=tps,
+            quota_warn_thresholds=self.thresholds(
+                "QUOTA_WARN_THRESHOLDS", d.quota_warn_thresholds),
+            status_container=self.container("STATUS_CONTAINER", d.status_container),
+        )
+
+    def schedule(self, key: str, default: str) -> str:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        fields_ = raw.split()
+        if len(fields_) != 6:
+            self.problems.append(
+                f"{key} must be a six-field NCRONTAB expression (seconds first, e.g."
+                f" '0 */5 * * * *'), got {raw!r}")
+            return default
+        return " ".join(fields_)
+
+    def thresholds(self, key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        try:
+            values = sorted({float(part) for part in raw.split(",") if part.strip()})
+        except ValueError:
+            values = []
+        if not values or not all(0.0 < v <= 10.0 for v in values):
+            self.problems.append(
+                f"{key} must be comma-separated ratios in (0, 10], e.g. 0.8,0.95, got {raw!r}")
+            return default
+        return tuple(values)
 
     def choice(self, key: str, enum: type[VisionTier], default: VisionTier) -> VisionTier:
         raw = self.text(key)

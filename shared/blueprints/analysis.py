@@ -24,12 +24,28 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves
     connection="AzureWebJobsStorage",
     source=func.BlobSource.EVENT_GRID,
 )
-def analyze_image(blob: func.InputStream) -> None:
-    """Analyse one uploaded image; raises only when the host should retry (then poison)."""
-    from shared.pipeline import process_blob
-    from shared.runtime import get_pipeline_deps
+def analyze_image(blob: func.InputStream, context: func.Context | None = None) -> None:
+    """Analyse one uploaded image; raises only when the host should retry (then poison).
 
-    process_blob(blob_input_from_stream(blob), get_pipeline_deps())
+    ``context`` (the worker passes it by name) gives the invocation id and the host's trace
+    context for the request span; direct calls in tests may omit it.
+    """
+    from shared import telemetry
+    from shared.pipeline import process_blob
+    from shared.runtime import ensure_telemetry, get_pipeline_deps
+
+    ensure_telemetry()
+    source = blob_input_from_stream(blob)
+    trace_context = context.trace_context if context is not None else None
+    with telemetry.invocation(
+        (context.function_name if context is not None else None) or "analyze_image",
+        trigger=telemetry.Trigger.DATASOURCE,
+        invocation_id=context.invocation_id if context is not None else None,
+        trace_parent=trace_context.trace_parent if trace_context is not None else None,
+        trace_state=trace_context.trace_state if trace_context is not None else None,
+        blob=(source.container, source.name),
+    ):
+        process_blob(source, get_pipeline_deps())
 
 
 def blob_input_from_stream(stream: func.InputStream) -> BlobInput:

@@ -1,0 +1,172 @@
+"""Per-record cost of our telemetry path vs the seed's opencensus ``AzureLogHandler``.
+
+    .venv/bin/python bench/telemetry_bench.py [--records 5000] [--repeat 3]
+
+* **ours**: ``shared.telemetry.configure()`` (azure-monitor-opentelemetry), then per record one
+  request span (``telemetry.invocation``) with one plain ``logging`` warning inside it;
+* **seed**: ``logger.addHandler(AzureLogHandler(connection_string=...)); logger.warning(...)``.
+
+Both run in a fresh process and export to the same in-process HTTP sink on loopback (it answers
+like ``/v2.1/track`` and counts items), so nothing leaves the machine. Reported per record:
+the caller's wall time (what the function pays inline) and the whole process's CPU time including
+the exporter's background threads, plus how many items reached the sink.
+
+opencensus-ext-azure is retired and never an app dependency: it is installed only into a
+throwaway virtualenv that this script creates under ``.devstack/bench-opencensus``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV = REPO_ROOT / ".devstack" / "bench-opencensus"
+IKEY = "00000000-0000-0000-0000-000000000000"
+
+OURS = """
+import json, logging, sys, time
+from shared import telemetry
+from shared.settings import Settings
+n, cs, with_span = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "span"
+settings = Settings.from_env({"VISION_ENDPOINT": "http://127.0.0.1:9",
+                              "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                              "APPLICATIONINSIGHTS_CONNECTION_STRING": cs})
+assert telemetry.configure(settings) is telemetry.Mode.APP
+logging.getLogger().setLevel(logging.WARNING)
+log = logging.getLogger("bench.seed")
+def record(i, text):
+    if with_span:
+        with telemetry.invocation("bench", trigger=telemetry.Trigger.OTHER):
+            log.warning("blob %s rejected: %s", i, text)
+    else:
+        log.warning("blob %s rejected: %s", i, text)
+for i in range(200):  # warm-up
+    record(i, "warm-up")
+telemetry.force_flush()
+cpu0, t0 = time.process_time(), time.perf_counter()
+for i in range(n):
+    record(i, "invalid_input")
+inline = time.perf_counter() - t0
+telemetry.force_flush(60_000)
+print(json.dumps({"inline_s": inline, "cpu_s": time.process_time() - cpu0,
+                  "total_s": time.perf_counter() - t0,
+                  "warmup_items": 400 if with_span else 200}))
+"""
+
+SEED = """
+import json, logging, sys, time
+from opencensus.ext.azure.log_exporter import AzureLogHandler
+n, cs = int(sys.argv[1]), sys.argv[2]
+logger = logging.getLogger(__name__)
+handler = AzureLogHandler(connection_string=cs, enable_local_storage=False)
+logger.addHandler(handler)
+for i in range(200):  # warm-up
+    logger.warning("warm-up record %d", i)
+handler.flush()
+cpu0, t0 = time.process_time(), time.perf_counter()
+for i in range(n):
+    logger.warning("blob %s rejected: %s", i, "invalid_input")
+inline = time.perf_counter() - t0
+handler.flush()
+print(json.dumps({"inline_s": inline, "cpu_s": time.process_time() - cpu0,
+                  "total_s": time.perf_counter() - t0, "warmup_items": 200}))
+"""
+
+
+class Sink(BaseHTTPRequestHandler):
+    items = 0
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            parsed: Any = json.loads(body)
+            count = len(parsed) if isinstance(parsed, list) else 1
+        except ValueError:
+            count = body.count(b"\n") + 1
+        if b"Microsoft.ApplicationInsights.Metric" in body and b"Statsbeat" in body:
+            count = 0
+        with Sink.lock:
+            Sink.items += count
+        reply = json.dumps({"itemsReceived": count, "itemsAccepted": count, "errors": []})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(reply.encode())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def opencensus_python() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating a throwaway venv for opencensus-ext-azure in {VENV} …", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "opencensus-ext-azure"],
+                       check=True)
+    return python
+
+
+def run(python: Path, code: str, records: int, port: int, *extra: str) -> dict[str, float]:
+    cs = f"InstrumentationKey={IKEY};IngestionEndpoint=http://127.0.0.1:{port}/"
+    # A burst of thousands of records in well under a second overflows the OTel batch queues
+    # (default 2048: the SDK then drops); size them so every record is exported and costed.
+    env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "1000", "OTEL_BLRP_SCHEDULE_DELAY": "1000",
+           "OTEL_BSP_MAX_QUEUE_SIZE": "100000", "OTEL_BLRP_MAX_QUEUE_SIZE": "100000",
+           "OTEL_METRICS_EXPORTER": "none", "PYTHONPATH": str(REPO_ROOT)}
+    before = Sink.items
+    out = subprocess.run([str(python), "-c", textwrap.dedent(code), str(records), cs, *extra],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True,
+                         timeout=600)
+    result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    result["items"] = Sink.items - before - result.pop("warmup_items")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    seed_python = opencensus_python()
+    results: dict[str, list[dict[str, float]]] = {"ours": [], "ours_log": [], "seed": []}
+    for _ in range(args.repeat):  # interleaved, so machine noise hits all alike
+        results["ours"].append(run(Path(sys.executable), OURS, args.records, port, "span"))
+        results["ours_log"].append(run(Path(sys.executable), OURS, args.records, port, "log"))
+        results["seed"].append(run(seed_python, SEED, args.records, port))
+    server.shutdown()
+
+    def per_record_us(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name]) / args.records * 1e6
+
+    print(f"\n{args.records} records x {args.repeat} runs (median), exporting to a loopback sink")
+    print(f"{'':32}{'ours: span+log':>16}{'ours: log only':>16}{'seed: AzureLogHandler':>24}")
+    for label, key in (("inline wall time / record", "inline_s"),
+                       ("process CPU / record (+export)", "cpu_s"),
+                       ("until flushed / record", "total_s")):
+        print(f"{label:32}{per_record_us('ours', key):>13.1f} us"
+              f"{per_record_us('ours_log', key):>13.1f} us{per_record_us('seed', key):>21.1f} us")
+    items = {k: statistics.median(r["items"] for r in v) for k, v in results.items()}
+    print(f"{'items received by the sink':32}{items['ours']:>16.0f}{items['ours_log']:>16.0f}"
+          f"{items['seed']:>24.0f}")
+    print("(span+log sends 2 items per record: the request and the trace)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

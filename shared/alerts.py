@@ -1,0 +1,305 @@
+"""Alert rules defined once, as data: evaluated by the status endpoint, rendered into Azure.
+
+Each ``AlertRule`` names a query file in ``queries/`` (``alert_*.kql``), the parameters bound into
+it, the column it measures, how rows aggregate, the comparison, the window and frequency, the
+severity and its runbook section (``docs/runbook.md``). ``alert_rules(settings)`` builds them with
+the thresholds from app settings; the same objects feed
+
+* ``evaluate(rule, rows)`` — the status endpoint runs every rule's query over the rule's window
+  (all in the status batch) and reports the active ones;
+* ``render_alert_rules(settings)`` — the Bicep-relevant fields of one Azure Monitor scheduled query
+  rule per alert (``infra/app/alerts.bicep`` consumes them).
+
+Must never: run a query itself (callers batch them), or hold a threshold anywhere but here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.logsquery import NamedQuery, ParamValue
+    from shared.settings import MonitoringSettings, Settings
+
+RUNBOOK = "docs/runbook.md"
+
+
+class Operator(StrEnum):
+    """ARM ``scheduledQueryRules`` operators."""
+
+    GREATER_THAN = "GreaterThan"
+    GREATER_THAN_OR_EQUAL = "GreaterThanOrEqual"
+    LESS_THAN = "LessThan"
+    LESS_THAN_OR_EQUAL = "LessThanOrEqual"
+
+    def holds(self, value: float, threshold: float) -> bool:
+        if self is Operator.GREATER_THAN:
+            return value > threshold
+        if self is Operator.GREATER_THAN_OR_EQUAL:
+            return value >= threshold
+        if self is Operator.LESS_THAN:
+            return value < threshold
+        return value <= threshold
+
+
+class Aggregation(StrEnum):
+    """ARM ``timeAggregation`` over the rows the query returns in one evaluation."""
+
+    MAXIMUM = "Maximum"
+    MINIMUM = "Minimum"
+    AVERAGE = "Average"
+    TOTAL = "Total"
+    COUNT = "Count"
+
+
+class Severity(IntEnum):
+    """Azure Monitor alert severities (0 is the most severe)."""
+
+    CRITICAL = 0
+    ERROR = 1
+    WARNING = 2
+    INFORMATIONAL = 3
+    VERBOSE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One alert: a named query, a measure, a comparison, a window and what to do about it."""
+
+    name: str
+    title: str
+    description: str
+    query: str  # file stem in queries/
+    measure: str  # column compared with the threshold ("" for Count)
+    aggregation: Aggregation
+    operator: Operator
+    threshold: float
+    window: timedelta
+    frequency: timedelta
+    severity: Severity
+    runbook: str  # section anchor in docs/runbook.md
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+
+    @property
+    def runbook_url(self) -> str:
+        return f"{RUNBOOK}#{self.runbook}"
+
+    def kql(self, queries: Mapping[str, NamedQuery] | None = None) -> str:
+        """The rule's query text with its parameters bound."""
+        from shared.logsquery import load_queries
+
+        return (queries or load_queries())[self.query].render(self.params)
+
+
+def alert_rules(settings: Settings | MonitoringSettings | None = None) -> tuple[AlertRule, ...]:
+    """Every alert rule, thresholds from ``settings`` (defaults when ``None``)."""
+    from shared.settings import MonitoringSettings
+
+    m = settings if isinstance(settings, MonitoringSettings) else (
+        settings.monitoring if settings is not None else MonitoringSettings())
+    return (
+        AlertRule(
+            name="error-rate",
+            title="Analysis error rate",
+            description=(f"More than {m.error_rate_threshold:.1%} of analysis invocations failed"
+                         " (raised for a host retry) in the last 5 minutes."),
+            query="alert_error_rate", measure="ErrorRate", aggregation=Aggregation.MAXIMUM,
+            operator=Operator.GREATER_THAN, threshold=m.error_rate_threshold,
+            window=timedelta(minutes=5), frequency=timedelta(minutes=1),
+            severity=Severity.ERROR, runbook="error-rate",
+            params={"minRequests": m.min_requests},
+        ),
+        AlertRule(
+            name="latency-p95",
+            title="Analysis p95 latency above baseline",
+            description=(f"p95 analysis latency above {m.latency_factor:g} x the baseline of"
+                         f" {m.latency_baseline_p95_ms:g} ms in the last 5 minutes."),
+            query="alert_latency_p95", measure="P95Ms", aggregation=Aggregation.MAXIMUM,
+            operator=Operator.GREATER_THAN, threshold=m.latency_threshold_ms,
+            window=timedelta(minutes=5), frequency=timedelta(minutes=1),
+            severity=Severity.WARNING, runbook="latency-p95",
+            params={"minRequests": m.min_requests},
+        ),
+        AlertRule(
+            name="probe-availability",
+            title="Probe availability",
+            description=(f"A synthetic probe passed less than {m.availability_threshold_pct:g} %"
+                         " of its runs in the last 15 minutes."),
+            query="alert_probe_availability", measure="AvailabilityPct",
+            aggregation=Aggregation.MINIMUM, operator=Operator.LESS_THAN,
+            threshold=m.availability_threshold_pct,
+            window=timedelta(minutes=15), frequency=timedelta(minutes=5),
+            severity=Severity.ERROR, runbook="probe-availability",
+        ),
+        AlertRule(
+            name="throttling",
+            title="Vision throttling",
+            description=(f"More than {m.throttle_rate_threshold:.1%} of Vision calls were"
+                         " answered 429 in the last 5 minutes."),
+            query="alert_throttling", measure="ThrottleRate", aggregation=Aggregation.MAXIMUM,
+            operator=Operator.GREATER_THAN, threshold=m.throttle_rate_threshold,
+            window=timedelta(minutes=5), frequency=timedelta(minutes=1),
+            severity=Severity.WARNING, runbook="throttling",
+            params={"minCalls": max(2 * m.min_requests, 1)},
+        ),
+        AlertRule(
+            name="quota-forecast",
+            title="Monthly quota forecast",
+            description=(f"The month-end forecast of Vision quota use is at or above"
+                         f" {m.quota_forecast_threshold:.0%} of the monthly quota."),
+            query="alert_quota_forecast", measure="ForecastRatio",
+            aggregation=Aggregation.MAXIMUM, operator=Operator.GREATER_THAN_OR_EQUAL,
+            threshold=m.quota_forecast_threshold,
+            window=timedelta(hours=6), frequency=timedelta(hours=1),
+            severity=Severity.INFORMATIONAL, runbook="quota-forecast",
+        ),
+        AlertRule(
+            name="slo-burn-fast",
+            title="SLO burn rate (fast)",
+            description=(f"The analysis success SLO ({m.slo_target:.3%}) burns its error budget"
+                         " at 14.4x or faster over both 1 hour and 5 minutes (2 % of a 30-day"
+                         " budget in an hour)."),
+            query="alert_burn_rate", measure="BurnRate", aggregation=Aggregation.MAXIMUM,
+            operator=Operator.GREATER_THAN_OR_EQUAL, threshold=14.4,
+            window=timedelta(hours=1), frequency=timedelta(minutes=1),
+            severity=Severity.ERROR, runbook="slo-burn-rate",
+            params={"slo": m.slo_target, "longWindow": timedelta(hours=1),
+                    "shortWindow": timedelta(minutes=5), "minRequests": 1},
+        ),
+        AlertRule(
+            name="slo-burn-slow",
+            title="SLO burn rate (slow)",
+            description=(f"The analysis success SLO ({m.slo_target:.3%}) burns its error budget"
+                         " at 6x or faster over both 6 hours and 30 minutes (5 % of a 30-day"
+                         " budget in 6 hours)."),
+            query="alert_burn_rate", measure="BurnRate", aggregation=Aggregation.MAXIMUM,
+            operator=Operator.GREATER_THAN_OR_EQUAL, threshold=6.0,
+            window=timedelta(hours=6), frequency=timedelta(minutes=5),
+            severity=Severity.WARNING, runbook="slo-burn-rate",
+            params={"slo": m.slo_target, "longWindow": timedelta(hours=6),
+                    "shortWindow": timedelta(minutes=30), "minRequests": 1},
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """One rule's evaluation: whether it fires, the measured value and why."""
+
+    rule: AlertRule
+    active: bool
+    value: float | None
+    rows: int
+    error: str | None = None
+
+    @property
+    def summary(self) -> str:
+        r = self.rule
+        if self.error is not None:
+            return f"{r.title}: not evaluated ({self.error})"
+        if self.value is None:
+            return f"{r.title}: no data in the last {iso_duration(r.window)}"
+        verb = "breaches" if self.active else "within"
+        return (f"{r.title}: {r.measure} {_fmt(self.value)} {verb} "
+                f"{r.operator.value} {_fmt(r.threshold)}")
+
+
+def evaluate(rule: AlertRule, rows: Sequence[Mapping[str, Any]]) -> AlertState:
+    """Apply the rule's aggregation and comparison to the rows its query returned.
+
+    No rows means "no data": the rule does not fire (as an Azure log alert with a measure
+    column does not), which is why each query returns nothing below its minimum traffic.
+    """
+    value = aggregate(rule, rows)
+    active = value is not None and rule.operator.holds(value, rule.threshold)
+    return AlertState(rule=rule, active=active, value=value, rows=len(rows))
+
+
+def aggregate(rule: AlertRule, rows: Sequence[Mapping[str, Any]]) -> float | None:
+    if rule.aggregation is Aggregation.COUNT:
+        return float(len(rows))
+    values = [float(v) for v in (row.get(rule.measure) for row in rows)
+              if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    if not values:
+        return None
+    if rule.aggregation is Aggregation.MAXIMUM:
+        return max(values)
+    if rule.aggregation is Aggregation.MINIMUM:
+        return min(values)
+    if rule.aggregation is Aggregation.AVERAGE:
+        return sum(values) / len(values)
+    return sum(values)
+
+
+def not_evaluated(rule: AlertRule, error: str) -> AlertState:
+    return AlertState(rule=rule, active=False, value=None, rows=0, error=error)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def iso_duration(delta: timedelta) -> str:
+    """ISO 8601 duration as ARM expects it (``PT5M``, ``PT1H``, ``P1D``)."""
+    seconds = int(delta.total_seconds())
+    if seconds <= 0:
+        raise ValueError("duration must be positive")
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = "P" + (f"{days}D" if days else "")
+    time = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (
+        f"{secs}S" if secs else "")
+    return out + ("T" + time if time else "")
+
+
+def render_alert_rules(
+    settings: Settings | MonitoringSettings | None = None,
+    queries: Mapping[str, NamedQuery] | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per rule, shaped like ``scheduledQueryRuleType`` in ``infra/app/alerts.bicep``."""
+    out: list[dict[str, Any]] = []
+    for rule in alert_rules(settings):
+        criterion: dict[str, Any] = {
+            "query": rule.kql(queries),
+            "timeAggregation": rule.aggregation.value,
+            "operator": rule.operator.value,
+            "threshold": rule.threshold,
+            "failingPeriods": {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1},
+        }
+        if rule.aggregation is not Aggregation.COUNT:
+            criterion["metricMeasureColumn"] = rule.measure
+        out.append({
+            "name": f"sqr-{rule.name}",
+            "displayName": f"VisionOps: {rule.title}",
+            "description": f"{rule.description} Runbook: {rule.runbook_url}",
+            "severity": int(rule.severity),
+            "evaluationFrequency": iso_duration(rule.frequency),
+            "windowSize": iso_duration(rule.window),
+            "autoMitigate": True,
+            "criterion": criterion,
+        })
+    return out
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m shared.alerts``: print the rendered rules (defaults) as JSON."""
+    del argv
+    print(json.dumps(render_alert_rules(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,763 @@
+"""Synthetic availability probes, and the timer scaffolding they share with the quota check.
+
+Two probes, each one availability result per run (AppAvailabilityResults, see
+docs/probes-and-quota.md):
+
+* ``vision-analyze`` — sends the bundled probe images (``shared/probe_assets``) to Vision with
+  a probe-specific client (few or no retries, short timeout, its own key setting) and checks the
+  **content**: OCR must contain the manifest's words and the metadata the manifest's size.
+* ``pipeline-e2e`` — uploads a probe image under the synthetic prefix to the images container,
+  waits (injected clock and sleep) for its result document with the right source ETag and
+  content, then removes the blob and its documents.
+
+Every failure becomes a ``ProbeFailure`` class in the result's message
+(``"<class>: <detail>"``), never an exception into the host. ``run_timer`` is the common timer
+body: logs ``past_due``, takes a blob lease per timer so runs never overlap (a skipped run is
+logged, not an error), records the availability result and keeps the last result per probe in
+the status container (``probes/<name>.json``, read by ``load_probe_results``).
+
+Must never: let an exception reach the Functions host from a timer, put OCR text, image bytes,
+keys or connection strings into a message, log or status document.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from shared.errors import (
+    AuthError,
+    ConfigError,
+    InvalidImageError,
+    OperationTimeoutError,
+    StorageError,
+    ThrottledError,
+    TransientError,
+    VisionOpsError,
+)
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobServiceClient, ContainerClient
+
+    from shared.results import DocumentStore, ResultRepository
+    from shared.settings import Settings
+    from shared.vision import AttemptHook, VisionAnalyzer
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR: Final = Path(__file__).resolve().parent / "probe_assets"
+MANIFEST: Final = "manifest.json"
+
+VISION_PROBE: Final = "vision-analyze"
+E2E_PROBE: Final = "pipeline-e2e"
+#: Sub-folder of the synthetic prefix the end-to-end probe uploads to.
+E2E_FOLDER: Final = "probe/"
+#: Blob (in the status container) holding the last result of probe ``<name>``.
+PROBE_RESULT_PATH: Final = "probes/{name}.json"
+LOCK_PATH: Final = "locks/{name}"
+#: What the e2e probe uses when TELEMETRY_SYNTHETIC_PREFIX is set to empty (rule disabled).
+FALLBACK_SYNTHETIC_PREFIX: Final = "synthetic/"
+#: Features the Vision probe asks for: OCR is what it validates; metadata always comes back.
+PROBE_FEATURES: Final = ("read",)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+Now = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProbeFailure(StrEnum):
+    """Why a probe run failed: the first word of its availability message."""
+
+    AUTH = "auth"  # 401/403 from Vision: key or role wrong
+    THROTTLED = "throttled"  # 429 (or the monthly quota's 403 with Retry-After)
+    TIMEOUT = "timeout"  # connect/read timeout, 408
+    SERVER_ERROR = "server_error"  # 5xx
+    UNREACHABLE = "unreachable"  # connection refused/reset, DNS, dropped mid-response
+    WRONG_CONTENT = "wrong_content"  # 200 but unreadable body, or not the known answer
+    CONFIG = "config"  # 404 endpoint, unsupported feature, bad settings
+    REJECTED = "rejected"  # the service or the pipeline rejected the probe image
+    STORAGE = "storage"  # e2e: upload/read/delete in storage failed
+    DEADLINE = "deadline"  # e2e: no result document before the deadline
+    UNEXPECTED = "unexpected"  # a bug; the exception type is in the message
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe run: what the availability row says, and what the status function reads."""
+
+    name: str
+    success: bool
+    duration_ms: float
+    message: str
+    run_location: str
+    started_at: datetime
+    failure: ProbeFailure | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "success": self.success,
+            "duration_ms": self.duration_ms,
+            "message": self.message,
+            "run_location": self.run_location,
+            "started_at": self.started_at.isoformat(),
+            "failure": self.failure.value if self.failure else None,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ProbeResult:
+        failure = raw.get("failure")
+        return cls(
+            name=str(raw["name"]),
+            success=bool(raw["success"]),
+            duration_ms=float(raw["duration_ms"]),
+            message=str(raw.get("message", "")),
+            run_location=str(raw.get("run_location", "")),
+            started_at=datetime.fromisoformat(str(raw["started_at"])),
+            failure=ProbeFailure(failure) if failure else None,
+        )
+
+
+class ProbeError(Exception):
+    """A probe check failed; carries its class and a short detail (no content, no secrets)."""
+
+    def __init__(self, failure: ProbeFailure, detail: str) -> None:
+        super().__init__(f"{failure.value}: {detail}")
+        self.failure = failure
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- assets
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAsset:
+    """A probe image whose correct answer is known."""
+
+    file: str
+    data: bytes = field(repr=False)
+    expected_words: tuple[str, ...]
+    width: int
+    height: int
+
+
+@functools.cache
+def load_probe_assets(directory: Path = ASSETS_DIR) -> tuple[ProbeAsset, ...]:
+    """The manifest's images (read once per process); a broken manifest is a ``ConfigError``."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        assets = tuple(
+            ProbeAsset(
+                file=str(item["file"]),
+                data=(directory / str(item["file"])).read_bytes(),
+                expected_words=tuple(str(w) for w in item["expected_words"]),
+                width=int(item["width"]),
+                height=int(item["height"]),
+            )
+            for item in manifest["assets"]
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError("probe assets unreadable", reason="probe_assets") from exc
+    if not assets:
+        raise ConfigError("probe manifest lists no assets", reason="probe_assets")
+    return assets
+
+
+def _squeeze(text: str) -> str:
+    return "".join(text.split()).upper()
+
+
+def check_content(payload: Mapping[str, Any], asset: ProbeAsset) -> str | None:
+    """What is wrong with an analysis of ``asset`` (``None`` when it is the known answer).
+
+    OCR engines sometimes drop or add spaces ("VISIONOPSPROBE"), so the expected words are
+    matched, case-insensitively, against the read text with all whitespace removed. The detail
+    names only expected words and sizes, never what was read.
+    """
+    metadata = payload.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return "no metadata in the response"
+    width, height = metadata.get("width"), metadata.get("height")
+    if (width, height) != (asset.width, asset.height):
+        return f"metadata {width}x{height}, expected {asset.width}x{asset.height}"
+    read = payload.get("readResult")
+    if not isinstance(read, Mapping):
+        return "no readResult in the response"
+    lines: list[str] = []
+    for block in read.get("blocks") or []:
+        for line in (block or {}).get("lines") or []:
+            text = (line or {}).get("text")
+            if isinstance(text, str):
+                lines.append(text)
+    found = _squeeze(" ".join(lines))
+    missing = [w for w in asset.expected_words if _squeeze(w) not in found]
+    if missing:
+        return f"OCR missed {len(missing)} of {len(asset.expected_words)} expected words: " + (
+            ", ".join(missing)
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- classification
+
+
+# First matching rule wins; order matters (a 403 "quota" answer is throttling, not auth).
+_VISION_RULES: tuple[tuple[Callable[[VisionOpsError], bool], ProbeFailure], ...] = (
+    (lambda e: isinstance(e, ThrottledError), ProbeFailure.THROTTLED),
+    (lambda e: e.status_code == 403 and "quota" in e.message.lower(), ProbeFailure.THROTTLED),
+    (lambda e: isinstance(e, AuthError), ProbeFailure.AUTH),
+    (lambda e: isinstance(e, OperationTimeoutError), ProbeFailure.TIMEOUT),
+    (lambda e: isinstance(e, StorageError), ProbeFailure.STORAGE),
+    (lambda e: isinstance(e, TransientError) and (e.status_code or 0) >= 500,
+     ProbeFailure.SERVER_ERROR),
+    # connection refused/reset, a body cut off mid-way: the endpoint is not answering
+    (lambda e: isinstance(e, TransientError), ProbeFailure.UNREACHABLE),
+    # a 200 whose body the SDK could not decode (truncated JSON)
+    (lambda e: e.status_code is not None and 200 <= e.status_code < 300,
+     ProbeFailure.WRONG_CONTENT),
+    (lambda e: isinstance(e, InvalidImageError), ProbeFailure.REJECTED),
+    (lambda e: isinstance(e, ConfigError), ProbeFailure.CONFIG),
+)
+
+
+def classify_probe_error(exc: BaseException) -> tuple[ProbeFailure, str]:
+    """The probe's failure class and a short detail for any exception a probe step raised."""
+    if isinstance(exc, ProbeError):
+        return exc.failure, exc.detail
+    if isinstance(exc, VisionOpsError):
+        failure = next((f for test, f in _VISION_RULES if test(exc)), ProbeFailure.UNEXPECTED)
+        status = f"HTTP {exc.status_code} " if exc.status_code else ""
+        detail = f"{status}{exc.reason}"
+        if isinstance(exc, ThrottledError) and exc.retry_after is not None:
+            detail += f" (retry after {exc.retry_after:g}s)"
+        elif failure is ProbeFailure.WRONG_CONTENT:
+            detail = f"unreadable response ({detail})"
+        return failure, detail
+    if isinstance(exc, ValueError):
+        # the SDK lets the JSON error of a 200 body with the wrong content type through
+        return ProbeFailure.WRONG_CONTENT, f"unreadable response ({type(exc).__name__})"
+    return ProbeFailure.UNEXPECTED, type(exc).__name__
+
+
+def _failed(
+    name: str, exc: BaseException, *, started_at: datetime, duration_ms: float, location: str
+) -> ProbeResult:
+    failure, detail = classify_probe_error(exc)
+    return ProbeResult(
+        name=name,
+        success=False,
+        duration_ms=duration_ms,
+        message=f"{failure.value}: {detail}",
+        run_location=location,
+        started_at=started_at,
+        failure=failure,
+    )
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+# --------------------------------------------------------------------------- Vision probe
+
+
+def run_vision_probe(
+    analyzer: VisionAnalyzer,
+    assets: Sequence[ProbeAsset],
+    *,
+    run_location: str,
+    clock: Clock = time.perf_counter,
+    now: Now = _utc_now,
+    on_attempt: AttemptHook | None = None,
+) -> ProbeResult:
+    """Analyse each asset and check its content; the first failure ends the run."""
+    started_at, t0 = now(), clock()
+    try:
+        for asset in assets:
+            result = analyzer.analyze(asset.data, PROBE_FEATURES, on_attempt=on_attempt)
+            problem = check_content(result.payload, asset)
+            if problem is not None:
+                raise ProbeError(ProbeFailure.WRONG_CONTENT, f"{asset.file}: {problem}")
+    except Exception as exc:  # every failure is a result (classified), never a raise
+        return _failed(VISION_PROBE, exc, started_at=started_at,
+                       duration_ms=_ms(clock() - t0), location=run_location)  # fmt: skip
+    return ProbeResult(
+        name=VISION_PROBE, success=True, duration_ms=_ms(clock() - t0),
+        message=f"passed: {len(assets)} image(s), content as expected",
+        run_location=run_location, started_at=started_at,
+    )  # fmt: skip
+
+
+def probe_vision_settings(settings: Settings) -> Settings:
+    """The pipeline's settings with the probe's client knobs: own key, short timeout, few
+    retries, and a limiter that never makes the probe wait (the service's limits still apply).
+    """
+    h = settings.health
+    return replace(
+        settings,
+        vision_key=h.probe_vision_key,
+        vision_timeout_seconds=h.probe_timeout_seconds,
+        vision_connect_timeout_seconds=min(settings.vision_connect_timeout_seconds,
+                                           h.probe_timeout_seconds),
+        vision_max_retries=h.probe_max_retries,
+        vision_backoff_base_seconds=0.2,
+        vision_backoff_max_seconds=1.0,
+        # a Retry-After beyond this fails the probe as throttled instead of waiting
+        vision_max_retry_after_seconds=1.0,
+        vision_rate_limit_per_second=1000.0,
+        vision_rate_burst=1000,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- end-to-end probe
+
+
+class ProbeBlobs(Protocol):
+    """The blob operations of the end-to-end probe. Raise ``StorageError``."""
+
+    def upload(self, container: str, name: str, data: bytes) -> str:
+        """Upload (overwrite) and return the new ETag."""
+        ...
+
+    def delete(self, container: str, name: str) -> bool: ...
+
+    def list_names(self, container: str, prefix: str) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class E2EProbe:
+    blobs: ProbeBlobs
+    repository: ResultRepository
+    images_container: str
+    prefix: str
+    asset: ProbeAsset
+    deadline_seconds: float
+    poll_seconds: float
+    run_location: str
+    clock: Clock = time.monotonic
+    sleep: Sleep = time.sleep
+    now: Now = _utc_now
+    new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.prefix}{E2E_FOLDER}"
+
+
+def run_e2e_probe(probe: E2EProbe) -> ProbeResult:
+    """Upload → wait for the result document of that ETag → check content → clean up."""
+    started_at, t0 = probe.now(), probe.clock()
+    name = f"{probe.folder}{probe.new_id()}.png"
+    try:
+        _sweep(probe, keep=None)
+        try:
+            etag = probe.blobs.upload(probe.images_container, name, probe.asset.data)
+            _await_result(probe, name, etag, t0)
+        finally:
+            _cleanup(probe, name)
+    except Exception as exc:  # every failure is a result (classified), never a raise
+        return _failed(E2E_PROBE, exc, started_at=started_at,
+                       duration_ms=_ms(probe.clock() - t0),
+                       location=probe.run_location)  # fmt: skip
+    return ProbeResult(
+        name=E2E_PROBE, success=True, duration_ms=_ms(probe.clock() - t0),
+        message="passed: result document with the expected content",
+        run_location=probe.run_location, started_at=started_at,
+    )  # fmt: skip
+
+
+def _await_result(probe: E2EProbe, name: str, etag: str, t0: float) -> None:
+    repo = probe.repository
+    while True:
+        found = repo.find_current(probe.images_container, name, etag)
+        if found is not None:
+            break
+        if probe.clock() - t0 >= probe.deadline_seconds:
+            raise ProbeError(ProbeFailure.DEADLINE,
+                             f"no result document within {probe.deadline_seconds:g}s")
+        probe.sleep(probe.poll_seconds)  # the poll interval of an injected sleep
+    body = repo.store.read(found.container, found.path)
+    doc = json.loads(body) if body else {}
+    if found.container != repo.results_container:
+        error = doc.get("error") or {}
+        raise ProbeError(
+            ProbeFailure.REJECTED,
+            f"pipeline wrote a failure document ({error.get('class', '?')}/"
+            f"{error.get('reason', '?')})",
+        )
+    problem = check_content(doc.get("analysis") or {}, probe.asset)
+    if problem is not None:
+        raise ProbeError(ProbeFailure.WRONG_CONTENT, problem)
+
+
+def _cleanup(probe: E2EProbe, name: str) -> None:
+    """Remove the probe blob and whatever document it produced (best effort, logged)."""
+    from shared.naming import result_path
+
+    path = result_path(name)
+    repo = probe.repository
+    try:
+        probe.blobs.delete(probe.images_container, name)
+        repo.store.delete(repo.results_container, path)
+        repo.store.delete(repo.failed_container, path)
+    except StorageError as exc:
+        logger.warning("probe %s: clean-up failed (%s); the next run retries it", E2E_PROBE,
+                       exc.reason)
+
+
+def _sweep(probe: E2EProbe, keep: str | None) -> None:
+    """Leftovers of earlier runs that could not clean up (crash, storage outage)."""
+    for leftover in probe.blobs.list_names(probe.images_container, probe.folder):
+        if leftover != keep:
+            _cleanup(probe, leftover)
+
+
+class BlobProbeBlobs:
+    """``ProbeBlobs`` over azure-storage-blob."""
+
+    def __init__(self, service: BlobServiceClient) -> None:
+        self._service = service
+
+    def upload(self, container: str, name: str, data: bytes) -> str:
+        from azure.core.exceptions import AzureError
+
+        try:
+            props = self._service.get_blob_client(container, name).upload_blob(
+                data, overwrite=True)
+        except AzureError as exc:
+            raise StorageError("uploading the probe blob failed", reason="storage_write") from exc
+        return str(props["etag"])
+
+    def delete(self, container: str, name: str) -> bool:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            self._service.get_blob_client(container, name).delete_blob()
+        except ResourceNotFoundError:
+            return False
+        except AzureError as exc:
+            raise StorageError("deleting the probe blob failed", reason="storage_delete") from exc
+        return True
+
+    def list_names(self, container: str, prefix: str) -> list[str]:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            client = self._service.get_container_client(container)
+            return list(client.list_blob_names(name_starts_with=prefix))
+        except ResourceNotFoundError:
+            return []
+        except AzureError as exc:
+            raise StorageError("listing probe blobs failed", reason="storage_list") from exc
+
+
+# --------------------------------------------------------------------------- status documents
+
+
+class StatusStore:
+    """JSON documents in the status container (``STATUS_CONTAINER``) over a ``DocumentStore``."""
+
+    def __init__(self, store: DocumentStore, container: str) -> None:
+        self.store = store
+        self.container = container
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        body = self.store.read(self.container, path)
+        if body is None:
+            return None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            logger.warning("status document %s/%s is not JSON; ignored", self.container, path)
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def write_json(self, path: str, doc: Mapping[str, Any]) -> None:
+        body = json.dumps(doc, sort_keys=True, indent=1).encode("utf-8")
+        self.store.write(self.container, path, body, {})
+
+
+def status_store(settings: Settings) -> StatusStore:
+    from shared.results import BlobDocumentStore, blob_service_client
+
+    store = BlobDocumentStore(blob_service_client(settings.storage))
+    return StatusStore(store, settings.health.status_container)
+
+
+def load_probe_results(settings: Settings) -> dict[str, ProbeResult]:
+    """The last result of each probe (``probes/<name>.json``); probes never run are absent.
+
+    Raises ``StorageError`` when storage cannot be read; an unreadable document is skipped.
+    """
+    return read_probe_results(status_store(settings))
+
+
+def read_probe_results(store: StatusStore) -> dict[str, ProbeResult]:
+    results: dict[str, ProbeResult] = {}
+    for name in (VISION_PROBE, E2E_PROBE):
+        raw = store.read_json(PROBE_RESULT_PATH.format(name=name))
+        if raw is None:
+            continue
+        try:
+            results[name] = ProbeResult.from_dict(raw)
+        except (KeyError, TypeError, ValueError):
+            logger.warning("status document of probe %s is unreadable; ignored", name)
+    return results
+
+
+# --------------------------------------------------------------------------- no-overlap lock
+
+
+class RunLock(Protocol):
+    """A named lock across instances: ``hold(name)`` yields whether this run got it."""
+
+    def hold(self, name: str) -> contextlib.AbstractContextManager[bool]: ...
+
+
+class BlobLeaseLock:
+    """One blob per timer in the status container, leased while the run lasts.
+
+    The lease (15-60 s, ``HEALTH_LOCK_LEASE_SECONDS``) is renewed every third of its duration
+    by a daemon thread, so a long run keeps it and a crashed instance frees it within one lease.
+    """
+
+    def __init__(self, container: ContainerClient, *, lease_seconds: int = 60) -> None:
+        self._container = container
+        self._lease_seconds = lease_seconds
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[bool]:
+        from azure.core.exceptions import (
+            AzureError,
+            HttpResponseError,
+            ResourceExistsError,
+            ResourceNotFoundError,
+        )
+
+        blob = self._container.get_blob_client(LOCK_PATH.format(name=name))
+        try:
+            try:
+                lease = blob.acquire_lease(lease_duration=self._lease_seconds)
+            except ResourceNotFoundError:
+                with contextlib.suppress(ResourceExistsError):
+                    self._container.create_container()
+                with contextlib.suppress(ResourceExistsError, HttpResponseError):
+                    # 412 when another instance leased it between our two calls
+                    blob.upload_blob(b"", overwrite=False)
+                lease = blob.acquire_lease(lease_duration=self._lease_seconds)
+        except HttpResponseError as exc:
+            if exc.status_code == 409:  # LeaseAlreadyPresent: a run is in progress
+                yield False
+                return
+            raise StorageError("taking the timer lock failed", reason="storage_lock") from exc
+        except AzureError as exc:
+            raise StorageError("taking the timer lock failed", reason="storage_lock") from exc
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self._lease_seconds / 3):
+                try:
+                    lease.renew()
+                except AzureError as exc:
+                    logger.warning("timer lock %s: renewal failed (%s)", name, type(exc).__name__)
+
+        renewer = threading.Thread(target=renew, name=f"lock-{name}", daemon=True)
+        renewer.start()
+        try:
+            yield True
+        finally:
+            stop.set()
+            renewer.join(timeout=5)
+            try:
+                lease.release()
+            except AzureError as exc:  # the lease then expires on its own
+                logger.warning("timer lock %s: release failed (%s)", name, type(exc).__name__)
+
+
+# --------------------------------------------------------------------------- timer runs
+
+AvailabilitySink = Callable[[ProbeResult], None]
+
+
+def track_probe_availability(result: ProbeResult) -> None:
+    """The availability row of a run (never raises: telemetry swallows its own failures)."""
+    from shared import telemetry
+
+    telemetry.track_availability(
+        result.name, result.success, result.duration_ms, message=result.message,
+        run_location=result.run_location,
+        properties={telemetry.ATTR_PROBE_NAME: result.name,
+                    "probe.failure": result.failure.value if result.failure else "none"},
+        synthetic=True,
+    )  # fmt: skip
+
+
+def run_timer(
+    function_name: str,
+    job: Callable[[], None],
+    *,
+    past_due: bool,
+    lock: RunLock,
+    invocation_id: str | None = None,
+) -> bool:
+    """The body every health timer shares; returns whether ``job`` ran.
+
+    ``past_due`` is logged and the job runs once (missed occurrences are not caught up). A run
+    that finds the lock taken is skipped with an INFO log. Exceptions from the lock are the
+    caller's to turn into a failed result.
+    """
+    from shared import telemetry
+
+    if past_due:
+        logger.info("%s: timer is past due; running once now", function_name)
+    with (
+        telemetry.invocation(function_name, trigger=telemetry.Trigger.TIMER,
+                             invocation_id=invocation_id, synthetic=True),
+        lock.hold(function_name) as acquired,
+    ):
+        if not acquired:
+            logger.info("%s: previous run still in progress (lock held); this run skipped",
+                        function_name)
+            return False
+        job()
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRuntime:
+    """What the probe timers need, built once per process (``get_probe_runtime``)."""
+
+    settings: Settings
+    lock: RunLock
+    status: StatusStore
+    analyzer_factory: Callable[[], VisionAnalyzer]
+    e2e_factory: Callable[[], E2EProbe]
+    availability: AvailabilitySink = track_probe_availability
+    on_vision_attempt: AttemptHook | None = None
+
+
+@functools.cache
+def get_probe_runtime() -> ProbeRuntime:
+    from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
+    from shared.settings import get_settings
+    from shared.vision import build_vision_client
+
+    settings = get_settings()
+    h = settings.health
+    service = blob_service_client(settings.storage)
+    store = BlobDocumentStore(service)
+    lock = BlobLeaseLock(service.get_container_client(h.status_container),
+                         lease_seconds=h.lock_lease_seconds)
+    analyzer = functools.cache(lambda: build_vision_client(probe_vision_settings(settings)))
+
+    def e2e() -> E2EProbe:
+        prefix = settings.telemetry.synthetic_prefix or FALLBACK_SYNTHETIC_PREFIX
+        return E2EProbe(
+            blobs=BlobProbeBlobs(service),
+            repository=ResultRepository.from_settings(store, settings),
+            images_container=settings.images_container, prefix=prefix,
+            asset=load_probe_assets()[0], deadline_seconds=h.probe_e2e_deadline_seconds,
+            poll_seconds=h.probe_e2e_poll_seconds, run_location=h.probe_run_location,
+        )  # fmt: skip
+
+    return ProbeRuntime(settings=settings, lock=lock, status=StatusStore(store,
+                        h.status_container), analyzer_factory=analyzer, e2e_factory=e2e,
+                        on_vision_attempt=_vision_attempt_hook(settings))
+
+
+def _vision_attempt_hook(settings: Settings) -> AttemptHook:
+    """Probe calls appear as Vision dependencies too (they use quota), marked synthetic."""
+    from shared.pipeline import BlobInput
+    from shared.telemetry import TelemetryObserver
+
+    observer = TelemetryObserver.from_settings(settings)
+    source = BlobInput(container="", name=VISION_PROBE, data=b"")
+    return functools.partial(observer.on_vision_attempt, source)
+
+
+def vision_probe_timer(
+    *, past_due: bool, invocation_id: str | None = None, runtime: ProbeRuntime | None = None
+) -> ProbeResult | None:
+    """The Vision probe's timer body. Never raises; ``None`` when the run was skipped."""
+    return _probe_timer(
+        "vision_probe", VISION_PROBE, past_due=past_due, invocation_id=invocation_id,
+        runtime=runtime,
+        probe=lambda rt: run_vision_probe(
+            rt.analyzer_factory(), load_probe_assets(),
+            run_location=rt.settings.health.probe_run_location,
+            on_attempt=rt.on_vision_attempt),
+    )  # fmt: skip
+
+
+def e2e_probe_timer(
+    *, past_due: bool, invocation_id: str | None = None, runtime: ProbeRuntime | None = None
+) -> ProbeResult | None:
+    """The end-to-end probe's timer body. Never raises; ``None`` when the run was skipped."""
+    return _probe_timer(
+        "e2e_probe", E2E_PROBE, past_due=past_due, invocation_id=invocation_id,
+        runtime=runtime, probe=lambda rt: run_e2e_probe(rt.e2e_factory()),
+    )  # fmt: skip
+
+
+def _probe_timer(
+    function_name: str, probe_name: str, *, past_due: bool, invocation_id: str | None,
+    runtime: ProbeRuntime | None, probe: Callable[[ProbeRuntime], ProbeResult],
+) -> ProbeResult | None:
+    from shared.runtime import ensure_telemetry
+
+    ensure_telemetry()
+    started_at, t0 = _utc_now(), time.perf_counter()
+    outcome: list[ProbeResult] = []
+    rt: ProbeRuntime | None = runtime
+    try:
+        rt = rt or get_probe_runtime()
+        bound = rt
+
+        def job() -> None:
+            result = probe(bound)
+            outcome.append(result)
+            _record(bound, result)
+
+        run_timer(function_name, job, past_due=past_due, lock=rt.lock,
+                  invocation_id=invocation_id)
+    except Exception as exc:  # the host must never see a probe fail: record it instead
+        logger.warning("%s: run failed before a result (%s)", function_name, type(exc).__name__,
+                       exc_info=not isinstance(exc, VisionOpsError))
+        location = rt.settings.health.probe_run_location if rt is not None else "unknown"
+        result = _failed(probe_name, exc, started_at=started_at,
+                         duration_ms=_ms(time.perf_counter() - t0), location=location)
+        outcome.append(result)
+        if rt is not None:
+            _record(rt, result, persist=False)
+        else:
+            track_probe_availability(result)
+    return outcome[-1] if outcome else None
+
+
+def _record(rt: ProbeRuntime, result: ProbeResult, *, persist: bool = True) -> None:
+    rt.availability(result)
+    if result.success:
+        logger.info("probe %s passed in %.0f ms", result.name, result.duration_ms)
+    else:
+        logger.warning("probe %s failed: %s", result.name, result.message)
+    if persist:
+        try:
+            rt.status.write_json(PROBE_RESULT_PATH.format(name=result.name), result.as_dict())
+        except StorageError as exc:
+            logger.warning("probe %s: result not kept for the status function (%s)",
+                           result.name, exc.reason)

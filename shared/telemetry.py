@@ -1,0 +1,868 @@
+"""The single owner of telemetry: OpenTelemetry + Azure Monitor set-up, names and instruments.
+
+Either the Functions worker configures Azure Monitor (app setting
+``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``) or ``configure()`` here does — never both.
+``configure()`` runs lazily on the first invocation (never at import of ``function_app``), once
+per process, and only when ``APPLICATIONINSIGHTS_CONNECTION_STRING`` is set. Everything else in
+the app uses the small API below; nothing else imports an exporter.
+
+What goes where (Log Analytics table in brackets; see docs/telemetry.md):
+
+* ``invocation()`` — one SERVER span per function invocation [AppRequests]: name = function
+  name, ``faas.*`` semconv attributes, ``pipeline.outcome`` and the error class/reason.
+* ``TelemetryObserver`` — the pipeline's ``PipelineObserver``: one CLIENT span per Vision attempt
+  and per document write [AppDependencies], the instruments [AppMetrics] and one custom event per
+  terminal outcome [AppEvents].
+* ``track_event`` [AppEvents] and ``track_availability`` [AppAvailabilityResults] — log records
+  carrying ``microsoft.custom_event.name`` / ``microsoft.availability.*``.
+* plain ``logging`` anywhere → [AppTraces] (with exception info → [AppExceptions]), correlated
+  with the current span.
+
+Synthetic traffic (probes) carries the semconv ``user_agent.synthetic.type = test``; the exporter
+turns it into the ``SyntheticSource`` column, which every KPI query in ``queries/`` excludes.
+
+Must never: raise into business code (failures are logged and swallowed here), put OCR text,
+image bytes, keys or connection strings into any attribute, event or log, or put a blob name
+into telemetry when ``TELEMETRY_HASH_BLOB_NAMES`` asks for its hash instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry._logs import SeverityNumber, get_logger
+from opentelemetry.semconv._incubating.attributes.faas_attributes import (
+    FAAS_DOCUMENT_COLLECTION,
+    FAAS_DOCUMENT_NAME,
+    FAAS_DOCUMENT_OPERATION,
+    FAAS_INVOCATION_ID,
+    FAAS_TRIGGER,
+    FaasDocumentOperationValues,
+)
+from opentelemetry.semconv._incubating.attributes.peer_attributes import PEER_SERVICE
+from opentelemetry.semconv._incubating.attributes.user_agent_attributes import (
+    USER_AGENT_SYNTHETIC_TYPE,
+)
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_RESPONSE_STATUS_CODE,
+)
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import URL_FULL
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from shared.errors import classify
+
+if TYPE_CHECKING:
+    from opentelemetry._logs import Logger
+    from opentelemetry.metrics import Counter, Histogram, Meter
+    from opentelemetry.trace import Span, Tracer
+
+    from shared.errors import Disposition
+    from shared.pipeline import AnalysisOutcome, BlobInput
+    from shared.preprocessing import PreprocessRecord
+    from shared.settings import Settings, TelemetrySettings
+    from shared.vision import VisionAttempt
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+INSTRUMENTATION_NAME: Final = "visionops"
+
+# --------------------------------------------------------------------------- names
+# Span, event and metric names are low-cardinality constants; attribute names come from the
+# OpenTelemetry semantic conventions where one exists (imported above), else these namespaces.
+
+ATTR_OUTCOME: Final = "pipeline.outcome"
+ATTR_ERROR_CLASS: Final = "pipeline.error_class"
+ATTR_REASON: Final = "pipeline.reason"
+ATTR_STAGE: Final = "pipeline.stage"
+ATTR_STATUS_CODE: Final = "pipeline.status_code"
+ATTR_SERVICE_CODE: Final = "pipeline.service_code"
+ATTR_ATTEMPTS: Final = "pipeline.attempts"
+ATTR_BYTES_IN: Final = "pipeline.image.bytes_in"
+ATTR_BYTES_OUT: Final = "pipeline.image.bytes_out"
+ATTR_FORMAT: Final = "pipeline.image.format"
+ATTR_REENCODED: Final = "pipeline.image.reencoded"
+ATTR_DOCUMENT_CONTAINER: Final = "pipeline.document.container"
+ATTR_HOST_ATTEMPTS: Final = "pipeline.host_attempts"
+
+ATTR_VISION_ATTEMPT: Final = "vision.attempt"
+ATTR_VISION_FEATURES: Final = "vision.features"
+ATTR_VISION_THROTTLED: Final = "vision.throttled"
+ATTR_VISION_WILL_RETRY: Final = "vision.will_retry"
+ATTR_VISION_ERROR_CLASS: Final = "vision.error_class"
+ATTR_VISION_REASON: Final = "vision.reason"
+ATTR_VISION_ERROR_CODE: Final = "vision.error_code"
+ATTR_VISION_INNER_CODE: Final = "vision.inner_code"
+ATTR_VISION_RETRY_AFTER_S: Final = "vision.retry_after_s"
+ATTR_VISION_BACKOFF_S: Final = "vision.backoff_s"
+ATTR_VISION_LIMITER_WAIT_MS: Final = "vision.limiter_wait_ms"
+ATTR_VISION_IMAGE_BYTES: Final = "vision.image_bytes"
+
+# For the probes and quota issues: reserve the namespaces here, in one place.
+ATTR_PROBE_NAME: Final = "probe.name"
+ATTR_PROBE_STEP: Final = "probe.step"
+ATTR_QUOTA_TIER: Final = "quota.tier"
+ATTR_QUOTA_USED: Final = "quota.used"
+ATTR_QUOTA_LIMIT: Final = "quota.limit"
+
+#: Semconv value marking synthetic traffic; the exporter maps it to ``SyntheticSource``.
+SYNTHETIC_TYPE_TEST: Final = "test"
+
+# Exporter contract (azure-monitor-opentelemetry-exporter): log-record attributes that turn a
+# log record into an AppEvents / AppAvailabilityResults row instead of an AppTraces row.
+CUSTOM_EVENT_NAME: Final = "microsoft.custom_event.name"
+AVAILABILITY_ID: Final = "microsoft.availability.id"
+AVAILABILITY_NAME: Final = "microsoft.availability.name"
+AVAILABILITY_DURATION: Final = "microsoft.availability.duration"
+AVAILABILITY_SUCCESS: Final = "microsoft.availability.success"
+AVAILABILITY_RUN_LOCATION: Final = "microsoft.availability.runLocation"
+AVAILABILITY_MESSAGE: Final = "microsoft.availability.message"
+
+EVENT_ANALYZED: Final = "ImageAnalyzed"
+EVENT_REJECTED: Final = "ImageRejected"
+EVENT_POISONED: Final = "ImagePoisoned"
+
+SPAN_VISION_ANALYZE: Final = "POST /computervision/imageanalysis:analyze"
+SPAN_DOCUMENT_WRITE: Final = "Blob upload"
+VISION_ANALYZE_PATH: Final = "/computervision/imageanalysis:analyze"
+STORAGE_NAMESPACE: Final = "Microsoft.Storage"
+AZ_NAMESPACE: Final = "az.namespace"  # the Azure SDK's convention; the exporter reads it
+
+METRIC_ANALYSIS_DURATION: Final = "pipeline.analysis.duration"
+METRIC_PREPROCESS_DURATION: Final = "pipeline.preprocess.duration"
+METRIC_IMAGE_BYTES_IN: Final = "pipeline.image.bytes_in"
+METRIC_IMAGE_BYTES_OUT: Final = "pipeline.image.bytes_out"
+METRIC_OUTCOMES: Final = "pipeline.outcomes"
+METRIC_VISION_ATTEMPT_DURATION: Final = "vision.attempt.duration"
+METRIC_VISION_RETRIES: Final = "vision.retries"
+METRIC_VISION_THROTTLES: Final = "vision.throttles"
+METRIC_LIMITER_WAIT: Final = "vision.rate_limiter.wait"
+
+#: ``pipeline.outcome`` of an invocation that raised (the host retries it, then poisons).
+OUTCOME_FAILED: Final = "failed"
+#: ``pipeline.outcome`` of an invocation that ended without the pipeline naming an outcome.
+OUTCOME_COMPLETED: Final = "completed"
+
+# Instrumentations the distro would switch on by default. Our own spans already describe every
+# Vision attempt and document write (with classification); the generic ones would count each
+# call twice and put blob URLs (names) into AppDependencies.
+_DISABLED_INSTRUMENTATIONS: Final = (
+    "azure_sdk", "requests", "urllib", "urllib3", "httpx", "httpx2",
+    "django", "fastapi", "flask", "psycopg2",
+)
+# Loggers whose records never become telemetry: the exporter's and SDK's own (a failing export
+# would otherwise log about itself into the next export), and azure-core's per-request log
+# (request URLs carry blob names).
+_EXCLUDED_LOGGERS: Final = (
+    "azure.monitor.opentelemetry",
+    "opentelemetry",
+    "azure.core.pipeline.policies.http_logging_policy",
+)
+_LOOPBACK_ENV_DEFAULTS: Final = {
+    # The SDK's own usage statistics go to a fixed internet endpoint; pointless locally.
+    "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+    # Only the App Service detector (reads env vars); the VM detector calls the metadata
+    # endpoint, which does not exist on a laptop and costs a timeout.
+    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_app_service",
+}
+
+
+class Trigger(StrEnum):
+    """``faas.trigger`` values (semantic conventions)."""
+
+    DATASOURCE = "datasource"  # blob trigger
+    HTTP = "http"
+    TIMER = "timer"
+    PUBSUB = "pubsub"
+    OTHER = "other"
+
+
+class Mode(StrEnum):
+    """Who owns the OpenTelemetry providers in this process."""
+
+    UNCONFIGURED = "unconfigured"
+    APP = "app"  # configure_azure_monitor() called here
+    WORKER = "worker"  # the Functions worker did it
+    DISABLED = "disabled"  # no connection string: API calls are no-ops
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def _safe(func: Callable[P, R]) -> Callable[P, R | None]:
+    """Telemetry never breaks the app: log (type only — messages may echo values) and go on."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # the one place a broad catch is the design
+            logger.warning("telemetry: %s failed (%s); ignored", func.__qualname__,
+                           type(exc).__name__)
+            return None
+
+    return wrapper
+
+
+def blob_label(container: str, name: str, *, hash_names: bool) -> str:
+    """What telemetry may say about a blob: its name, or ``sha256:<16 hex>`` when hashing."""
+    if not hash_names:
+        return name
+    digest = hashlib.sha256(f"{container}/{name}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+def _clean(properties: Mapping[str, object] | None) -> dict[str, str | bool | int | float]:
+    out: dict[str, str | bool | int | float] = {}
+    for key, value in (properties or {}).items():
+        if value is None:
+            continue
+        out[str(key)] = value if isinstance(value, str | bool | int | float) else str(value)
+    return out
+
+
+def _ai_duration(ms: float) -> str:
+    """Application Insights duration text ``d.hh:mm:ss.ffffff``."""
+    micros = max(0, round(ms * 1000))
+    seconds, micros = divmod(micros, 1_000_000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}.{hours:02d}:{minutes:02d}:{seconds:02d}.{micros:06d}"
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+@dataclass(slots=True)
+class _State:
+    mode: Mode = Mode.UNCONFIGURED
+    hash_blob_names: bool = False
+    synthetic_prefix: str | None = None
+    poison_after: int = 5
+    secrets: tuple[str, ...] = ()
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_STATE = _State()
+
+
+def mode() -> Mode:
+    return _STATE.mode
+
+
+def configure(settings: Settings | None) -> Mode:
+    """Set telemetry up once per process; safe to call on every invocation. Never raises.
+
+    ``None`` (settings did not parse) leaves it unconfigured, to be tried again next time.
+    """
+    if _configured() or settings is None:
+        return _STATE.mode
+    with _STATE.lock:
+        if _configured():  # another thread won the race
+            return _STATE.mode
+        t = settings.telemetry
+        _STATE.hash_blob_names = t.hash_blob_names
+        _STATE.synthetic_prefix = t.synthetic_prefix
+        _STATE.poison_after = t.poison_after_attempts
+        _STATE.secrets = _secrets_of(settings)
+        try:
+            if t.configured_by_worker:
+                _STATE.mode = Mode.WORKER
+            elif not t.connection_string:
+                _STATE.mode = Mode.DISABLED
+            else:
+                _configure_azure_monitor(t)
+                _STATE.mode = Mode.APP
+            _install_log_filter()
+        except Exception as exc:  # a broken exporter must not take the function down
+            logger.warning("telemetry: set-up failed (%s); continuing without export",
+                           type(exc).__name__)
+            _STATE.mode = Mode.DISABLED
+        logger.info("telemetry: mode %s", _STATE.mode.value)
+        return _STATE.mode
+
+
+def _configured() -> bool:
+    return _STATE.mode is not Mode.UNCONFIGURED
+
+
+def azure_monitor_options(t: TelemetrySettings) -> dict[str, Any]:
+    """The keyword arguments for ``configure_azure_monitor`` (pure; unit-tested)."""
+    loopback = t.ingestion_is_loopback
+    options: dict[str, Any] = {
+        "connection_string": t.connection_string,
+        # Fixed-percentage sampling (100 % by default): every request and dependency is kept,
+        # which the KPI queries rely on. The distro's default rate-limited sampler drops spans.
+        "sampling_ratio": t.sampling_ratio,
+        "enable_live_metrics": (not loopback) if t.live_metrics is None else t.live_metrics,
+        "instrumentation_options": {name: {"enabled": False}
+                                    for name in _DISABLED_INSTRUMENTATIONS},
+        "logger_name": "",
+        # Offline storage: failed batches are kept on disk and re-sent after this lease.
+        "storage_min_retry_interval": t.storage_retry_seconds,
+    }
+    if loopback:
+        options["enable_performance_counters"] = False
+    if t.storage_directory:
+        options["storage_directory"] = t.storage_directory
+    if t.role_name:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
+
+        options["resource"] = Resource.create({SERVICE_NAME: t.role_name})
+    return options
+
+
+def _configure_azure_monitor(t: TelemetrySettings) -> None:
+    if t.ingestion_is_loopback:
+        for key, value in _LOOPBACK_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+    from azure.monitor.opentelemetry import configure_azure_monitor
+
+    configure_azure_monitor(**azure_monitor_options(t))
+
+
+def _secrets_of(settings: Settings) -> tuple[str, ...]:
+    values = [settings.vision_key, settings.storage.connection_string,
+              settings.telemetry.connection_string]
+    for connection_string in (settings.storage.connection_string,
+                              settings.telemetry.connection_string):
+        for part in (connection_string or "").split(";"):
+            name, _, value = part.partition("=")
+            if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
+                values.append(value.strip())
+    # very short values would redact ordinary words
+    return tuple(sorted({v for v in values if v and len(v) >= 8}, key=len, reverse=True))
+
+
+class TelemetryLogFilter(logging.Filter):
+    """On the exporting handler: drops the SDK's own records, redacts secrets and blob names.
+
+    Mutates the record in place (later handlers see the redacted text too, which is intended:
+    in Azure the console output also reaches Application Insights).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(_EXCLUDED_LOGGERS):
+            return False
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad %-format: let logging report it as usual
+            return True
+        redacted = _redact(message)
+        if redacted is not message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _redact(message: str) -> str:
+    out = message
+    for secret in _STATE.secrets:
+        if secret in out:
+            out = out.replace(secret, "***")
+    current = _CURRENT.get()
+    if current is not None and current.blob_name and _STATE.hash_blob_names:
+        label = current.blob_label
+        if current.blob_name in out:
+            out = out.replace(current.blob_name, label)
+    return out
+
+
+def _install_log_filter() -> None:
+    """Attach ``TelemetryLogFilter`` to every OpenTelemetry logging handler on the root logger."""
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LoggingHandler) and not any(
+            isinstance(f, TelemetryLogFilter) for f in handler.filters
+        ):
+            handler.addFilter(TelemetryLogFilter())
+
+
+def force_flush(timeout_millis: int = 10_000) -> bool:
+    """Push buffered spans, logs and metrics now (tests, benchmarks, graceful shutdown)."""
+    ok = True
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
+                     _logger_provider()):
+        flush = getattr(provider, "force_flush", None)
+        if callable(flush):
+            try:
+                ok = bool(flush(timeout_millis)) and ok
+            except Exception as exc:
+                logger.warning("telemetry: flush failed (%s)", type(exc).__name__)
+                ok = False
+    return ok
+
+
+def _logger_provider() -> object:
+    from opentelemetry._logs import get_logger_provider
+
+    return get_logger_provider()
+
+
+# --------------------------------------------------------------------------- API
+
+
+@functools.cache
+def get_tracer(name: str = INSTRUMENTATION_NAME) -> Tracer:
+    """Cached: the SDK builds a new tracer per call. Safe before ``configure()``: the API's proxy
+    tracer binds to the real provider once one is set."""
+    return trace.get_tracer(name)
+
+
+@functools.cache
+def get_meter(name: str = INSTRUMENTATION_NAME) -> Meter:
+    return metrics.get_meter(name)
+
+
+@functools.cache
+def _event_logger() -> Logger:
+    return get_logger(INSTRUMENTATION_NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class Instruments:
+    analysis_duration: Histogram
+    preprocess_duration: Histogram
+    image_bytes_in: Histogram
+    image_bytes_out: Histogram
+    outcomes: Counter
+    vision_attempt_duration: Histogram
+    vision_retries: Counter
+    vision_throttles: Counter
+    limiter_wait: Histogram
+
+
+@functools.cache
+def instruments() -> Instruments:
+    """The app's instruments (created once; the API's proxy meter binds them to the real one)."""
+    m = get_meter()
+    return Instruments(
+        analysis_duration=m.create_histogram(
+            METRIC_ANALYSIS_DURATION, unit="ms",
+            description="Time from trigger to final document, per invocation"),
+        preprocess_duration=m.create_histogram(
+            METRIC_PREPROCESS_DURATION, unit="ms", description="Preprocessing time per image"),
+        image_bytes_in=m.create_histogram(
+            METRIC_IMAGE_BYTES_IN, unit="By", description="Size of the uploaded image"),
+        image_bytes_out=m.create_histogram(
+            METRIC_IMAGE_BYTES_OUT, unit="By", description="Size of the image sent to Vision"),
+        outcomes=m.create_counter(
+            METRIC_OUTCOMES, unit="{invocation}", description="Invocations by outcome and class"),
+        vision_attempt_duration=m.create_histogram(
+            METRIC_VISION_ATTEMPT_DURATION, unit="ms", description="One HTTP attempt to Vision"),
+        vision_retries=m.create_counter(
+            METRIC_VISION_RETRIES, unit="{attempt}", description="Vision attempts after the first"),
+        vision_throttles=m.create_counter(
+            METRIC_VISION_THROTTLES, unit="{attempt}", description="Vision attempts answered 429"),
+        limiter_wait=m.create_histogram(
+            METRIC_LIMITER_WAIT, unit="ms", description="Wait for a client-side rate-limit token"),
+    )
+
+
+@dataclass(slots=True)
+class Invocation:
+    """The request span of one invocation and what the pipeline learnt about it."""
+
+    span: Span
+    synthetic: bool = False
+    blob_container: str | None = None
+    blob_name: str | None = None
+    outcome: str | None = None
+
+    @property
+    def blob_label(self) -> str:
+        return blob_label(self.blob_container or "", self.blob_name or "",
+                          hash_names=_STATE.hash_blob_names)
+
+    @_safe
+    def set_outcome(self, outcome: str, **attributes: object) -> None:
+        """Record the invocation's outcome (``pipeline.outcome``) and low-cardinality details."""
+        self.outcome = outcome
+        self.span.set_attributes({ATTR_OUTCOME: outcome, **_clean(attributes)})
+
+    @_safe
+    def set_attributes(self, attributes: Mapping[str, object]) -> None:
+        self.span.set_attributes(_clean(attributes))
+
+
+_CURRENT: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar(
+    "visionops_invocation", default=None
+)
+
+
+def current_invocation() -> Invocation | None:
+    return _CURRENT.get()
+
+
+def is_synthetic_blob(name: str) -> bool:
+    """Blobs under ``TELEMETRY_SYNTHETIC_PREFIX`` (probe uploads) are synthetic traffic."""
+    prefix = _STATE.synthetic_prefix
+    return prefix is not None and prefix != "" and name.startswith(prefix)
+
+
+@contextlib.contextmanager
+def invocation(
+    function_name: str,
+    *,
+    trigger: Trigger,
+    invocation_id: str | None = None,
+    trace_parent: str | None = None,
+    trace_state: str | None = None,
+    blob: tuple[str, str] | None = None,
+    synthetic: bool | None = None,
+) -> Iterator[Invocation]:
+    """The request span around one invocation (AppRequests); exceptions pass through unchanged.
+
+    ``trace_parent`` is the host's W3C ``traceparent`` (``context.trace_context``), so in Azure
+    our request nests under the host's. An exception sets the span's status to error,
+    ``pipeline.outcome=failed`` with its class, and is recorded (AppExceptions).
+    """
+    container, name = blob if blob is not None else (None, None)
+    if synthetic is None:
+        synthetic = name is not None and is_synthetic_blob(name)
+    inv, token, scope = _start_invocation(
+        function_name, trigger=trigger, invocation_id=invocation_id, trace_parent=trace_parent,
+        trace_state=trace_state, container=container, name=name, synthetic=synthetic)
+    try:
+        yield inv
+    except BaseException as exc:
+        _end_invocation(inv, token, scope, exc)
+        raise
+    _end_invocation(inv, token, scope, None)
+
+
+def _start_invocation(
+    function_name: str, *, trigger: Trigger, invocation_id: str | None, trace_parent: str | None,
+    trace_state: str | None, container: str | None, name: str | None, synthetic: bool,
+) -> tuple[Invocation, contextvars.Token[Invocation | None], contextlib.ExitStack]:
+    scope = contextlib.ExitStack()
+    span: Span = trace.INVALID_SPAN
+    try:
+        parent = None
+        if trace_parent:
+            carrier = {"traceparent": trace_parent}
+            if trace_state:
+                carrier["tracestate"] = trace_state
+            parent = TraceContextTextMapPropagator().extract(carrier)
+        attributes: dict[str, str | bool | int | float] = {FAAS_TRIGGER: trigger.value}
+        if invocation_id:
+            attributes[FAAS_INVOCATION_ID] = invocation_id
+        if container is not None and name is not None:
+            attributes[FAAS_DOCUMENT_COLLECTION] = container
+            attributes[FAAS_DOCUMENT_NAME] = blob_label(
+                container, name, hash_names=_STATE.hash_blob_names)
+            attributes[FAAS_DOCUMENT_OPERATION] = FaasDocumentOperationValues.INSERT.value
+        if synthetic:
+            attributes[USER_AGENT_SYNTHETIC_TYPE] = SYNTHETIC_TYPE_TEST
+        span = get_tracer().start_span(function_name, context=parent, kind=SpanKind.SERVER,
+                                       attributes=attributes)
+        scope.enter_context(trace.use_span(span, end_on_exit=False))
+    except Exception as exc:
+        logger.warning("telemetry: request span not started (%s)", type(exc).__name__)
+    inv = Invocation(span=span, synthetic=synthetic, blob_container=container, blob_name=name)
+    return inv, _CURRENT.set(inv), scope
+
+
+def _end_invocation(
+    inv: Invocation, token: contextvars.Token[Invocation | None], scope: contextlib.ExitStack,
+    error: BaseException | None,
+) -> None:
+    try:
+        if error is not None:
+            disposition = classify(error)
+            if inv.outcome is None:
+                inv.set_outcome(OUTCOME_FAILED, **{
+                    ATTR_ERROR_CLASS: disposition.error_class.value,
+                    ATTR_REASON: disposition.reason})
+            inv.span.record_exception(error)
+            inv.span.set_status(Status(StatusCode.ERROR, disposition.error_class.value))
+        elif inv.outcome is None:
+            inv.set_outcome(OUTCOME_COMPLETED)
+        inv.span.end()
+    except Exception as exc:
+        logger.warning("telemetry: request span not ended cleanly (%s)", type(exc).__name__)
+    finally:
+        _CURRENT.reset(token)
+        scope.close()
+
+
+def _synthetic_attributes(synthetic: bool | None) -> dict[str, str]:
+    if synthetic is None:
+        current = _CURRENT.get()
+        synthetic = current is not None and current.synthetic
+    return {USER_AGENT_SYNTHETIC_TYPE: SYNTHETIC_TYPE_TEST} if synthetic else {}
+
+
+@_safe
+def track_event(
+    name: str, properties: Mapping[str, object] | None = None, *, synthetic: bool | None = None
+) -> None:
+    """A custom event (AppEvents) named ``name`` with low-cardinality ``properties``.
+
+    Correlated with the current span; synthetic if asked or if the current invocation is.
+    """
+    attributes = {**_clean(properties), **_synthetic_attributes(synthetic),
+                  CUSTOM_EVENT_NAME: name}
+    _event_logger().emit(
+        context=otel_context.get_current(), severity_number=SeverityNumber.INFO,
+        severity_text="INFO", body=name, attributes=attributes)
+
+
+@_safe
+def track_availability(
+    name: str,
+    success: bool,
+    duration_ms: float,
+    *,
+    message: str = "",
+    run_location: str = "",
+    availability_id: str | None = None,
+    properties: Mapping[str, object] | None = None,
+    synthetic: bool = True,
+) -> None:
+    """An availability result (AppAvailabilityResults): one probe run, pass/fail and duration.
+
+    ``name`` is the probe (low cardinality), ``run_location`` where it ran (region/instance),
+    ``message`` a short reason — never image content or secrets.
+    """
+    attributes: dict[str, str | bool | int | float] = {
+        **_clean(properties),
+        **_synthetic_attributes(synthetic),
+        AVAILABILITY_ID: availability_id or uuid.uuid4().hex,
+        AVAILABILITY_NAME: name,
+        AVAILABILITY_DURATION: _ai_duration(duration_ms),
+        AVAILABILITY_SUCCESS: bool(success),
+        AVAILABILITY_MESSAGE: message or ("passed" if success else "failed"),
+    }
+    if run_location:
+        attributes[AVAILABILITY_RUN_LOCATION] = run_location
+    _event_logger().emit(
+        context=otel_context.get_current(),
+        severity_number=SeverityNumber.INFO if success else SeverityNumber.WARN,
+        body=attributes[AVAILABILITY_MESSAGE], attributes=attributes)
+
+
+def record_finished_span(
+    name: str,
+    *,
+    kind: SpanKind,
+    duration_ms: float,
+    attributes: Mapping[str, object],
+    error: str | None = None,
+    end_ns: int | None = None,
+) -> None:
+    """A child span of the current one for work that already happened (its duration known)."""
+    end = end_ns if end_ns is not None else time.time_ns()
+    start = end - max(0, int(duration_ms * 1_000_000))
+    span = get_tracer().start_span(name, kind=kind, start_time=start,
+                                   attributes=_clean(attributes))
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=end)
+
+
+# --------------------------------------------------------------------------- pipeline observer
+
+
+class TelemetryObserver:
+    """``PipelineObserver`` that turns pipeline events into spans, metrics and events.
+
+    Runs on the invocation's thread inside ``invocation()``, so its spans are children of the
+    request span. Every hook is wrapped: a telemetry failure is logged, never raised.
+    """
+
+    def __init__(self, vision_endpoint: str, *, poison_after_attempts: int = 5) -> None:
+        parts = urlsplit(vision_endpoint)
+        self._vision_base = vision_endpoint.rstrip("/")
+        self._vision_host = parts.hostname or ""
+        self._vision_port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._poison_after = poison_after_attempts
+        self._failures: OrderedDict[tuple[str, str, str | None], int] = OrderedDict()
+        self._failures_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TelemetryObserver:
+        return cls(settings.vision_endpoint,
+                   poison_after_attempts=settings.telemetry.poison_after_attempts)
+
+    @_safe
+    def on_started(self, source: BlobInput) -> None:
+        instruments().image_bytes_in.record(source.size)
+        current = _CURRENT.get()
+        if current is not None:
+            current.set_attributes({ATTR_BYTES_IN: source.size})
+
+    @_safe
+    def on_preprocessed(self, source: BlobInput, record: PreprocessRecord) -> None:
+        ins = instruments()
+        ins.preprocess_duration.record(record.duration_ms)
+        ins.image_bytes_out.record(record.final_bytes)
+        current = _CURRENT.get()
+        if current is not None:
+            current.set_attributes({ATTR_BYTES_OUT: record.final_bytes,
+                                    ATTR_FORMAT: record.final_format,
+                                    ATTR_REENCODED: record.reencoded})
+
+    @_safe
+    def on_vision_attempt(self, source: BlobInput, attempt: VisionAttempt) -> None:
+        throttled = attempt.status_code == 429
+        attributes: dict[str, object] = {
+            HTTP_REQUEST_METHOD: "POST",
+            URL_FULL: f"{self._vision_base}{VISION_ANALYZE_PATH}"
+                      f"?features={','.join(attempt.features)}",
+            SERVER_ADDRESS: self._vision_host,
+            SERVER_PORT: self._vision_port,
+            HTTP_RESPONSE_STATUS_CODE: attempt.status_code,
+            ATTR_VISION_ATTEMPT: attempt.attempt,
+            ATTR_VISION_FEATURES: ",".join(attempt.features),
+            ATTR_VISION_THROTTLED: throttled,
+            ATTR_VISION_WILL_RETRY: attempt.will_retry,
+            ATTR_VISION_IMAGE_BYTES: attempt.image_bytes,
+            ATTR_VISION_LIMITER_WAIT_MS: attempt.limiter_wait_ms,
+            ATTR_VISION_ERROR_CLASS: attempt.error_class.value if attempt.error_class else None,
+            ATTR_VISION_REASON: attempt.reason,
+            ATTR_VISION_ERROR_CODE: attempt.error_code,
+            ATTR_VISION_INNER_CODE: attempt.inner_code,
+            ATTR_VISION_RETRY_AFTER_S: attempt.retry_after_s,
+            ATTR_VISION_BACKOFF_S: attempt.backoff_s,
+            **_synthetic_attributes(None),
+        }
+        record_finished_span(
+            SPAN_VISION_ANALYZE, kind=SpanKind.CLIENT, duration_ms=attempt.duration_ms,
+            attributes=attributes,
+            error=None if attempt.succeeded else (attempt.reason or "error"))
+        ins = instruments()
+        dims = {ATTR_VISION_ERROR_CLASS: attempt.error_class.value if attempt.error_class
+                else "none"}
+        ins.vision_attempt_duration.record(attempt.duration_ms, dims)
+        ins.limiter_wait.record(attempt.limiter_wait_ms)
+        if attempt.attempt > 1:
+            ins.vision_retries.add(1)
+        if throttled:
+            ins.vision_throttles.add(1)
+
+    @_safe
+    def on_document_written(self, source: BlobInput, document: str, duration_ms: float) -> None:
+        container = document.partition("/")[0]  # never the path: it embeds the blob name
+        record_finished_span(
+            SPAN_DOCUMENT_WRITE, kind=SpanKind.CLIENT, duration_ms=duration_ms,
+            attributes={AZ_NAMESPACE: STORAGE_NAMESPACE, PEER_SERVICE: container,
+                        ATTR_DOCUMENT_CONTAINER: container, **_synthetic_attributes(None)})
+
+    @_safe
+    def on_outcome(self, source: BlobInput, outcome: AnalysisOutcome) -> None:
+        self._forget(source)
+        status = outcome.status.value
+        details: dict[str, object] = {
+            ATTR_ATTEMPTS: outcome.attempts,
+            ATTR_ERROR_CLASS: outcome.error_class.value if outcome.error_class else None,
+            ATTR_REASON: outcome.reason,
+            ATTR_STAGE: outcome.stage,
+            ATTR_STATUS_CODE: outcome.status_code,
+            ATTR_SERVICE_CODE: outcome.service_inner_code or outcome.service_error_code,
+        }
+        current = _CURRENT.get()
+        if current is not None:
+            current.set_outcome(status, **details)
+        ins = instruments()
+        dims = {ATTR_OUTCOME: status,
+                ATTR_ERROR_CLASS: outcome.error_class.value if outcome.error_class else "none"}
+        ins.outcomes.add(1, dims)
+        ins.analysis_duration.record(outcome.duration_ms, {ATTR_OUTCOME: status})
+        event = {"analyzed": EVENT_ANALYZED, "rejected": EVENT_REJECTED}.get(status)
+        if event is not None:
+            track_event(event, {ATTR_OUTCOME: status, **details, **self._blob(source)})
+
+    @_safe
+    def on_retryable_failure(
+        self, source: BlobInput, error: BaseException, disposition: Disposition
+    ) -> None:
+        failures = self._count_failure(source)
+        details = {ATTR_ERROR_CLASS: disposition.error_class.value,
+                   ATTR_REASON: disposition.reason, ATTR_HOST_ATTEMPTS: failures}
+        current = _CURRENT.get()
+        if current is not None:
+            current.set_outcome(OUTCOME_FAILED, **details)
+        instruments().outcomes.add(1, {ATTR_OUTCOME: OUTCOME_FAILED,
+                                       ATTR_ERROR_CLASS: disposition.error_class.value})
+        if failures >= self._poison_after:
+            # The host poisons the blob after this many failed tries. Counted per process: with
+            # several instances the poison queue stays the source of truth.
+            self._forget(source)
+            track_event(EVENT_POISONED, {ATTR_OUTCOME: "poisoned", **details,
+                                         **self._blob(source)})
+
+    @staticmethod
+    def _blob(source: BlobInput) -> dict[str, object]:
+        return {FAAS_DOCUMENT_COLLECTION: source.container,
+                FAAS_DOCUMENT_NAME: blob_label(source.container, source.name,
+                                               hash_names=_STATE.hash_blob_names)}
+
+    def _key(self, source: BlobInput) -> tuple[str, str, str | None]:
+        return (source.container, source.name, source.etag)
+
+    def _count_failure(self, source: BlobInput) -> int:
+        with self._failures_lock:
+            key = self._key(source)
+            count = self._failures.pop(key, 0) + 1
+            self._failures[key] = count
+            while len(self._failures) > 10_000:  # bounded: forget the oldest
+                self._failures.popitem(last=False)
+            return count
+
+    def _forget(self, source: BlobInput) -> None:
+        with self._failures_lock:
+            self._failures.pop(self._key(source), None)
+
+
+__all__ = [
+    "ATTR_ERROR_CLASS",
+    "ATTR_OUTCOME",
+    "ATTR_REASON",
+    "EVENT_ANALYZED",
+    "EVENT_POISONED",
+    "EVENT_REJECTED",
+    "Instruments",
+    "Invocation",
+    "Mode",
+    "TelemetryLogFilter",
+    "TelemetryObserver",
+    "Trigger",
+    "blob_label",
+    "configure",
+    "current_invocation",
+    "force_flush",
+    "get_meter",
+    "get_tracer",
+    "instruments",
+    "invocation",
+    "is_synthetic_blob",
+    "mode",
+    "record_finished_span",
+    "track_availability",
+    "track_event",
+]

@@ -1,0 +1,93 @@
+"""The dashboard in a real browser (Debian chromium driven by npm playwright-core).
+
+On a populated stack — real images analysed through the host (real exporter telemetry) plus an
+hour of synthetic history injected into the Monitor emulator — the dashboard must render every
+chart with data points, fetch nothing but our own origin, and leave a screenshot in artifacts/.
+Chromium is a system package (``apt-get install -y chromium``); the test fails, never skips,
+when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e import telemetry_gen as gen
+from tests.integration.pipeline_fixtures import BASE_SETTINGS, PipelineStack
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("dashboard.mjs")
+ARTIFACTS = REPO / "artifacts"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHARTS = ("latency", "success", "throughput", "availability", "quota", "errors")
+SETTINGS = {**BASE_SETTINGS, "AzureWebJobs.vision_probe.Disabled": "true",
+            "AzureWebJobs.e2e_probe.Disabled": "true",
+            "AzureWebJobs.quota_check.Disabled": "true", "APP_VERSION": "e2e"}
+SAMPLES = ("invoice.jpg", "dock-sign.png", "astronaut.png")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
+    s = PipelineStack(tmp_path_factory.mktemp("dashboard-stack"), SETTINGS)
+    s.up()
+    try:
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="module")
+def populated(stack: PipelineStack) -> PipelineStack:
+    uploaded = stack.upload_all((name, (REPO / "samples" / name).read_bytes())
+                                for name in SAMPLES)
+    stack.wait_processed(uploaded, timeout=240)
+    now = datetime.now(UTC)
+    history = gen.Traffic(per_minute=2).envelopes(now - timedelta(minutes=58),
+                                                  now - timedelta(minutes=1))
+    # a few rejected uploads and one short Vision incident, so the error chart has bars
+    history += [gen.request(now - timedelta(minutes=20 + i), duration_ms=150.0,
+                            outcome="rejected", error_class="invalid_input",
+                            reason="invalid_image") for i in range(3)]
+    history += [gen.request(now - timedelta(minutes=30, seconds=10 * i), duration_ms=400.0,
+                            outcome="failed", success=False, error_class="transient",
+                            reason="server_error") for i in range(2)]
+    base = str(stack.endpoints["ingestion_endpoint"]).rstrip("/")
+    assert gen.MonitorEmulator(base).post(history) == len(history)
+    return stack
+
+
+def test_dashboard_renders_every_chart_with_data(populated: PipelineStack) -> None:
+    assert Path(CHROMIUM).exists(), (
+        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); "
+        "scripts/test does this before the suite")
+    node = shutil.which("node")
+    assert node, "Node.js is needed for playwright-core"
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "dashboard.png"
+    screenshot.unlink(missing_ok=True)
+    functions_url = str(populated.endpoints["functions_url"])
+    url = f"{functions_url}/api/dashboard?code={populated.endpoints['function_key']}"
+    run = subprocess.run([node, str(SCRIPT), url, str(screenshot)], cwd=REPO,
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["errors"] == []
+    for chart in CHARTS:
+        info = result["charts"][chart]
+        assert info["points"] > 0 and info["marks"] > 0, (chart, info)
+    assert result["charts"]["latency"]["points"] >= 10  # an hour of 2-minute bins
+    origin = urlsplit(functions_url).netloc
+    assert all(urlsplit(u).netloc == origin for u in result["requests"]), result["requests"]
+    assert any("/api/status?" in u for u in result["requests"])
+    assert result["state"] in ("healthy", "degraded", "unhealthy")
+    assert screenshot.stat().st_size > 10_000

@@ -1,0 +1,334 @@
+"""queries/*.kql: headers, parameters, and real runs on duckdb-kql over the Monitor emulator's
+table schema (its own Store, in memory) with telemetry shaped like shared.telemetry emits it.
+Also LogsQueryRunner's batching and error classification over a fake LogsQueryClient."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
+from azure.monitor.query import LogsQueryError, LogsQueryResult, LogsTable
+
+from devstack.monitor.envelopes import Context, map_envelope
+from devstack.monitor.store import QueryResult, Received, Store
+from shared import telemetry as t
+from shared.logsquery import (
+    BadQueryError,
+    LogsQueryRunner,
+    QueryAuthError,
+    QueryBackendError,
+    QueryConfigError,
+    kql_literal,
+    load_queries,
+    parse_query,
+)
+
+CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
+NOW = datetime.now(UTC).replace(microsecond=0)
+QUERIES = load_queries()
+EXPECTED = {
+    "analysis_latency", "availability_by_probe", "calls_this_month", "error_breakdown",
+    "operation", "outcomes", "success_rate", "throttle_rate", "throughput", "vision_errors",
+}
+
+
+def _duration(ms: float) -> str:
+    return t._ai_duration(ms)
+
+
+class Telemetry:
+    """Builds envelopes the way the exporter shapes what shared.telemetry records."""
+
+    def __init__(self) -> None:
+        self.items: list[Received] = []
+        self.seq = 0
+
+    def _add(self, kind: str, base_type: str, data: dict[str, Any], op: str, parent: str | None,
+             *, synthetic: bool, at: datetime) -> None:
+        tags = {"ai.operation.id": op, "ai.cloud.role": "visionops"}
+        if parent:
+            tags["ai.operation.parentId"] = parent
+        if synthetic:
+            tags["ai.operation.syntheticSource"] = "True"
+        env = {"name": f"Microsoft.ApplicationInsights.{kind}", "iKey": "k", "time": at.isoformat(),
+               "tags": tags, "data": {"baseType": base_type, "baseData": {"ver": 2, **data}}}
+        self.items.append(Received(json.dumps(env), map_envelope(env, CTX)))
+
+    def request(self, op: str, outcome: str, ms: float, *, success: bool = True,
+                synthetic: bool = False, at: datetime = NOW, **props: str) -> str:
+        self.seq += 1
+        rid = f"r{self.seq:015d}"
+        self._add("Request", "RequestData", {
+            "id": rid, "name": "analyze_image", "duration": _duration(ms), "responseCode": "0",
+            "success": success,
+            "properties": {t.ATTR_OUTCOME: outcome, "faas.trigger": "datasource", **props},
+        }, op, None, synthetic=synthetic, at=at)
+        return rid
+
+    def vision(self, op: str, parent: str, code: int, ms: float, attempt: int = 1, *,
+               synthetic: bool = False, at: datetime = NOW, **props: str) -> None:
+        self.seq += 1
+        self._add("RemoteDependency", "RemoteDependencyData", {
+            "id": f"d{self.seq:015d}", "name": t.SPAN_VISION_ANALYZE, "duration": _duration(ms),
+            "resultCode": str(code), "success": code == 200, "type": "HTTP",
+            "target": "127.0.0.1:7081",
+            "properties": {t.ATTR_VISION_ATTEMPT: str(attempt), **props},
+        }, op, parent, synthetic=synthetic, at=at)
+
+    def event(self, op: str, parent: str, name: str, *, synthetic: bool = False,
+              **props: str) -> None:
+        self._add("Event", "EventData", {"name": name, "properties": props}, op, parent,
+                  synthetic=synthetic, at=NOW)
+
+    def availability(self, name: str, ok: bool, ms: float, location: str) -> None:
+        self._add("Availability", "AvailabilityData", {
+            "id": f"a{len(self.items)}", "name": name, "duration": _duration(ms), "success": ok,
+            "runLocation": location, "message": "passed" if ok else "failed",
+        }, "avail", None, synthetic=True, at=NOW)
+
+
+@pytest.fixture(scope="module")
+def store() -> Iterator[Store]:
+    tel = Telemetry()
+    # three analysed images (one throttled once, then fine)
+    for i, ms in enumerate((100.0, 200.0, 300.0)):
+        op = f"op{i}"
+        rid = tel.request(op, "analyzed", ms, **{t.ATTR_ATTEMPTS: "1"})
+        if i == 2:
+            tel.vision(op, rid, 429, 5.0, 1, **{t.ATTR_VISION_ERROR_CLASS: "throttled",
+                                                t.ATTR_VISION_REASON: "throttled",
+                                                t.ATTR_VISION_WILL_RETRY: "True"})
+            tel.vision(op, rid, 200, ms - 50, 2)
+        else:
+            tel.vision(op, rid, 200, ms - 50)
+        tel.event(op, rid, t.EVENT_ANALYZED, **{t.ATTR_OUTCOME: "analyzed"})
+    # one rejected by preprocessing, one rejected by the service, one raised for a host retry
+    rid = tel.request("op3", "rejected", 20.0, **{t.ATTR_ERROR_CLASS: "invalid_input",
+                                                  t.ATTR_REASON: "text_not_image"})
+    tel.event("op3", rid, t.EVENT_REJECTED, **{t.ATTR_ERROR_CLASS: "invalid_input",
+                                               t.ATTR_REASON: "text_not_image"})
+    rid = tel.request("op4", "rejected", 80.0, **{
+        t.ATTR_ERROR_CLASS: "invalid_input", t.ATTR_REASON: "service_invalid_image_format",
+        t.ATTR_STATUS_CODE: "400", t.ATTR_SERVICE_CODE: "InvalidImageFormat"})
+    tel.vision("op4", rid, 400, 30.0, **{t.ATTR_VISION_ERROR_CLASS: "invalid_input",
+                                         t.ATTR_VISION_INNER_CODE: "InvalidImageFormat",
+                                         t.ATTR_VISION_ERROR_CODE: "InvalidRequest"})
+    tel.event("op4", rid, t.EVENT_REJECTED, **{t.ATTR_ERROR_CLASS: "invalid_input",
+                                               t.ATTR_REASON: "service_invalid_image_format"})
+    tel.request("op5", "failed", 900.0, success=False, **{t.ATTR_ERROR_CLASS: "transient",
+                                                          t.ATTR_REASON: "server_error_503"})
+    # synthetic probe traffic: counted for quota, never in the KPIs
+    rid = tel.request("op6", "analyzed", 5000.0, synthetic=True)
+    tel.vision("op6", rid, 200, 4000.0, synthetic=True)
+    tel.event("op6", rid, t.EVENT_ANALYZED, synthetic=True)
+    tel.availability("pipeline", True, 1500.0, "local")
+    tel.availability("pipeline", False, 3000.0, "local")
+    tel.availability("vision", True, 250.0, "local")
+    s = Store(None, retention=timedelta(days=400), clock=lambda: datetime.now(UTC))
+    s.ingest(tel.items)
+    yield s
+    s.close()
+
+
+def run(store: Store, name: str, **params: Any) -> list[dict[str, Any]]:
+    result: QueryResult = store.query(QUERIES[name].render(params), (None, None))
+    names = [c for c, _ in result.columns]
+    return [dict(zip(names, row, strict=True)) for row in result.rows]
+
+
+def test_every_expected_query_exists_with_a_header() -> None:
+    assert set(QUERIES) >= EXPECTED
+    for q in QUERIES.values():
+        header = [ln for ln in q.text.splitlines() if ln.startswith("//")]
+        assert any("Columns:" in ln for ln in header), q.name
+        assert any("Parameters:" in ln for ln in header), q.name
+        # constructs the local engine refuses (and would hide as errors only at run time)
+        code = "\n".join(ln for ln in q.text.splitlines() if not ln.lstrip().startswith("//"))
+        assert "make-series" not in code and "percentiles(" not in code, q.name
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+def test_every_query_runs_on_duckdb_kql(store: Store, name: str) -> None:
+    rows = run(store, name)
+    columns_line = " ".join(ln for ln in QUERIES[name].text.splitlines() if ln.startswith("//"))
+    for column in rows[0] if rows else []:
+        assert column in columns_line, f"{name}: column {column} not documented in the header"
+
+
+def test_success_rate_excludes_synthetic_and_counts_outcomes(store: Store) -> None:
+    [row] = run(store, "success_rate")
+    assert row["Invocations"] == 6
+    assert (row["Succeeded"], row["Failed"]) == (5, 1)
+    assert (row["Analyzed"], row["Rejected"], row["Duplicates"]) == (3, 2, 0)
+    assert row["SuccessRatePct"] == pytest.approx(83.333, abs=0.001)
+    assert row["AnalyzedPct"] == pytest.approx(50.0)
+
+
+def test_latency_percentiles_come_from_rows(store: Store) -> None:
+    rows = {r["Scope"]: r for r in run(store, "analysis_latency")}
+    inv = rows["invocation"]
+    assert inv["Count"] == 3
+    assert inv["P50Ms"] == pytest.approx(200.0)
+    assert 200.0 <= inv["P95Ms"] <= inv["P99Ms"] <= 300.0
+    assert inv["MaxMs"] == pytest.approx(300.0)
+    assert rows["vision_call"]["Count"] == 3  # successful attempts only, synthetic excluded
+
+
+def test_throttle_rate(store: Store) -> None:
+    [row] = run(store, "throttle_rate")
+    assert (row["Calls"], row["Throttled"]) == (5, 1)
+    assert (row["Operations"], row["ThrottledOperations"]) == (4, 1)
+    assert row["ThrottleRatePct"] == pytest.approx(20.0)
+
+
+def test_error_breakdown_by_class_and_code(store: Store) -> None:
+    rows = run(store, "error_breakdown")
+    got = {(r["Outcome"], r["ErrorClass"], r["Reason"], r["StatusCode"], r["ServiceCode"]):
+           r["Count"] for r in rows}
+    assert got == {
+        ("rejected", "invalid_input", "text_not_image", "", ""): 1,
+        ("rejected", "invalid_input", "service_invalid_image_format", "400",
+         "InvalidImageFormat"): 1,
+        ("failed", "transient", "server_error_503", "", ""): 1,
+    }
+
+
+def test_vision_errors_prefer_the_inner_code(store: Store) -> None:
+    got = {(r["ResultCode"], r["ServiceCode"]): (r["Attempts"], r["Retried"])
+           for r in run(store, "vision_errors")}
+    assert got == {("429", ""): (1, 1), ("400", "InvalidImageFormat"): (1, 0)}
+
+
+def test_outcomes_from_events(store: Store) -> None:
+    got = {(r["Event"], r["Reason"]): r["Images"] for r in run(store, "outcomes")}
+    assert got == {(t.EVENT_ANALYZED, ""): 3, (t.EVENT_REJECTED, "text_not_image"): 1,
+                   (t.EVENT_REJECTED, "service_invalid_image_format"): 1}
+
+
+def test_availability_by_probe(store: Store) -> None:
+    rows = {r["Probe"]: r for r in run(store, "availability_by_probe")}
+    assert (rows["pipeline"]["Runs"], rows["pipeline"]["Passed"]) == (2, 1)
+    assert rows["pipeline"]["AvailabilityPct"] == pytest.approx(50.0)
+    assert rows["pipeline"]["AvgDurationMs"] == pytest.approx(2250.0)
+    assert rows["vision"]["Location"] == "local"
+
+
+def test_calls_this_month_counts_synthetic_and_peak(store: Store) -> None:
+    [row] = run(store, "calls_this_month")
+    assert row["Calls"] == 6
+    assert row["Throttled"] == 1
+    assert row["QuotaCalls"] == 5
+    assert row["SyntheticCalls"] == 1
+    assert row["PeakTps"] == 6  # every row shares one timestamp in this fixture
+
+
+def test_throughput_bins_and_parameters(store: Store) -> None:
+    [row] = run(store, "throughput", binSize=timedelta(minutes=5))
+    assert row["Invocations"] == 6
+    assert row["PerSecond"] == pytest.approx(6 / 300, abs=0.001)
+
+
+def test_operation_lists_request_dependencies_and_events(store: Store) -> None:
+    rows = run(store, "operation", operationId="op2")
+    assert sorted(r["Table"] for r in rows) == [
+        "AppDependencies", "AppDependencies", "AppEvents", "AppRequests"]
+    request = next(r for r in rows if r["Table"] == "AppRequests")
+    assert all(r["ParentId"] == request["Id"] for r in rows if r["Table"] != "AppRequests")
+
+
+def test_render_rejects_unknown_parameters_and_quotes_strings() -> None:
+    q = QUERIES["operation"]
+    assert 'let operationId = "a\\"b";' in q.render({"operationId": 'a"b'})
+    with pytest.raises(ValueError, match="no parameter"):
+        q.render({"nope": 1})
+    assert kql_literal(timedelta(minutes=5)) == "300s"
+    assert kql_literal(True) == "true"
+
+
+def test_parse_query_requires_header_and_let_for_each_parameter() -> None:
+    with pytest.raises(ValueError, match="header"):
+        parse_query("x", "AppRequests | count")
+    with pytest.raises(ValueError, match="no `let"):
+        parse_query("x", "// x: y\n// Parameters: size (long)\nAppRequests | take size")
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class FakeLogsClient:
+    """The two LogsQueryClient calls the runner makes, answering with the SDK's own models."""
+
+    def __init__(self, answer: Any = None, error: Exception | None = None) -> None:
+        self.answer = answer
+        self.error = error
+        self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def query_workspace(self, workspace_id: str, query: str, **kwargs: Any) -> Any:
+        self.calls.append(("query", query, kwargs))
+        if self.error:
+            raise self.error
+        return self.answer
+
+    def query_batch(self, queries: list[Any], **kwargs: Any) -> Any:
+        self.calls.append(("batch", queries, kwargs))
+        if self.error:
+            raise self.error
+        return self.answer
+
+
+def table(columns: list[tuple[str, str]], rows: list[list[Any]]) -> LogsTable:
+    return LogsTable(name="PrimaryResult", columns=[c for c, _ in columns],
+                     columns_types=[k for _, k in columns], rows=rows)
+
+
+def runner(client: FakeLogsClient, loopback: bool = True) -> LogsQueryRunner:
+    return LogsQueryRunner(client, "ws", loopback=loopback)  # type: ignore[arg-type]
+
+
+def test_run_returns_plain_rows_and_passes_enforce_https_only_locally() -> None:
+    answer = LogsQueryResult(tables=[table([("Invocations", "long"), ("Props", "dynamic")],
+                                           [[3, '{"a": 1}']])])
+    client = FakeLogsClient(answer)
+    result = runner(client).run("success_rate", timedelta(hours=1))
+    assert result.rows == [{"Invocations": 3, "Props": {"a": 1}}]
+    assert client.calls[0][2]["enforce_https"] is False
+    runner(client, loopback=False).run("success_rate")
+    assert "enforce_https" not in client.calls[1][2]
+
+
+def test_run_batch_is_one_round_trip_with_per_query_errors() -> None:
+    ok = LogsQueryResult(tables=[table([("Calls", "long")], [[1]])])
+    bad = LogsQueryError(code="BadArgumentError", message="unsupported")
+    client = FakeLogsClient([ok, bad])
+    out = runner(client).run_batch(["throttle_rate", ("throughput", {"binSize": "1h"})])
+    assert len(client.calls) == 1 and client.calls[0][0] == "batch"
+    assert out["throttle_rate"].rows == [{"Calls": 1}]  # type: ignore[union-attr]
+    assert isinstance(out["throughput"], BadQueryError)
+
+
+@pytest.mark.parametrize(("status", "code", "kind"), [
+    (400, "BadArgumentError", BadQueryError),
+    (401, "AuthorizationRequiredError", QueryAuthError),
+    (404, "WorkspaceNotFoundError", QueryConfigError),
+    (503, None, QueryBackendError),
+])
+def test_http_errors_are_classified(status: int, code: str | None, kind: type) -> None:
+    error = HttpResponseError(message="boom")
+    error.status_code = status
+    error.model = LogsQueryError(code=code, message="boom") if code else None  # type: ignore[assignment]
+    with pytest.raises(kind):
+        runner(FakeLogsClient(error=error)).run("success_rate")
+
+
+def test_unreachable_backend_is_a_backend_error() -> None:
+    with pytest.raises(QueryBackendError):
+        runner(FakeLogsClient(error=ServiceRequestError("refused"))).run_batch(["success_rate"])
+
+
+def test_unknown_query_name() -> None:
+    with pytest.raises(KeyError, match="no query named"):
+        runner(FakeLogsClient()).run("nope")

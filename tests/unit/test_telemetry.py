@@ -1,0 +1,357 @@
+"""shared.telemetry with the OpenTelemetry SDK's in-memory exporters (no Azure, no patching).
+
+The global providers are set once for this process; each test clears the exporters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry._logs import get_logger_provider, set_logger_provider
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from shared import telemetry as t
+from shared.errors import ErrorClass, ThrottledError, classify
+from shared.pipeline import AnalysisOutcome, BlobInput, Outcome
+from shared.preprocessing import PreprocessRecord
+from shared.settings import Settings
+from shared.vision import VisionAttempt
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPANS = InMemorySpanExporter()
+LOGS = InMemoryLogRecordExporter()
+METRICS = InMemoryMetricReader()
+
+
+def _install_providers() -> None:
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(SPANS))
+        trace.set_tracer_provider(provider)
+    if not isinstance(get_logger_provider(), LoggerProvider):
+        log_provider = LoggerProvider()
+        log_provider.add_log_record_processor(SimpleLogRecordProcessor(LOGS))
+        set_logger_provider(log_provider)
+    if not isinstance(metrics.get_meter_provider(), MeterProvider):
+        metrics.set_meter_provider(MeterProvider(metric_readers=[METRICS]))
+
+
+_install_providers()
+
+SOURCE = BlobInput(container="images", name="cats/tom.jpg", data=b"x" * 1234, etag='"0x1"')
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture(autouse=True)
+def clean() -> Iterator[None]:
+    SPANS.clear()
+    LOGS.clear()
+    handler = LoggingHandler(logger_provider=get_logger_provider())
+    handler.addFilter(t.TelemetryLogFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        t._STATE.hash_blob_names = False
+        t._STATE.secrets = ()
+        t._STATE.synthetic_prefix = "synthetic/"
+
+
+def spans() -> dict[str, list[ReadableSpan]]:
+    out: dict[str, list[ReadableSpan]] = {}
+    for span in SPANS.get_finished_spans():
+        out.setdefault(span.name, []).append(span)
+    return out
+
+
+def logs() -> list[Any]:
+    return [r.log_record for r in LOGS.get_finished_logs()]
+
+
+def attempt(n: int, status: int, **kw: Any) -> VisionAttempt:
+    return VisionAttempt(attempt=n, features=("read", "smartCrops"), image_bytes=1234,
+                         duration_ms=12.5, limiter_wait_ms=1.0, status_code=status, **kw)
+
+
+RECORD = PreprocessRecord(
+    detected_format="jpeg", original_width=100, original_height=80, original_bytes=1234,
+    final_format="jpeg", final_width=100, final_height=80, final_bytes=1200, orientation=1,
+    reencoded=False, steps=("sniff:jpeg",), duration_ms=3.0)
+
+
+def analysed(attempts: int = 2) -> AnalysisOutcome:
+    return AnalysisOutcome(status=Outcome.ANALYZED, container="images", name=SOURCE.name,
+                           etag="0x1", document="results/cats/tom.jpg.json", attempts=attempts,
+                           duration_ms=40.0, preprocessing=RECORD)
+
+
+def test_invocation_is_a_server_span_under_the_host_trace_with_faas_attributes() -> None:
+    observer = t.TelemetryObserver("http://127.0.0.1:7081")
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, invocation_id="inv-1",
+                      trace_parent=TRACEPARENT, blob=("images", SOURCE.name)):
+        observer.on_started(SOURCE)
+        observer.on_preprocessed(SOURCE, RECORD)
+        observer.on_vision_attempt(SOURCE, attempt(1, 429, error_class=ErrorClass.THROTTLED,
+                                                   reason="throttled", retry_after_s=1.0,
+                                                   backoff_s=1.0))
+        observer.on_vision_attempt(SOURCE, attempt(2, 200))
+        observer.on_document_written(SOURCE, "results/cats/tom.jpg.json", 4.0)
+        observer.on_outcome(SOURCE, analysed())
+    got = spans()
+    [request] = got["analyze_image"]
+    assert request.kind is SpanKind.SERVER
+    assert format(request.context.trace_id, "032x") == TRACEPARENT.split("-")[1]
+    assert request.attributes is not None
+    assert request.attributes["faas.trigger"] == "datasource"
+    assert request.attributes["faas.invocation_id"] == "inv-1"
+    assert request.attributes["faas.document.name"] == "cats/tom.jpg"
+    assert request.attributes[t.ATTR_OUTCOME] == "analyzed"
+    assert request.attributes[t.ATTR_ATTEMPTS] == 2
+    assert request.status.status_code is StatusCode.UNSET
+
+    throttled, ok = sorted(got[t.SPAN_VISION_ANALYZE],
+                           key=lambda s: s.attributes[t.ATTR_VISION_ATTEMPT])  # type: ignore[index]
+    for dep in (throttled, ok):
+        assert dep.kind is SpanKind.CLIENT
+        assert dep.parent is not None and dep.parent.span_id == request.context.span_id
+        assert dep.end_time is not None and dep.start_time is not None
+        assert (dep.end_time - dep.start_time) == pytest.approx(12.5e6, abs=1e3)
+    assert throttled.attributes is not None and ok.attributes is not None
+    assert throttled.attributes["http.response.status_code"] == 429
+    assert throttled.attributes[t.ATTR_VISION_THROTTLED] is True
+    assert throttled.status.status_code is StatusCode.ERROR
+    assert ok.attributes[t.ATTR_VISION_FEATURES] == "read,smartCrops"
+    assert ok.attributes["server.address"] == "127.0.0.1"
+    [write] = got[t.SPAN_DOCUMENT_WRITE]
+    assert write.attributes is not None
+    assert write.attributes[t.ATTR_DOCUMENT_CONTAINER] == "results"
+    assert "cats/tom.jpg" not in json.dumps(dict(write.attributes))
+
+    [event] = [r for r in logs() if (r.attributes or {}).get(t.CUSTOM_EVENT_NAME)]
+    assert event.attributes[t.CUSTOM_EVENT_NAME] == t.EVENT_ANALYZED
+    assert event.trace_id == request.context.trace_id
+
+
+def test_exception_marks_the_request_failed_and_passes_through_unchanged() -> None:
+    observer = t.TelemetryObserver("http://127.0.0.1:7081", poison_after_attempts=2)
+    error = ThrottledError("429", reason="throttled")
+    for _ in range(2):
+        with pytest.raises(ThrottledError) as raised, t.invocation(
+            "analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", SOURCE.name)
+        ):
+            observer.on_retryable_failure(SOURCE, error, classify(error))
+            raise error
+        assert raised.value is error
+    requests = spans()["analyze_image"]
+    assert [s.attributes[t.ATTR_OUTCOME] for s in requests] == ["failed", "failed"]  # type: ignore[index]
+    assert all(s.status.status_code is StatusCode.ERROR for s in requests)
+    assert any(e.name == "exception" for e in requests[0].events)
+    events = [r.attributes[t.CUSTOM_EVENT_NAME] for r in logs()  # type: ignore[index]
+              if (r.attributes or {}).get(t.CUSTOM_EVENT_NAME)]
+    assert events == [t.EVENT_POISONED]  # on the second (= last) failure
+
+
+def test_plain_logging_inside_an_invocation_is_correlated() -> None:
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE) as inv:
+        logging.getLogger("shared.pipeline").warning("blob %s rejected", "x.jpg")
+    [record] = [r for r in logs() if r.body == "blob x.jpg rejected"]
+    assert record.trace_id == inv.span.get_span_context().trace_id
+    assert record.span_id == inv.span.get_span_context().span_id
+    assert spans()["analyze_image"][0].attributes[t.ATTR_OUTCOME] == t.OUTCOME_COMPLETED  # type: ignore[index]
+
+
+def test_hashing_blob_names_and_redacting_secrets() -> None:
+    t._STATE.hash_blob_names = True
+    t._STATE.secrets = ("super-secret-vision-key",)
+    label = t.blob_label("images", SOURCE.name, hash_names=True)
+    assert label.startswith("sha256:") and SOURCE.name not in label
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", SOURCE.name)):
+        logging.getLogger("shared.pipeline").warning(
+            "blob images/%s failed with key %s", SOURCE.name, "super-secret-vision-key")
+        t.TelemetryObserver("http://v").on_outcome(SOURCE, analysed())
+    [record] = [r for r in logs() if "failed with key" in str(r.body)]
+    assert record.body == f"blob images/{label} failed with key ***"
+    assert spans()["analyze_image"][0].attributes["faas.document.name"] == label  # type: ignore[index]
+    dump = json.dumps([dict(r.attributes or {}) for r in logs()])
+    assert SOURCE.name not in dump
+
+
+def test_sdk_and_exporter_loggers_never_become_telemetry() -> None:
+    logging.getLogger("azure.monitor.opentelemetry.exporter.export._base").warning("retrying")
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").warning("url")
+    assert logs() == []
+
+
+def test_synthetic_blobs_are_tagged_everywhere() -> None:
+    probe = BlobInput(container="images", name="synthetic/probe.png", data=b"x")
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE,
+                      blob=("images", probe.name)) as inv:
+        assert inv.synthetic
+        observer = t.TelemetryObserver("http://v")
+        observer.on_vision_attempt(probe, attempt(1, 200))
+        observer.on_outcome(probe, analysed())
+    for span in SPANS.get_finished_spans():
+        assert span.attributes is not None
+        assert span.attributes["user_agent.synthetic.type"] == "test"
+    [event] = logs()
+    assert event.attributes["user_agent.synthetic.type"] == "test"
+
+
+def test_track_availability_carries_the_exporter_contract() -> None:
+    t.track_availability("pipeline", False, 1234.5, message="timeout", run_location="westeurope")
+    [record] = logs()
+    a = record.attributes
+    assert a[t.AVAILABILITY_NAME] == "pipeline"
+    assert a[t.AVAILABILITY_SUCCESS] is False
+    assert a[t.AVAILABILITY_DURATION] == "0.00:00:01.234500"
+    assert a[t.AVAILABILITY_RUN_LOCATION] == "westeurope"
+    assert a[t.AVAILABILITY_MESSAGE] == "timeout"
+    assert a[t.AVAILABILITY_ID]
+    assert a["user_agent.synthetic.type"] == "test"
+
+
+def test_metrics_are_recorded() -> None:
+    observer = t.TelemetryObserver("http://v")
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE):
+        observer.on_started(SOURCE)
+        observer.on_preprocessed(SOURCE, RECORD)
+        observer.on_vision_attempt(SOURCE, attempt(1, 429, error_class=ErrorClass.THROTTLED))
+        observer.on_vision_attempt(SOURCE, attempt(2, 200))
+        observer.on_outcome(SOURCE, analysed())
+    data = METRICS.get_metrics_data()
+    assert data is not None
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert names >= {t.METRIC_ANALYSIS_DURATION, t.METRIC_PREPROCESS_DURATION,
+                     t.METRIC_IMAGE_BYTES_IN, t.METRIC_IMAGE_BYTES_OUT, t.METRIC_OUTCOMES,
+                     t.METRIC_VISION_RETRIES, t.METRIC_VISION_THROTTLES, t.METRIC_LIMITER_WAIT}
+
+
+def test_observer_failures_are_swallowed(monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> t.Instruments:
+        raise RuntimeError("exporter on fire")
+
+    monkeypatch.setattr(t, "instruments", broken)  # our own seam, not the SDK's
+    observer = t.TelemetryObserver("http://v")
+    with caplog.at_level(logging.WARNING, logger="shared.telemetry"):
+        assert observer.on_started(SOURCE) is None  # type: ignore[func-returns-value]
+    assert "RuntimeError" in caplog.text and "on fire" not in caplog.text
+
+
+# --------------------------------------------------------------------------- configuration
+
+BASE = {"VISION_ENDPOINT": "http://127.0.0.1:7081",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+LOCAL_CS = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:9/"
+AZURE_CS = ("InstrumentationKey=11111111-1111-1111-1111-111111111111;"
+            "IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/")
+
+
+def test_telemetry_settings_parse_and_report_problems() -> None:
+    s = Settings.from_env({**BASE, "APPLICATIONINSIGHTS_CONNECTION_STRING": LOCAL_CS,
+                           "TELEMETRY_HASH_BLOB_NAMES": "true",
+                           "LOGS_QUERY_ENDPOINT": "http://127.0.0.1:9/v1",
+                           "LOGS_WORKSPACE_ID": "ws"})
+    assert s.telemetry.hash_blob_names and s.telemetry.ingestion_is_loopback
+    assert s.telemetry.query_is_loopback and s.telemetry.workspace_id == "ws"
+    assert LOCAL_CS not in repr(s)
+    with pytest.raises(Exception, match="TELEMETRY_SAMPLING_RATIO") as err:
+        Settings.from_env({**BASE, "TELEMETRY_SAMPLING_RATIO": "2",
+                           "TELEMETRY_HASH_BLOB_NAMES": "maybe"})
+    assert "TELEMETRY_HASH_BLOB_NAMES" in str(err.value)
+
+
+def test_options_are_local_only_where_they_should_be() -> None:
+    local = t.azure_monitor_options(Settings.from_env(
+        {**BASE, "APPLICATIONINSIGHTS_CONNECTION_STRING": LOCAL_CS}).telemetry)
+    azure = t.azure_monitor_options(Settings.from_env(
+        {**BASE, "APPLICATIONINSIGHTS_CONNECTION_STRING": AZURE_CS,
+         "TELEMETRY_ROLE_NAME": "visionops"}).telemetry)
+    assert local["enable_live_metrics"] is False and azure["enable_live_metrics"] is True
+    assert local["enable_performance_counters"] is False
+    assert "enable_performance_counters" not in azure
+    for options in (local, azure):
+        assert options["sampling_ratio"] == 1.0
+        assert options["instrumentation_options"]["azure_sdk"] == {"enabled": False}
+        assert options["storage_min_retry_interval"] == 60
+    assert azure["resource"].attributes["service.name"] == "visionops"
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=120, check=False, env={"PATH": "/usr/bin:/bin", **(env or {})})
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_importing_function_app_configures_nothing() -> None:
+    out = _python("""
+        import json, sys
+        import function_app
+        from opentelemetry import trace
+        print(json.dumps({"distro": "azure.monitor.opentelemetry" in sys.modules,
+                          "provider": type(trace.get_tracer_provider()).__name__}))
+    """, {"APPLICATIONINSIGHTS_CONNECTION_STRING": LOCAL_CS})
+    assert out == {"distro": False, "provider": "ProxyTracerProvider"}
+
+
+def test_configure_once_locally_and_never_when_the_worker_owns_it() -> None:
+    out = _python(f"""
+        import json, logging, os
+        from shared import telemetry
+        from shared.settings import Settings
+        base = {BASE!r}
+        worker = telemetry.configure(Settings.from_env({{**base,
+            "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": {LOCAL_CS!r}}}))
+        telemetry._STATE.mode = telemetry.Mode.UNCONFIGURED
+        s = Settings.from_env({{**base, "APPLICATIONINSIGHTS_CONNECTION_STRING": {LOCAL_CS!r}}})
+        first = telemetry.configure(s)
+        second = telemetry.configure(s)
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+        handlers = [h for h in logging.getLogger().handlers if isinstance(h, LoggingHandler)]
+        print(json.dumps({{"worker": worker, "first": first, "second": second,
+                          "handlers": len(handlers),
+                          "filtered": all(h.filters for h in handlers),
+                          "statsbeat": os.environ.get(
+                              "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL")}}))
+    """)
+    assert out == {"worker": "worker", "first": "app", "second": "app", "handlers": 1,
+                   "filtered": True, "statsbeat": "true"}
+
+
+def test_no_connection_string_means_no_exporter() -> None:
+    out = _python(f"""
+        import json
+        from shared import telemetry
+        from shared.settings import Settings
+        mode = telemetry.configure(Settings.from_env({BASE!r}))
+        telemetry.track_event("x", {{"a": 1}})
+        with telemetry.invocation("f", trigger=telemetry.Trigger.TIMER):
+            pass
+        print(json.dumps({{"mode": mode}}))
+    """)
+    assert out == {"mode": "disabled"}
