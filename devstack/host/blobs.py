@@ -236,6 +236,10 @@ class BlobTriggerListener:
         self._inflight: dict[tuple[str, str, str, str], asyncio.Task[None]] = {}
         self._stopping = False
         self._missing_logged: set[str] = set()
+        # Failures before an attempt could even be recorded (the receipt or the blob itself is
+        # unreachable, e.g. a name the storage client cannot address): counted here so such a
+        # blob poisons after the threshold instead of being retried on every poll forever.
+        self._infra_failures: dict[tuple[str, str, str, str], int] = {}
         self.scans = 0
 
     @property
@@ -317,10 +321,31 @@ class BlobTriggerListener:
                 if not self._stopping:
                     await self._process_receipt(candidate)
         except Exception:  # a bad blob never blocks the others
-            log.exception("Processing blob '%s' for '%s' failed; it will be retried",
-                          candidate.path, candidate.binding.spec.name)
+            failures = self._infra_failures.get(candidate.key, 0) + 1
+            self._infra_failures[candidate.key] = failures
+            if failures < self._threshold:
+                log.exception("Processing blob '%s' for '%s' failed (%d of %d); it will be retried",
+                              candidate.path, candidate.binding.spec.name, failures,
+                              self._threshold)
+            else:
+                log.exception("Processing blob '%s' for '%s' failed %d times before an attempt "
+                              "could be recorded; giving up on it", candidate.path,
+                              candidate.binding.spec.name, failures)
+                await self._poison_unreachable(candidate)
         finally:
             self._inflight.pop(candidate.key, None)
+
+    async def _poison_unreachable(self, candidate: _Candidate) -> None:
+        """Poison a blob that never got a receipt: a message, and no more polls of this ETag."""
+        self._done.add(candidate.key)
+        self._infra_failures.pop(candidate.key, None)
+        spec = candidate.binding.spec
+        body = poison_message(spec.function_id, candidate.blob_type,
+                              candidate.binding.pattern.container, candidate.name, candidate.etag)
+        try:
+            await self._io(_send_poison, candidate.binding.connection, body)
+        except Exception:  # the queue being down too must not end the listener
+            log.exception("Poison message for blob '%s' could not be written", candidate.path)
 
     def _receipt_client(self, candidate: _Candidate) -> BlobClient:
         name = receipt_blob_name(self._host_id, candidate.binding.spec.function_id,

@@ -98,3 +98,42 @@ def test_test_app_declares_what_the_integration_tests_rely_on() -> None:
     assert "%TEST_CONTAINER%/{name}" in source
     assert json.loads((Path(__file__).resolve().parents[1] / "host_app" / "host.json")
                       .read_text())["extensions"]["blobs"]["maxDegreeOfParallelism"] == 3
+
+
+def test_a_blob_that_never_gets_a_receipt_poisons_after_the_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name the storage client cannot address fails before any attempt is recorded: it must
+    still end in one poison message after the threshold, not be retried on every poll forever."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devstack.host import blobs
+
+    sent: list[str] = []
+    monkeypatch.setattr(blobs, "_send_poison", lambda _connection, body: sent.append(body))
+    trigger = {"type": "blobTrigger", "name": "blob", "path": "images/{name}",
+               "connection": "AzureWebJobsStorage", "direction": "in"}
+    spec = FunctionSpec(name="analyze", func=lambda blob: None, trigger=trigger,
+                        bindings=(trigger,), raw_bindings=(trigger,), is_async=False)
+    binding = blobs.BlobTriggerBinding(spec, BlobPathPattern.parse("images/{name}"), "conn")
+
+    class Unaddressable(blobs.BlobTriggerListener):
+        async def _process_receipt(self, candidate: blobs._Candidate) -> None:
+            raise OSError("signature mismatch")
+
+    with ThreadPoolExecutor(1) as io:
+        listener = Unaddressable([binding], invoker=None,  # type: ignore[arg-type]
+                                 host_connection="conn", host_id="h", poison_threshold=3,
+                                 max_parallelism=1, poll_interval=1.0, io=io)
+        candidate = blobs._Candidate(binding, "odd/../x.png", '"0x1"', "BlockBlob", {})
+
+        async def polls(n: int) -> None:
+            for _ in range(n):
+                if candidate.key not in listener._done:
+                    await listener._process(candidate)
+
+        asyncio.run(polls(10))
+    assert len(sent) == 1
+    assert json.loads(sent[0])["BlobName"] == "odd/../x.png"
+    assert candidate.key in listener._done
