@@ -143,10 +143,12 @@ def run(
                       str(doc.get("attempts", "")), f"{total:.0f}" if total else "")
     console.print(table)
     pending = sum(1 for t in tracked if t.document is None)
-    console.print(
-        f"results in container [bold]results[/], rejections in [bold]failed[/]; "
-        f"functions at {endpoints['functions_url']}; logs: python -m devstack logs host"
-    )
+    base, key = endpoints["functions_url"], endpoints["function_key"]
+    console.print("results in container [bold]results[/], rejections in [bold]failed[/]")
+    console.print(f"dashboard: {base}/api/dashboard?code={key}", soft_wrap=True)
+    console.print(f"status:    {base}/api/status?code={key}", soft_wrap=True)
+    console.print(f"health:    {base}/api/health")
+    console.print("logs:      python -m devstack logs host")
     if wait_forever is None:
         return 1 if pending else 0
     console.print("the stack keeps running; press Ctrl-C to stop it")
