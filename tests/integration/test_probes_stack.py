@@ -29,6 +29,7 @@ from shared.quota import load_quota_status
 from shared.settings import Settings
 from tests.integration.pipeline_fixtures import (
     BASE_SETTINGS,
+    DISABLED_FUNCTIONS,
     IMAGES,
     REPO_ROOT,
     RESULTS,
@@ -53,6 +54,8 @@ SETTINGS = {
     "STATUS_CONTAINER": "status",
     "QUOTA_WARN_THRESHOLDS": "0.8,0.95",
     "TELEMETRY_SYNTHETIC_PREFIX": "synthetic/",
+    # PipelineStack disables the timers for the pipeline tests; these tests are about them.
+    **{f"AzureWebJobs.{name}.Disabled": "false" for name in DISABLED_FUNCTIONS},
 }
 # The synthetic month fed to the Monitor emulator (see test_quota_forecast_…).
 QUOTA_CALLS, THROTTLED, PEAK = 1200, 60, 3
