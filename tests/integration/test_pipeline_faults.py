@@ -94,8 +94,9 @@ def test_every_image_ends_in_exactly_one_place(stack: PipelineStack) -> None:
 
     invocations = sum(receipts[name].attempts for name in names)
     result_attempts = sum(found[name][0].body["attempts"] for name in results)
-    # every invocation that did not end in a document spent 1 + MAX_RETRIES calls (all the
-    # injected faults are retryable and Retry-After stays below the give-up threshold)
+    # an invocation that did not end in a document spent at most 1 + MAX_RETRIES calls (all the
+    # injected faults are retryable); fewer when an attempt failed before the emulator counted
+    # it (a connection dropped while being opened), so the total is bounded, not exact
     expected_calls = result_attempts + (MAX_RETRIES + 1) * (invocations - len(results))
     by_status = stats["by_status"]
     summary = _table([
@@ -105,7 +106,8 @@ def test_every_image_ends_in_exactly_one_place(stack: PipelineStack) -> None:
         ("poison queue", len(poisoned)),
         ("in more than one / none", len(misplaced)),
         ("host invocations", f"{invocations} ({invocations - IMAGE_COUNT} host retries)"),
-        ("vision calls", f"{stats['total']} (expected from documents/receipts: {expected_calls})"),
+        ("vision calls", f"{stats['total']} (documents/receipts allow "
+                         f"{result_attempts}..{expected_calls})"),
         ("  by status", ", ".join(f"{code}: {n}" for code, n in by_status.items())),
         ("  injected faults", ", ".join(f"{k}: {n}" for k, n in stats["faults"].items())),
         ("client attempts in results", f"{result_attempts} for {len(results)} documents"),
@@ -125,6 +127,7 @@ def test_every_image_ends_in_exactly_one_place(stack: PipelineStack) -> None:
         body = found[name][0].body
         assert body["source"]["etag"] == uploaded[name]
         assert body["features"] == ["smartCrops"]
-    assert by_status.get("200", 0) >= len(results)
-    assert stats["total"] == expected_calls
+    # exactly one successful analysis per result: nothing was analysed twice
+    assert by_status.get("200", 0) == len(results)
+    assert result_attempts <= stats["total"] <= expected_calls
     assert stats["faults"].get("error", 0) > 0 and stats["faults"].get("timeout", 0) > 0
