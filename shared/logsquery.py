@@ -209,7 +209,26 @@ class LocalTokenCredential:
 # --------------------------------------------------------------------------- runner
 
 
-BatchItem: TypeAlias = str | tuple[str, Mapping[str, ParamValue]]
+@dataclass(frozen=True, slots=True)
+class BatchQuery:
+    """One item of a batch: a named query, its parameters, its own time range and answer key.
+
+    ``key`` (the name of the answer in ``run_batch``'s result) defaults to ``name``; give one
+    when the same query runs more than once in a batch (e.g. once per window). ``timespan``
+    ``None`` means the batch call's timespan.
+    """
+
+    name: str
+    params: Mapping[str, ParamValue] | None = None
+    timespan: Timespan = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            object.__setattr__(self, "key", self.name)
+
+
+BatchItem: TypeAlias = str | tuple[str, Mapping[str, ParamValue]] | BatchQuery
 
 
 class LogsQueryRunner:
@@ -233,14 +252,23 @@ class LogsQueryRunner:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, credential: TokenCredential | None = None
+        cls,
+        settings: Settings,
+        *,
+        credential: TokenCredential | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> LogsQueryRunner:
-        """From ``LOGS_WORKSPACE_ID`` (+ ``LOGS_QUERY_ENDPOINT``); Entra ID unless loopback."""
+        """From ``LOGS_WORKSPACE_ID`` (+ ``LOGS_QUERY_ENDPOINT``); Entra ID unless loopback.
+
+        ``client_options`` go to ``LogsQueryClient`` as azure-core transport and retry settings
+        (``connection_timeout``, ``read_timeout``, ``retry_total``, …): an interactive caller
+        wants short ones, azure-core's defaults may wait minutes.
+        """
         from azure.monitor.query import LogsQueryClient
 
         t = settings.telemetry
         if not t.workspace_id:
-            raise QueryConfigError("LOGS_WORKSPACE_ID is not set")
+            raise QueryConfigError("LOGS_WORKSPACE_ID is not set", code="not_configured")
         loopback = t.query_is_loopback
         if credential is None:
             if loopback:
@@ -249,7 +277,7 @@ class LogsQueryRunner:
                 from azure.identity import DefaultAzureCredential
 
                 credential = DefaultAzureCredential()
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = dict(client_options or {})
         if t.query_endpoint:
             options["endpoint"] = t.query_endpoint
         client = LogsQueryClient(credential, **options)
@@ -293,21 +321,26 @@ class LogsQueryRunner:
     ) -> dict[str, QueryResult | QueryError]:
         """Run several named queries in one round trip (``query_batch``).
 
-        Each value is the query's result, or the ``QueryError`` for that query alone. A failure
-        of the whole round trip (backend unreachable, auth) raises instead.
+        An item is a query name, ``(name, params)`` or a ``BatchQuery`` (its own timespan and
+        key). Answers are keyed by the item's key (a plain item's key is its name; a key may
+        not appear twice). Each value is the query's result, or the ``QueryError`` for that
+        query alone. A failure of the whole round trip (backend unreachable, auth) raises
+        instead.
         """
         from azure.core.exceptions import AzureError, HttpResponseError
         from azure.monitor.query import LogsBatchQuery, LogsQueryStatus
 
-        names: list[str] = []
+        queries = [_batch_query(item) for item in items]
+        keys: list[str] = []
         batch: list[LogsBatchQuery] = []
-        for item in items:
-            name, params = (item, None) if isinstance(item, str) else item
-            if name in names:
-                raise ValueError(f"query {name!r} appears twice in one batch")
-            names.append(name)
-            batch.append(LogsBatchQuery(self._workspace_id, self.query(name).render(params),
-                                        timespan=timespan))
+        for q in queries:
+            key = q.key or q.name
+            if key in keys:
+                raise ValueError(f"key {key!r} appears twice in one batch")
+            keys.append(key)
+            span = q.timespan if q.timespan is not None else timespan
+            batch.append(LogsBatchQuery(self._workspace_id, self.query(q.name).render(q.params),
+                                        timespan=span))
         try:
             responses = self._client.query_batch(batch, **self._call_options)
         except HttpResponseError as exc:
@@ -315,19 +348,29 @@ class LogsQueryRunner:
         except AzureError as exc:
             raise QueryBackendError(f"batch: {type(exc).__name__}", query="batch") from exc
         out: dict[str, QueryResult | QueryError] = {}
-        for name, response in zip(names, responses, strict=True):
+        for key, q, response in zip(keys, queries, responses, strict=True):
+            name = q.name
             status = getattr(response, "status", None)
             if status == LogsQueryStatus.FAILURE:
                 code = getattr(response, "code", None)
                 kind = classify_code(code, None)
-                out[name] = kind(f"{name}: {code}: {getattr(response, 'message', '')}",
-                                 query=name, code=code)
+                out[key] = kind(f"{name}: {code}: {getattr(response, 'message', '')}",
+                                query=name, code=code)
             elif status == LogsQueryStatus.PARTIAL:
-                out[name] = _to_result(name, getattr(response, "partial_data", []) or [],
-                                       _error_text(getattr(response, "partial_error", None)))
+                out[key] = _to_result(name, getattr(response, "partial_data", []) or [],
+                                      _error_text(getattr(response, "partial_error", None)))
             else:
-                out[name] = _to_result(name, getattr(response, "tables", []) or [])
+                out[key] = _to_result(name, getattr(response, "tables", []) or [])
         return out
+
+
+def _batch_query(item: BatchItem) -> BatchQuery:
+    if isinstance(item, BatchQuery):
+        return item
+    if isinstance(item, str):
+        return BatchQuery(item)
+    name, params = item
+    return BatchQuery(name, params)
 
 
 def _error_text(error: Any) -> str:
@@ -345,6 +388,8 @@ def _from_http_error(name: str, exc: Any) -> QueryError:
 __all__ = [
     "QUERIES_DIR",
     "BadQueryError",
+    "BatchItem",
+    "BatchQuery",
     "LocalTokenCredential",
     "LogsQueryRunner",
     "NamedQuery",

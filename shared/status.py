@@ -19,30 +19,26 @@ Must never: run more than one telemetry round trip per report, or raise a stack 
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from shared.alerts import AlertRule, AlertState, alert_rules, evaluate, iso_duration, not_evaluated
 from shared.logsquery import (
+    BatchQuery,
+    LogsQueryRunner,
     QueryAuthError,
-    QueryBackendError,
     QueryConfigError,
     QueryError,
     QueryResult,
 )
 
 if TYPE_CHECKING:
-    from azure.monitor.query import LogsQueryClient
-
-    from shared.logsquery import NamedQuery, ParamValue
     from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -92,135 +88,32 @@ Q_SERIES_AVAILABILITY: Final = "status_series_availability"
 
 # --------------------------------------------------------------------------- the batch seam
 
-
-@dataclass(frozen=True, slots=True)
-class BatchRequest:
-    """One item of the status batch: a named query, its parameters and its own time range."""
-
-    key: str
-    query: str
-    timespan: timedelta
-    params: Mapping[str, ParamValue] = field(default_factory=dict)
+# A status page must answer quickly even when the backend does not: short timeouts, few retries
+# (azure-core's defaults would wait minutes).
+CLIENT_OPTIONS: Final[Mapping[str, Any]] = {
+    "connection_timeout": 5, "read_timeout": 30, "retry_total": 1,
+}
 
 
 class BatchRunner(Protocol):
-    """Runs every request in one round trip.
+    """Runs every query in one round trip (``LogsQueryRunner.run_batch``).
 
-    Returns each request's ``QueryResult`` or its own ``QueryError``; raises a ``QueryError``
-    when the round trip as a whole fails (backend unreachable, auth, workspace unknown).
+    Returns each query's ``QueryResult`` or its own ``QueryError`` by key; raises a
+    ``QueryError`` when the round trip as a whole fails (backend unreachable, auth, workspace
+    unknown).
     """
 
-    def run_requests(
-        self, requests: Sequence[BatchRequest]
+    def run_batch(
+        self, items: Sequence[BatchQuery]
     ) -> Mapping[str, QueryResult | QueryError]: ...
 
 
-class LogsBatchRunner:
-    """``BatchRunner`` over ``LogsQueryClient.query_batch``.
-
-    ADAPTER (issue 6): ``shared.logsquery.LogsQueryRunner.run_batch`` takes one timespan for the
-    whole batch and one item per query name; the status report runs the same query over three
-    windows in one round trip. Once ``run_batch`` accepts per-item keys and timespans, this class
-    becomes a thin wrapper over it.
-    """
-
-    def __init__(
-        self,
-        client: LogsQueryClient,
-        workspace_id: str,
-        *,
-        loopback: bool = False,
-        queries: Mapping[str, NamedQuery] | None = None,
-    ) -> None:
-        self._client = client
-        self._workspace_id = workspace_id
-        self._call_options: dict[str, Any] = {"enforce_https": False} if loopback else {}
-        self._queries = queries
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LogsBatchRunner:
-        from azure.monitor.query import LogsQueryClient
-
-        from shared.logsquery import LocalTokenCredential
-
-        t = settings.telemetry
-        if not t.workspace_id:
-            raise QueryConfigError("LOGS_WORKSPACE_ID is not set", code="not_configured")
-        loopback = t.query_is_loopback
-        credential: Any
-        if loopback:
-            credential = LocalTokenCredential()
-        else:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
-        options: dict[str, Any] = {"endpoint": t.query_endpoint} if t.query_endpoint else {}
-        # A status page must answer quickly even when the backend does not: short timeouts,
-        # few retries (azure-core's defaults would wait minutes).
-        client = LogsQueryClient(credential, connection_timeout=5, read_timeout=30,
-                                 retry_total=1, **options)
-        return cls(client, t.workspace_id, loopback=loopback)
-
-    def run_requests(
-        self, requests: Sequence[BatchRequest]
-    ) -> Mapping[str, QueryResult | QueryError]:
-        from azure.core.exceptions import AzureError, HttpResponseError
-        from azure.monitor.query import LogsBatchQuery, LogsQueryStatus
-
-        from shared.logsquery import classify_code, load_queries
-
-        queries = self._queries if self._queries is not None else load_queries()
-        batch = [LogsBatchQuery(self._workspace_id, queries[r.query].render(r.params),
-                                timespan=r.timespan) for r in requests]
-        try:
-            responses = self._client.query_batch(batch, **self._call_options)
-        except HttpResponseError as exc:
-            code = getattr(getattr(exc, "error", None), "code", None)
-            kind = classify_code(code, exc.status_code)
-            if kind is not QueryAuthError and kind is not QueryConfigError:
-                kind = QueryBackendError  # the batch envelope itself failed
-            raise kind(f"batch: HTTP {exc.status_code} {code or ''}".strip(), code=code) from exc
-        except AzureError as exc:
-            raise QueryBackendError(f"batch: {type(exc).__name__}", code=type(exc).__name__) \
-                from exc
-        out: dict[str, QueryResult | QueryError] = {}
-        for request, response in zip(requests, responses, strict=True):
-            status = getattr(response, "status", None)
-            if status == LogsQueryStatus.FAILURE:
-                code = getattr(response, "code", None)
-                out[request.key] = classify_code(code, None)(
-                    f"{request.query}: {code}: {getattr(response, 'message', '')}",
-                    query=request.query, code=code)
-                continue
-            tables = (getattr(response, "partial_data", None) if status == LogsQueryStatus.PARTIAL
-                      else getattr(response, "tables", None)) or []
-            out[request.key] = _result(request.query, tables)
-        return out
-
-
-def _result(name: str, tables: Sequence[Any]) -> QueryResult:
-    if not tables:
-        return QueryResult(name=name, columns=())
-    table = tables[0]
-    columns = tuple(str(c) for c in table.columns)
-    types = list(getattr(table, "columns_types", []) or [])
-    rows = []
-    for raw in table.rows:
-        values = list(raw)
-        for i, kind in enumerate(types):
-            if kind == "dynamic" and isinstance(values[i], str):
-                with contextlib.suppress(ValueError):
-                    values[i] = json.loads(values[i])
-        rows.append(dict(zip(columns, values, strict=True)))
-    return QueryResult(name=name, columns=columns, rows=rows)
-
-
 @functools.cache
-def get_batch_runner() -> LogsBatchRunner:
+def get_batch_runner() -> LogsQueryRunner:
     """The process's runner, built on first use from the app settings."""
     from shared.settings import get_settings
 
-    return LogsBatchRunner.from_settings(get_settings())
+    return LogsQueryRunner.from_settings(get_settings(), client_options=CLIENT_OPTIONS)
 
 
 # --------------------------------------------------------------------------- errors
@@ -296,25 +189,25 @@ class Status:
 
 def plan(
     settings: Settings, *, history: Window | None = None
-) -> tuple[list[BatchRequest], tuple[AlertRule, ...]]:
+) -> tuple[list[BatchQuery], tuple[AlertRule, ...]]:
     """Every query of one report (one batch), and the alert rules they evaluate."""
-    requests: list[BatchRequest] = []
+    requests: list[BatchQuery] = []
     for w in WINDOWS:
         for query in (Q_SUCCESS, Q_LATENCY, Q_THROTTLE, Q_ERRORS):
-            requests.append(BatchRequest(f"{query}:{w.name}", query, w.span))
+            requests.append(BatchQuery(query, timespan=w.span, key=f"{query}:{w.name}"))
     requests += [
-        BatchRequest(Q_PROBES, Q_PROBES, PROBES_WINDOW),
-        BatchRequest(Q_FRESHNESS, Q_FRESHNESS, timedelta(hours=24)),
-        BatchRequest(Q_QUOTA, Q_QUOTA, timedelta(days=2)),
+        BatchQuery(Q_PROBES, timespan=PROBES_WINDOW),
+        BatchQuery(Q_FRESHNESS, timespan=timedelta(hours=24)),
+        BatchQuery(Q_QUOTA, timespan=timedelta(days=2)),
     ]
     rules = alert_rules(settings)
-    requests += [BatchRequest(f"alert:{r.name}", r.query, r.window, r.params) for r in rules]
+    requests += [BatchQuery(r.query, r.params, r.window, key=f"alert:{r.name}") for r in rules]
     if history is not None:
         binned = {"binSize": history.bin_size}
         requests += [
-            BatchRequest(Q_SERIES_REQUESTS, Q_SERIES_REQUESTS, history.span, binned),
-            BatchRequest(Q_SERIES_VISION, Q_SERIES_VISION, history.span, binned),
-            BatchRequest(Q_SERIES_AVAILABILITY, Q_SERIES_AVAILABILITY, history.span, binned),
+            BatchQuery(Q_SERIES_REQUESTS, binned, history.span),
+            BatchQuery(Q_SERIES_VISION, binned, history.span),
+            BatchQuery(Q_SERIES_AVAILABILITY, binned, history.span),
         ]
     return requests, rules
 
@@ -334,7 +227,7 @@ def build_status(
     now = now or datetime.now(UTC)
     requests, rules = plan(settings, history=history)
     try:
-        answers = runner.run_requests(requests)
+        answers = runner.run_batch(requests)
     except QueryError as exc:
         logger.warning("status: telemetry batch failed (%s)", type(exc).__name__)
         raise unavailable_from(exc) from exc
@@ -652,11 +545,10 @@ def _scalar(value: Any) -> Any:
 
 
 __all__ = [
+    "CLIENT_OPTIONS",
     "WINDOWS",
     "WINDOWS_BY_NAME",
-    "BatchRequest",
     "BatchRunner",
-    "LogsBatchRunner",
     "State",
     "Status",
     "StatusUnavailable",

@@ -1,8 +1,8 @@
 """Real test images, generated on the fly: every good format the pipeline must analyse and every
 bad input it must reject, each with the reason code it must end with.
 
-Pure Pillow/stdlib, deterministic (fixed seeds), no I/O. Used by the pipeline integration tests
-and the benchmarks; the unit tests of ``shared.preprocessing`` keep their own small copies.
+Pure Pillow/stdlib, deterministic (fixed seeds), no I/O. The one source of generated images for
+the unit tests of ``shared.preprocessing``, the pipeline integration tests and the benchmarks.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def photo(size: tuple[int, int] = (320, 240), mode: str = "RGB") -> Image.Image:
     w, h = size
     draw.ellipse((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=(200, 60, 40))
     return im.convert(mode) if mode != "RGB" else im
+
+
+def noisy(size: tuple[int, int]) -> Image.Image:
+    """Per-pixel noise: compresses badly, so a BMP of it is big for its size."""
+    return Image.merge("RGB", [Image.effect_noise(size, 60) for _ in range(3)])
 
 
 def png_chunk(tag: bytes, data: bytes) -> bytes:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.logsquery import LogsQueryRunner
 from shared.settings import Settings
-from shared.status import LogsBatchRunner, build_status
+from shared.status import CLIENT_OPTIONS, build_status
 from tests.e2e.telemetry_gen import MonitorEmulator, Traffic, running_monitor
 
 pytestmark = pytest.mark.integration
@@ -55,8 +56,8 @@ def active_after(monitor: MonitorEmulator, settings: Settings, incident: str | N
     onset = now - timedelta(minutes=minutes)
     envelopes = TRAFFIC.envelopes(now - HISTORY, now, incident=incident, onset=onset)
     assert monitor.post(envelopes) == len(envelopes)
-    report = build_status(settings, LogsBatchRunner.from_settings(settings), now=now,
-                          quota_loader=lambda _s: None)
+    runner = LogsQueryRunner.from_settings(settings, client_options=CLIENT_OPTIONS)
+    report = build_status(settings, runner, now=now, quota_loader=lambda _s: None)
     errors = [a.error for a in report.alerts if a.error]
     assert not errors, errors
     return {a.rule.name for a in report.active_alerts}

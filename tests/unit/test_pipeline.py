@@ -36,39 +36,9 @@ from shared.replay import QueuedMessage, Replayer, decode_poison
 from shared.results import ResultRepository
 from shared.settings import Settings
 from shared.vision import AttemptHook, VisionAttempt, VisionResult
+from tests.fakes import MemoryStore
 
 # --------------------------------------------------------------------------- fakes
-
-
-class MemoryStore:
-    """In-memory ``DocumentStore``."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[tuple[str, str], tuple[bytes, dict[str, str]]] = {}
-        self.fail_writes = False
-
-    def read_metadata(self, container: str, path: str) -> Mapping[str, str] | None:
-        item = self.blobs.get((container, path))
-        return None if item is None else dict(item[1])
-
-    def read(self, container: str, path: str) -> bytes | None:
-        item = self.blobs.get((container, path))
-        return None if item is None else item[0]
-
-    def write(self, container: str, path: str, body: bytes, metadata: Mapping[str, str]) -> None:
-        if self.fail_writes:
-            raise StorageError("storage down", reason="storage_write")
-        self.blobs[(container, path)] = (body, dict(metadata))
-
-    def delete(self, container: str, path: str) -> bool:
-        return self.blobs.pop((container, path), None) is not None
-
-    def list_paths(self, container: str) -> Iterator[str]:
-        yield from sorted(path for c, path in self.blobs if c == container)
-
-    def doc(self, container: str, name: str) -> dict[str, Any] | None:
-        raw = self.read(container, result_path(name))
-        return None if raw is None else json.loads(raw)
 
 
 class FakeAnalyzer:

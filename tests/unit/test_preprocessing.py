@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import random
-import struct
-import zlib
 from collections.abc import Callable
 
 import pytest
@@ -20,65 +18,34 @@ from shared.preprocessing import (
     preprocess,
     sniff_format,
 )
+from tests import images
+from tests.images import (
+    bomb_png,
+    corrupt_png_chunk,
+    encode,
+    exif_with,
+    heic_like,
+    huge_exif_png,
+    noisy,
+    pdf,
+    photo,
+    svg,
+    text_file,
+    truncated_jpeg,
+    zip_archive,
+)
 
-# --------------------------------------------------------------------------- generators
-
-
-def encode(im: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    im.save(buffer, fmt, **params)
-    return buffer.getvalue()
-
-
-def photo(size: tuple[int, int] = (640, 480), mode: str = "RGB") -> Image.Image:
-    """A smooth synthetic picture (gradient + shapes) that compresses like a photo."""
-    gradient = Image.linear_gradient("L").resize(size)
-    im = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_180), gradient))
-    return im.convert(mode) if mode != "RGB" else im
-
-
-def noisy(size: tuple[int, int]) -> Image.Image:
-    return Image.merge("RGB", [Image.effect_noise(size, 60) for _ in range(3)])
-
-
-def png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A real 1-bit PNG bomb: tiny file, ``width*height`` pixels of zeros."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    row = b"\x00" * (1 + (width + 7) // 8)
-    compressor = zlib.compressobj(9)
-    chunks = [compressor.compress(row * 1000) for _ in range(height // 1000)]
-    chunks.append(compressor.compress(row * (height % 1000)))
-    chunks.append(compressor.flush())
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", b"".join(chunks))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-def exif_with(**tags: object) -> bytes:
-    exif = Image.Exif()
-    names = {"orientation": 0x0112, "description": 0x010E}
-    for name, value in tags.items():
-        exif[names[name]] = value
-    return exif.tobytes()
+# --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
 def jpeg_24mp() -> bytes:
-    return encode(photo((6000, 4000)), "JPEG", quality=90)
+    return images.jpeg_24mp()
 
 
 @pytest.fixture(scope="module")
 def bmp_30mb() -> bytes:
-    data = encode(photo((3000, 3400)), "BMP")
-    assert len(data) > 30_000_000
-    return data
+    return images.bmp_30mb()
 
 
 def run(data: bytes, **options: int) -> tuple[bytes, dict[str, object]]:
@@ -207,56 +174,19 @@ def test_record_duration_uses_injected_clock() -> None:
 # --------------------------------------------------------------------------- bad inputs
 
 
-def _truncated_jpeg() -> bytes:
-    data = encode(photo(), "JPEG")
-    return data[: len(data) // 2]
-
-
-def _corrupt_png_chunk() -> bytes:
-    data = bytearray(encode(photo(), "PNG"))
-    at = data.index(b"IDAT") + 20
-    data[at] ^= 0xFF  # IDAT payload no longer matches its CRC
-    return bytes(data)
-
-
-def _huge_exif_png() -> bytes:
-    return encode(photo(), "PNG", exif=exif_with(description="x" * 200_000))
-
-
-def _zip_named_jpg() -> bytes:
-    buffer = io.BytesIO()
-    import zipfile
-
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("photo.jpg", b"not really")
-    return buffer.getvalue()
-
-
 BAD: dict[str, tuple[Callable[[], bytes], RejectReason]] = {
     "zero_bytes": (lambda: b"", RejectReason.EMPTY),
-    "truncated_jpeg": (_truncated_jpeg, RejectReason.TRUNCATED),
-    "wrong_extension_zip_as_jpg": (_zip_named_jpg, RejectReason.UNSUPPORTED_FORMAT),
-    "svg": (
-        lambda: (
-            b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="800"'
-            b' height="600"><rect width="800" height="600"/></svg>'
-        ),
-        RejectReason.SVG_NOT_SUPPORTED,
-    ),
-    "pdf": (
-        lambda: b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n",
-        RejectReason.PDF_NOT_SUPPORTED,
-    ),
-    "text": (lambda: b"Quarterly report\nRevenue: 12\n" * 20, RejectReason.TEXT_NOT_IMAGE),
+    "truncated_jpeg": (truncated_jpeg, RejectReason.TRUNCATED),
+    "wrong_extension_zip_as_jpg": (zip_archive, RejectReason.UNSUPPORTED_FORMAT),
+    "svg": (svg, RejectReason.SVG_NOT_SUPPORTED),
+    "pdf": (pdf, RejectReason.PDF_NOT_SUPPORTED),
+    "text": (text_file, RejectReason.TEXT_NOT_IMAGE),
     "40x40": (lambda: encode(photo((40, 40)), "PNG"), RejectReason.TOO_SMALL),
     "20000x100": (lambda: encode(photo((20000, 100)), "PNG"), RejectReason.EXTREME_ASPECT_RATIO),
     "bomb_8000x8000": (lambda: bomb_png(8000, 8000), RejectReason.DECOMPRESSION_BOMB),
-    "corrupt_png_chunk": (_corrupt_png_chunk, RejectReason.CORRUPT_DATA),
-    "heic_like": (
-        lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
-        RejectReason.HEIF_NOT_SUPPORTED,
-    ),
-    "huge_exif": (_huge_exif_png, RejectReason.METADATA_TOO_LARGE),
+    "corrupt_png_chunk": (corrupt_png_chunk, RejectReason.CORRUPT_DATA),
+    "heic_like": (heic_like, RejectReason.HEIF_NOT_SUPPORTED),
+    "huge_exif": (huge_exif_png, RejectReason.METADATA_TOO_LARGE),
     "jpeg_garbage_header": (
         lambda: b"\xff\xd8\xff\xe0" + bytes(200),
         RejectReason.CORRUPT_HEADER,

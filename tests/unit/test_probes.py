@@ -44,6 +44,7 @@ from shared.probes import (
 from shared.results import ResultRepository
 from shared.settings import Settings
 from shared.vision import AttemptHook, VisionResult
+from tests.fakes import MemoryStore
 
 NOW = datetime(2024, 5, 17, 12, 0, tzinfo=UTC)
 ASSET = ProbeAsset(file="p.png", data=b"png", expected_words=("VISIONOPS", "PROBE", "4217"),
@@ -194,30 +195,6 @@ def test_health_settings_report_every_bad_value() -> None:
 
 
 # --------------------------------------------------------------------------- end-to-end probe
-
-
-class MemoryStore:
-    """In-memory ``DocumentStore``."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[tuple[str, str], tuple[bytes, dict[str, str]]] = {}
-
-    def read_metadata(self, container: str, path: str) -> Mapping[str, str] | None:
-        item = self.blobs.get((container, path))
-        return None if item is None else dict(item[1])
-
-    def read(self, container: str, path: str) -> bytes | None:
-        item = self.blobs.get((container, path))
-        return None if item is None else item[0]
-
-    def write(self, container: str, path: str, body: bytes, metadata: Mapping[str, str]) -> None:
-        self.blobs[(container, path)] = (body, dict(metadata))
-
-    def delete(self, container: str, path: str) -> bool:
-        return self.blobs.pop((container, path), None) is not None
-
-    def list_paths(self, container: str) -> Iterator[str]:
-        yield from (p for c, p in list(self.blobs) if c == container)
 
 
 @dataclass

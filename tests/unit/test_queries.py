@@ -332,3 +332,40 @@ def test_unreachable_backend_is_a_backend_error() -> None:
 def test_unknown_query_name() -> None:
     with pytest.raises(KeyError, match="no query named"):
         runner(FakeLogsClient()).run("nope")
+
+
+def test_run_batch_keys_the_same_query_per_timespan() -> None:
+    from shared.logsquery import BatchQuery
+
+    answers = [LogsQueryResult(tables=[table([("Calls", "long")], [[n]])]) for n in (1, 2, 3)]
+    answers.append(LogsQueryError(code="SemanticError", message="no such column"))
+    client = FakeLogsClient(answers)
+    out = runner(client).run_batch([
+        BatchQuery("throttle_rate", timespan=timedelta(minutes=15), key="throttle_rate:15m"),
+        BatchQuery("throttle_rate", key="throttle_rate:1h"),
+        ("throughput", {"binSize": "1h"}),
+        BatchQuery("success_rate", timespan=timedelta(days=1), key="daily"),
+    ], timedelta(hours=1))
+    [(kind, batch, _)] = client.calls
+    assert kind == "batch"
+    assert [q.body["timespan"] for q in batch] == [
+        "PT900.0S", "PT3600.0S", "PT3600.0S", "PT86400.0S"]
+    assert batch[2].body["query"] == QUERIES["throughput"].render({"binSize": "1h"})
+    assert list(out) == ["throttle_rate:15m", "throttle_rate:1h", "throughput", "daily"]
+    assert [out[k].rows for k in list(out)[:3]] == [  # type: ignore[union-attr]
+        [{"Calls": 1}], [{"Calls": 2}], [{"Calls": 3}]]
+    assert out["throttle_rate:1h"].name == "throttle_rate"  # type: ignore[union-attr]
+    daily = out["daily"]
+    assert isinstance(daily, BadQueryError) and daily.query == "success_rate"
+
+
+def test_run_batch_rejects_a_key_twice() -> None:
+    from shared.logsquery import BatchQuery
+
+    client = FakeLogsClient([])
+    with pytest.raises(ValueError, match="twice"):
+        runner(client).run_batch(["throttle_rate", BatchQuery("throttle_rate")])
+    with pytest.raises(ValueError, match="twice"):
+        runner(client).run_batch([BatchQuery("success_rate", key="k"),
+                                  BatchQuery("throttle_rate", key="k")])
+    assert client.calls == []

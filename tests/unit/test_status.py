@@ -14,11 +14,10 @@ import pytest
 
 from shared import status as status_mod
 from shared.blueprints import status as status_bp
-from shared.logsquery import QueryBackendError, QueryError, QueryResult
+from shared.logsquery import BatchQuery, QueryBackendError, QueryError, QueryResult
 from shared.settings import Settings
 from shared.status import (
     WINDOWS_BY_NAME,
-    BatchRequest,
     StatusUnavailable,
     build_status,
     plan,
@@ -54,16 +53,17 @@ class FakeRunner:
                  fail: QueryError | None = None) -> None:
         self.answers = answers
         self.fail = fail
-        self.calls: list[Sequence[BatchRequest]] = []
+        self.calls: list[Sequence[BatchQuery]] = []
 
-    def run_requests(self, requests: Sequence[BatchRequest]) -> dict[str, QueryResult | QueryError]:
-        self.calls.append(requests)
+    def run_batch(self, items: Sequence[BatchQuery]) -> dict[str, QueryResult | QueryError]:
+        self.calls.append(items)
         if self.fail is not None:
             raise self.fail
         out: dict[str, QueryResult | QueryError] = {}
-        for r in requests:
-            answer = self.answers.get(r.key, self.answers.get(r.query, []))
-            out[r.key] = answer if isinstance(answer, QueryError) else result(r.query, answer)
+        for r in items:
+            key = r.key or r.name
+            answer = self.answers.get(key, self.answers.get(r.name, []))
+            out[key] = answer if isinstance(answer, QueryError) else result(r.name, answer)
         return out
 
 
@@ -163,10 +163,10 @@ def test_the_batch_holds_every_query_once_per_window(settings: Settings) -> None
             assert item.timespan == timedelta(minutes=span)
     for rule in rules:
         [item] = [r for r in requests if r.key == f"alert:{rule.name}"]
-        assert (item.query, item.timespan, dict(item.params)) == (
+        assert (item.name, item.timespan, dict(item.params or {})) == (
             rule.query, rule.window, dict(rule.params))
-    series = [r for r in requests if r.query.startswith("status_series_")]
-    assert {dict(r.params)["binSize"] for r in series} == {timedelta(minutes=30)}
+    series = [r for r in requests if r.name.startswith("status_series_")]
+    assert {dict(r.params or {})["binSize"] for r in series} == {timedelta(minutes=30)}
 
 
 def test_history_adds_series(settings: Settings) -> None:
