@@ -16,7 +16,8 @@ What goes where (Log Analytics table in brackets; see docs/telemetry.md):
 * ``track_event`` [AppEvents] and ``track_availability`` [AppAvailabilityResults] — log records
   carrying ``microsoft.custom_event.name`` / ``microsoft.availability.*``.
 * plain ``logging`` anywhere → [AppTraces] (with exception info → [AppExceptions]), correlated
-  with the current span.
+  with the current span. When we configure, callers only enqueue the record (``LogQueue``); a
+  listener thread does the OpenTelemetry translation.
 
 Synthetic traffic (probes) carries the semconv ``user_agent.synthetic.type = test``; the exporter
 turns it into the ``SyntheticSource`` column, which every KPI query in ``queries/`` excludes.
@@ -28,17 +29,20 @@ into telemetry when ``TELEMETRY_HASH_BLOB_NAMES`` asks for its hash instead.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import functools
 import hashlib
 import logging
+import logging.handlers
 import os
+import queue
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
@@ -263,6 +267,7 @@ class _State:
     synthetic_prefix: str | None = None
     poison_after: int = 5
     secrets: tuple[str, ...] = ()
+    log_queue: LogQueue | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -296,6 +301,8 @@ def configure(settings: Settings | None) -> Mode:
             else:
                 _configure_azure_monitor(t)
                 _STATE.mode = Mode.APP
+                # Our own handler: callers only enqueue; the worker's set-up is left as it is.
+                _STATE.log_queue = LogQueue.install(logging.getLogger())
             _install_log_filter()
         except Exception as exc:  # a broken exporter must not take the function down
             logger.warning("telemetry: set-up failed (%s); continuing without export",
@@ -402,9 +409,198 @@ def _install_log_filter() -> None:
             handler.addFilter(TelemetryLogFilter())
 
 
+# --------------------------------------------------------------------------- log queue
+
+#: Private record attribute carrying the caller's OpenTelemetry context across the queue.
+_CONTEXT_ATTR: Final = "_visionops_otel_context"
+#: Records waiting for the listener thread; beyond this they are dropped (and counted), like
+#: the SDK's own batch queues do, so a logging storm cannot grow memory without bound.
+LOG_QUEUE_MAX: Final = 10_000
+#: The listener hands records on in batches: once this many wait, or this long after the first.
+#: A burst of logging then finishes before the listener competes with it for the GIL (the SDK's
+#: batch processors work the same way; their defaults are 512 records / 5 s).
+LOG_QUEUE_BATCH: Final = 512
+LOG_QUEUE_DELAY_S: Final = 0.1
+
+
+class _Drained:
+    """Queue marker: the listener sets ``done`` once every record before it was handled."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _EnqueueHandler(logging.handlers.QueueHandler):
+    """Caller side: what ``TelemetryLogFilter`` does (redaction needs the caller's invocation),
+    stamp the OpenTelemetry context, enqueue. No more.
+
+    The OpenTelemetry ``LoggingHandler`` translates each record into an SDK log record (attribute
+    copy, context lookup, processor hand-off); behind this handler that work runs on the
+    listener thread instead of the invocation's.
+    """
+
+    def __init__(self, q: queue.SimpleQueue[Any], maxsize: int, wake: threading.Event) -> None:
+        super().__init__(q)
+        self._q = q  # typed: the base class only knows put_nowait
+        self._wake = wake
+        self.maxsize = maxsize
+        self.dropped = 0
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock (the queue is thread-safe) and the filter inlined: this runs on every
+        # record of every invocation.
+        if record.name.startswith(_EXCLUDED_LOGGERS):
+            return False
+        if self.filters and not self.filter(record):
+            return False
+        try:
+            self.enqueue(self.prepare(record))
+        except Exception:  # what Handler.emit does: logging reports it, the caller goes on
+            self.handleError(record)
+        return True
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        message = record.getMessage()  # a bad %-format raises: reported like any handler's
+        redacted = _redact(message)
+        if redacted is not message:  # later handlers see the redacted text too (as the filter)
+            record.msg, record.args = redacted, None
+        # A shallow copy for the queue (other handlers keep the original): the message frozen
+        # now, since the arguments may change before the listener runs; exc_info kept as objects
+        # (the queue is in-process, nothing is pickled), so it still becomes AppExceptions.
+        out = logging.LogRecord.__new__(logging.LogRecord)
+        out.__dict__.update(record.__dict__)
+        out.msg = out.message = redacted
+        out.args = None
+        # The whole (immutable) context: trace id, span id, flags and anything else in it.
+        out.__dict__[_CONTEXT_ATTR] = otel_context.get_current()
+        return out
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        waiting = self._q.qsize()
+        if waiting >= self.maxsize:
+            self.dropped += 1
+            if self.dropped == 1:  # once; a nested record is dropped too, so no recursion
+                logger.warning("telemetry: log queue full (%d); records dropped", self.maxsize)
+            return
+        self._q.put_nowait(record)
+        if waiting >= LOG_QUEUE_BATCH and not self._wake.is_set():
+            self._wake.set()
+
+
+class _ExportListener(logging.handlers.QueueListener):
+    """Listener thread: re-attach the caller's context, then let the exporting handlers emit."""
+
+    def __init__(self, q: queue.SimpleQueue[Any], handlers: Sequence[logging.Handler],
+                 wake: threading.Event) -> None:
+        super().__init__(q, *handlers, respect_handler_level=True)
+        self._q = q
+        self._wake = wake
+        self._batch_left = 0
+
+    def dequeue(self, block: bool) -> Any:
+        if self._batch_left > 0:  # the rest of a batch: already there, no waiting
+            self._batch_left -= 1
+            return self._q.get(block)
+        first = self._q.get(block)
+        if isinstance(first, logging.LogRecord):  # not a drain marker or the stop sentinel
+            self._wake.wait(LOG_QUEUE_DELAY_S)
+            self._wake.clear()
+        self._batch_left = self._q.qsize()
+        return first
+
+    def handle(self, record: Any) -> None:
+        if isinstance(record, _Drained):
+            record.done.set()
+            return
+        context = record.__dict__.pop(_CONTEXT_ATTR, None)
+        token = otel_context.attach(context) if context is not None else None
+        try:
+            super().handle(record)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+
+class LogQueue:
+    """Puts exporting logging handlers behind a ``QueueHandler`` + ``QueueListener``.
+
+    Callers pay what the seed's ``AzureLogHandler`` paid, plus redaction: a copy and an enqueue.
+    Records keep their span correlation (the context is stamped on the caller, re-attached on
+    the listener), the redaction and exclusions of ``TelemetryLogFilter`` (applied on the
+    caller's side) and ``exc_info``. ``drain()`` waits for everything queued so far; at exit the
+    queue is drained before the SDK's providers shut down (``atexit`` runs the later
+    registration first).
+    """
+
+    def __init__(self, handlers: Sequence[logging.Handler], *, maxsize: int = LOG_QUEUE_MAX
+                 ) -> None:
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self.handler = _EnqueueHandler(q, maxsize, self._wake)
+        self.listener = _ExportListener(q, handlers, self._wake)
+        self._lock = threading.Lock()
+        self._running = False
+
+    @classmethod
+    def install(cls, root: logging.Logger) -> LogQueue | None:
+        """Move the OpenTelemetry logging handlers of ``root`` behind a queue; start it."""
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+        exporting = [h for h in root.handlers if isinstance(h, LoggingHandler)]
+        if not exporting:
+            return None
+        log_queue = cls(exporting)
+        log_queue.start()
+        for handler in exporting:
+            root.removeHandler(handler)
+        root.addHandler(log_queue.handler)
+        atexit.register(log_queue.stop)
+        return log_queue
+
+    @property
+    def dropped(self) -> int:
+        return self.handler.dropped
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._running:
+                self.listener.start()
+                self._running = True
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every record enqueued before this call was handed to the exporters."""
+        with self._lock:
+            if not self._running:
+                return True
+            marker = _Drained()
+            self.listener.queue.put_nowait(marker)
+            self._wake.set()
+        return marker.done.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Hand every queued record on, then end the listener thread (idempotent).
+
+        Never blocks for long: the exporting handler only appends to the SDK's batch queue.
+        """
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+            self._wake.set()  # no batching delay for what is left
+            self.listener.stop()
+
+
 def force_flush(timeout_millis: int = 10_000) -> bool:
-    """Push buffered spans, logs and metrics now (tests, benchmarks, graceful shutdown)."""
+    """Push buffered spans, logs and metrics now (tests, benchmarks, graceful shutdown).
+
+    Drains the log queue first, so records logged before the call are in the flushed batch.
+    """
     ok = True
+    log_queue = _STATE.log_queue
+    if log_queue is not None:
+        ok = log_queue.drain(timeout_millis / 1000)
     for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
                      _logger_provider()):
         flush = getattr(provider, "force_flush", None)
@@ -555,11 +751,14 @@ def invocation(
     _end_invocation(inv, token, scope, None)
 
 
+_Scope = contextvars.Token[otel_context.Context] | None
+
+
 def _start_invocation(
     function_name: str, *, trigger: Trigger, invocation_id: str | None, trace_parent: str | None,
     trace_state: str | None, container: str | None, name: str | None, synthetic: bool,
-) -> tuple[Invocation, contextvars.Token[Invocation | None], contextlib.ExitStack]:
-    scope = contextlib.ExitStack()
+) -> tuple[Invocation, contextvars.Token[Invocation | None], _Scope]:
+    scope: _Scope = None
     span: Span = trace.INVALID_SPAN
     try:
         parent = None
@@ -580,7 +779,8 @@ def _start_invocation(
             attributes[USER_AGENT_SYNTHETIC_TYPE] = SYNTHETIC_TYPE_TEST
         span = get_tracer().start_span(function_name, context=parent, kind=SpanKind.SERVER,
                                        attributes=attributes)
-        scope.enter_context(trace.use_span(span, end_on_exit=False))
+        # What ``trace.use_span`` does, without its generator and exit stack on every call.
+        scope = otel_context.attach(trace.set_span_in_context(span))
     except Exception as exc:
         logger.warning("telemetry: request span not started (%s)", type(exc).__name__)
     inv = Invocation(span=span, synthetic=synthetic, blob_container=container, blob_name=name)
@@ -588,7 +788,7 @@ def _start_invocation(
 
 
 def _end_invocation(
-    inv: Invocation, token: contextvars.Token[Invocation | None], scope: contextlib.ExitStack,
+    inv: Invocation, token: contextvars.Token[Invocation | None], scope: _Scope,
     error: BaseException | None,
 ) -> None:
     try:
@@ -607,7 +807,8 @@ def _end_invocation(
         logger.warning("telemetry: request span not ended cleanly (%s)", type(exc).__name__)
     finally:
         _CURRENT.reset(token)
-        scope.close()
+        if scope is not None:
+            otel_context.detach(scope)
 
 
 def _synthetic_attributes(synthetic: bool | None) -> dict[str, str]:
@@ -848,6 +1049,7 @@ __all__ = [
     "EVENT_REJECTED",
     "Instruments",
     "Invocation",
+    "LogQueue",
     "Mode",
     "TelemetryLogFilter",
     "TelemetryObserver",

@@ -260,6 +260,113 @@ def test_observer_failures_are_swallowed(monkeypatch: pytest.MonkeyPatch,
     assert "RuntimeError" in caplog.text and "on fire" not in caplog.text
 
 
+# --------------------------------------------------------------------------- log queue
+
+
+@pytest.fixture
+def log_queue() -> Iterator[t.LogQueue]:
+    """The exporting handler behind the queue (as ``configure()`` wires it), instead of direct."""
+    root = logging.getLogger()
+    direct = [h for h in root.handlers if isinstance(h, LoggingHandler)]
+    for handler in direct:
+        root.removeHandler(handler)
+    queued = t.LogQueue([LoggingHandler(logger_provider=get_logger_provider())])
+    queued.start()
+    root.addHandler(queued.handler)
+    t._STATE.log_queue = queued
+    try:
+        yield queued
+    finally:
+        t._STATE.log_queue = None
+        root.removeHandler(queued.handler)
+        queued.stop()
+        for handler in direct:
+            root.addHandler(handler)
+
+
+def test_queued_record_keeps_the_span_it_was_logged_in(log_queue: t.LogQueue) -> None:
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE) as inv:
+        logging.getLogger("shared.pipeline").warning("blob %s rejected", "x.jpg")
+        with t.get_tracer().start_as_current_span("child") as child:
+            logging.getLogger("shared.pipeline").warning("inside the child")
+    logging.getLogger("shared.pipeline").warning("outside any span")
+    assert t.force_flush()
+    got = {str(r.body): r for r in logs()}
+    request = inv.span.get_span_context()
+    assert got["blob x.jpg rejected"].trace_id == request.trace_id
+    assert got["blob x.jpg rejected"].span_id == request.span_id
+    assert int(got["blob x.jpg rejected"].trace_flags) == int(request.trace_flags)
+    assert got["inside the child"].span_id == child.get_span_context().span_id
+    assert got["outside any span"].trace_id == 0
+    # the stamp is ours, never an exported attribute
+    assert all(t._CONTEXT_ATTR not in (r.attributes or {}) for r in got.values())
+
+
+def test_queued_records_are_redacted_on_the_callers_side(log_queue: t.LogQueue) -> None:
+    t._STATE.hash_blob_names = True
+    t._STATE.secrets = ("super-secret-vision-key",)
+    label = t.blob_label("images", SOURCE.name, hash_names=True)
+    args = ["super-secret-vision-key"]
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", SOURCE.name)):
+        logging.getLogger("shared.pipeline").warning("blob %s failed with key %s", SOURCE.name,
+                                                     args[0])
+        logging.getLogger("shared.pipeline").warning("arguments %s", args)
+        args.append("changed later")  # the message is frozen when logged, not when exported
+    logging.getLogger("azure.monitor.opentelemetry.exporter.export._base").warning("retrying")
+    assert t.force_flush()
+    bodies = sorted(str(r.body) for r in logs())
+    assert bodies == ["arguments ['***']", f"blob {label} failed with key ***"]
+
+
+def test_queued_exception_still_carries_its_type_and_stack(log_queue: t.LogQueue) -> None:
+    def fail() -> None:
+        raise ValueError("bad image header")
+
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE) as inv:
+        try:
+            fail()
+        except ValueError:
+            logging.getLogger("shared.pipeline").exception("analysis failed")
+    assert t.force_flush()
+    [record] = logs()
+    attributes = record.attributes or {}
+    assert attributes["exception.type"] == "ValueError"
+    assert attributes["exception.message"] == "bad image header"
+    assert "in fail" in str(attributes["exception.stacktrace"])
+    assert record.span_id == inv.span.get_span_context().span_id
+
+
+def test_force_flush_drains_the_queue_and_stop_hands_on_the_rest(log_queue: t.LogQueue) -> None:
+    for i in range(500):
+        logging.getLogger("shared.pipeline").warning("record %d", i)
+    assert t.force_flush()  # no waiting of our own: after flush, all are exported
+    assert len(logs()) == 500
+    logging.getLogger("shared.pipeline").warning("just before exit")
+    log_queue.stop()  # what atexit runs before the SDK's providers shut down
+    assert str(logs()[-1].body) == "just before exit"
+    assert log_queue.drain(1.0)  # stopped: nothing to wait for, never blocks
+
+
+def test_a_full_queue_drops_instead_of_blocking_the_caller() -> None:
+    full = t.LogQueue([LoggingHandler(logger_provider=get_logger_provider())], maxsize=3)
+    log = logging.getLogger("test.queue.full")
+    log.propagate = False
+    log.addHandler(full.handler)
+    try:
+        for i in range(5):  # listener not started: nothing drains
+            log.warning("record %d", i)
+        assert full.dropped == 2
+        full.start()
+        assert full.drain(5.0)
+    finally:
+        log.removeHandler(full.handler)
+        log.propagate = True
+        full.stop()
+    bodies = [str(r.body) for r in logs()]
+    assert [b for b in bodies if b.startswith("record")] == ["record 0", "record 1", "record 2"]
+    assert bodies.count("telemetry: log queue full (3); records dropped") == 1  # said once
+
+
 # --------------------------------------------------------------------------- configuration
 
 BASE = {"VISION_ENDPOINT": "http://127.0.0.1:7081",
@@ -332,15 +439,19 @@ def test_configure_once_locally_and_never_when_the_worker_owns_it() -> None:
         first = telemetry.configure(s)
         second = telemetry.configure(s)
         from opentelemetry.instrumentation.logging.handler import LoggingHandler
-        handlers = [h for h in logging.getLogger().handlers if isinstance(h, LoggingHandler)]
+        root = logging.getLogger().handlers
+        queued = [h for h in root if h is telemetry._STATE.log_queue.handler]
+        behind = telemetry._STATE.log_queue.listener.handlers
         print(json.dumps({{"worker": worker, "first": first, "second": second,
-                          "handlers": len(handlers),
-                          "filtered": all(h.filters for h in handlers),
+                          "on_root": sum(isinstance(h, LoggingHandler) for h in root),
+                          "queued": len(queued),
+                          "behind_queue": [type(h).__name__ for h in behind],
                           "statsbeat": os.environ.get(
                               "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL")}}))
     """)
-    assert out == {"worker": "worker", "first": "app", "second": "app", "handlers": 1,
-                   "filtered": True, "statsbeat": "true"}
+    # The exporting handler moved behind the queue; redaction runs on the caller's side.
+    assert out == {"worker": "worker", "first": "app", "second": "app", "on_root": 0,
+                   "queued": 1, "behind_queue": ["LoggingHandler"], "statsbeat": "true"}
 
 
 def test_no_connection_string_means_no_exporter() -> None:
