@@ -371,22 +371,14 @@ class RetryingVisionClient:
                 error.attempts = attempt
                 backoff = self._backoff(attempt, error)
                 if on_attempt is not None:
-                    on_attempt(
-                        VisionAttempt(
-                            attempt=attempt,
-                            features=features,
-                            image_bytes=len(image),
-                            duration_ms=_ms(self._clock() - t0),
-                            limiter_wait_ms=_ms(wait),
-                            status_code=error.status_code,
-                            error_class=error.error_class,
-                            reason=error.reason,
-                            error_code=error.error_code,
-                            inner_code=error.inner_code,
-                            retry_after_s=_retry_after(error),
-                            backoff_s=backoff,
-                        )
-                    )
+                    on_attempt(VisionAttempt(
+                        attempt=attempt, features=features, image_bytes=len(image),
+                        duration_ms=_ms(self._clock() - t0), limiter_wait_ms=_ms(wait),
+                        status_code=error.status_code, error_class=error.error_class,
+                        reason=error.reason, error_code=error.error_code,
+                        inner_code=error.inner_code, retry_after_s=_retry_after(error),
+                        backoff_s=backoff,
+                    ))  # fmt: skip
                 if backoff is None:
                     if error is exc:
                         raise
@@ -401,16 +393,11 @@ class RetryingVisionClient:
                 self._sleep(backoff)
                 continue
             if on_attempt is not None:
-                on_attempt(
-                    VisionAttempt(
-                        attempt=attempt,
-                        features=features,
-                        image_bytes=len(image),
-                        duration_ms=_ms(self._clock() - t0),
-                        limiter_wait_ms=_ms(wait),
-                        status_code=200,
-                    )
-                )
+                on_attempt(VisionAttempt(
+                    attempt=attempt, features=features, image_bytes=len(image),
+                    duration_ms=_ms(self._clock() - t0), limiter_wait_ms=_ms(wait),
+                    status_code=200,
+                ))  # fmt: skip
             model_version = payload.get("modelVersion")
             return VisionResult(
                 payload=payload,
