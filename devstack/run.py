@@ -88,7 +88,7 @@ def describe(doc: dict[str, Any]) -> str:
     people = (analysis.get("peopleResult") or {}).get("values")
     if people is not None:
         confident = sum(1 for p in people if float(p.get("confidence", 0)) >= 0.5)
-        parts.append(f"{confident} people")
+        parts.append(f"{confident} {'person' if confident == 1 else 'people'}")
     blocks = (analysis.get("readResult") or {}).get("blocks")
     if blocks is not None:
         lines = [line["text"] for b in blocks for line in b.get("lines", [])]
