@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorClass(StrEnum):
@@ -77,25 +78,8 @@ class RetryableError(VisionOpsError):
     retryable = True
     error_class = ErrorClass.TRANSIENT
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        reason: str | None = None,
-        status_code: int | None = None,
-        error_code: str | None = None,
-        inner_code: str | None = None,
-        attempts: int = 0,
-    ) -> None:
-        super().__init__(
-            message,
-            reason=reason,
-            status_code=status_code,
-            error_code=error_code,
-            inner_code=inner_code,
-            attempts=attempts,
-        )
+    def __init__(self, message: str, *, retry_after: float | None = None, **details: Any) -> None:
+        super().__init__(message, **details)
         self.retry_after = retry_after
 
 
