@@ -46,9 +46,10 @@ from shared.errors import (
     TransientError,
     VisionOpsError,
 )
+from shared.results import BlobDocumentStore
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobServiceClient, ContainerClient
+    from azure.storage.blob import ContainerClient
 
     from shared.results import DocumentStore, ResultRepository
     from shared.settings import Settings
@@ -427,11 +428,9 @@ def _sweep(probe: E2EProbe, keep: str | None) -> None:
             _cleanup(probe, leftover)
 
 
-class BlobProbeBlobs:
-    """``ProbeBlobs`` over azure-storage-blob."""
-
-    def __init__(self, service: BlobServiceClient) -> None:
-        self._service = service
+class BlobProbeBlobs(BlobDocumentStore):
+    """``ProbeBlobs`` over azure-storage-blob: the document store's delete and listing, plus a
+    plain upload that returns the new ETag."""
 
     def upload(self, container: str, name: str, data: bytes) -> str:
         from azure.core.exceptions import AzureError
@@ -443,27 +442,8 @@ class BlobProbeBlobs:
             raise StorageError("uploading the probe blob failed", reason="storage_write") from exc
         return str(props["etag"])
 
-    def delete(self, container: str, name: str) -> bool:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-        try:
-            self._service.get_blob_client(container, name).delete_blob()
-        except ResourceNotFoundError:
-            return False
-        except AzureError as exc:
-            raise StorageError("deleting the probe blob failed", reason="storage_delete") from exc
-        return True
-
     def list_names(self, container: str, prefix: str) -> list[str]:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-        try:
-            client = self._service.get_container_client(container)
-            return list(client.list_blob_names(name_starts_with=prefix))
-        except ResourceNotFoundError:
-            return []
-        except AzureError as exc:
-            raise StorageError("listing probe blobs failed", reason="storage_list") from exc
+        return list(self.list_paths(container, prefix=prefix))
 
 
 # --------------------------------------------------------------------------- status documents
@@ -493,7 +473,7 @@ class StatusStore:
 
 
 def status_store(settings: Settings) -> StatusStore:
-    from shared.results import BlobDocumentStore, blob_service_client
+    from shared.results import blob_service_client
 
     store = BlobDocumentStore(blob_service_client(settings.storage))
     return StatusStore(store, settings.health.status_container)
@@ -653,7 +633,7 @@ class ProbeRuntime:
 
 @functools.cache
 def get_probe_runtime() -> ProbeRuntime:
-    from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
+    from shared.results import ResultRepository, blob_service_client
     from shared.settings import get_settings
     from shared.vision import build_vision_client
 

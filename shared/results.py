@@ -202,11 +202,12 @@ class BlobDocumentStore:
             raise StorageError("deleting document failed", reason="storage_delete") from exc
         return True
 
-    def list_paths(self, container: str) -> Iterator[str]:
+    def list_paths(self, container: str, prefix: str | None = None) -> Iterator[str]:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
-            yield from self._service.get_container_client(container).list_blob_names()
+            client = self._service.get_container_client(container)
+            yield from client.list_blob_names(name_starts_with=prefix)
         except ResourceNotFoundError:
             return
         except AzureError as exc:
