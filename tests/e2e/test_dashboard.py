@@ -38,12 +38,8 @@ SAMPLES = ("invoice.jpg", "dock-sign.png", "astronaut.png")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
-    s = PipelineStack(tmp_path_factory.mktemp("dashboard-stack"), SETTINGS)
-    s.up()
-    try:
+    with PipelineStack(tmp_path_factory.mktemp("dashboard-stack"), SETTINGS) as s:
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="module")

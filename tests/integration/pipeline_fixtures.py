@@ -156,6 +156,13 @@ class PipelineStack:
     def down(self) -> None:
         self._devstack("down")
 
+    def __enter__(self) -> PipelineStack:
+        self.up()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.down()
+
     def restart(self) -> None:
         """Stop and start every part; storage data (blobs, receipts, queues) survives."""
         self.down()

@@ -52,12 +52,9 @@ _NOT_PROCESSED = re.compile(r"blob images/(?P<name>\S+) not processed \((?P<reas
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
     # the emulator's tier limit stays above the client's rate: every 429 here is injected
-    pipeline = PipelineStack(tmp_path_factory.mktemp("pipeline-faults"), SETTINGS, vision_tps=40)
-    pipeline.up()
-    try:
+    state_dir = tmp_path_factory.mktemp("pipeline-faults")
+    with PipelineStack(state_dir, SETTINGS, vision_tps=40) as pipeline:
         yield pipeline
-    finally:
-        pipeline.down()
 
 
 def _last_reasons(host_log: str) -> dict[str, str]:

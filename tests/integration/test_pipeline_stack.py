@@ -56,12 +56,8 @@ SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._~-]*")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
-    pipeline = PipelineStack(tmp_path_factory.mktemp("pipeline-stack"), SETTINGS)
-    pipeline.up()
-    try:
+    with PipelineStack(tmp_path_factory.mktemp("pipeline-stack"), SETTINGS) as pipeline:
         yield pipeline
-    finally:
-        pipeline.down()
 
 
 @pytest.fixture(scope="module")

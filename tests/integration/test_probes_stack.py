@@ -74,12 +74,8 @@ def _quota_for_this_month() -> int:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
     settings = {**SETTINGS, "QUOTA_MONTHLY_CALLS": str(_quota_for_this_month())}
-    s = PipelineStack(state_dir=tmp_path_factory.mktemp("probes-stack"), settings=settings)
-    s.up()
-    try:
+    with PipelineStack(state_dir=tmp_path_factory.mktemp("probes-stack"), settings=settings) as s:
         yield s
-    finally:
-        s.down()
 
 
 def app_settings(stack: PipelineStack, **extra: str) -> Settings:

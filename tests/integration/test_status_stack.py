@@ -35,12 +35,8 @@ ANALYZED_MS = [1000.0 + 50 * i for i in range(20)]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
-    s = PipelineStack(tmp_path_factory.mktemp("status-stack"), SETTINGS)
-    s.up()
-    try:
+    with PipelineStack(tmp_path_factory.mktemp("status-stack"), SETTINGS) as s:
         yield s
-    finally:
-        s.down()
 
 
 def monitor_base(stack: PipelineStack) -> str:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,6 +33,7 @@ from devstack import procs
 from shared import telemetry
 from shared.logsquery import LogsQueryRunner, QueryResult, load_queries
 from shared.settings import Settings
+from tests.integration.pipeline_fixtures import PipelineStack
 
 pytestmark = pytest.mark.integration
 
@@ -130,25 +128,13 @@ class Stack:
         return self.runner.run(name, timespan, params=params or None)
 
 
-def _devstack(state_dir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "devstack", "--state-dir", str(state_dir), *args],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                          check=False, env=env)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("telemetry-e2e")
     state_dir, buffer_dir = root / "stack", root / "exporter-buffer"
-    # A fresh checkout's settings (a developer's local.settings.json may predate new keys), with
-    # this test's own values on top; the environment wins over the file in the host.
-    example = json.loads((REPO_ROOT / "local.settings.json.example").read_text())["Values"]
-    env = {
-        **{k: str(v) for k, v in example.items()},
-        **os.environ,
-        # timers (probes, quota) would add their own traffic to the counts this test checks
-        **{f"AzureWebJobs.{name}.Disabled": "true"
-           for name in ("vision_probe", "e2e_probe", "quota_check")},
+    # PipelineStack starts from the example's settings with the timers (probes, quota)
+    # disabled, since they would add their own traffic to the counts this test checks.
+    settings = {
         # the exporter: small batches, fast retry from its offline storage, our own buffer dir
         "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_BLRP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
@@ -160,11 +146,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "VISION_FEATURES": "read", "VISION_TIMEOUT_SECONDS": "180",
         "VISION_RATE_LIMIT_PER_SECOND": "5",
     }
-    started = _devstack(state_dir, "up", "--auto-ports", "--json", env=env)
-    try:
-        assert started.returncode == 0, started.stderr
-        endpoints = json.loads(started.stdout)
-        settings = Settings.from_env({
+    with PipelineStack(state_dir, settings) as pipeline:
+        endpoints = pipeline.endpoints
+        app_settings = Settings.from_env({
             "VISION_ENDPOINT": endpoints["vision_endpoint"],
             "AzureWebJobsStorage": endpoints["storage_connection_string"],
             "LOGS_QUERY_ENDPOINT": endpoints["query_endpoint"],
@@ -173,9 +157,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(state_dir, endpoints, buffer_dir,
                     BlobServiceClient.from_connection_string(
                         endpoints["storage_connection_string"]),
-                    LogsQueryRunner.from_settings(settings))
-    finally:
-        _devstack(state_dir, "down", env=env)
+                    LogsQueryRunner.from_settings(app_settings))
 
 
 @pytest.fixture(scope="module")
