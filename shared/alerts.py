@@ -159,32 +159,12 @@ def alert_rules(settings: Settings | MonitoringSettings | None = None) -> tuple[
             window=timedelta(hours=6), frequency=timedelta(hours=1),
             severity=Severity.INFORMATIONAL, runbook="quota-forecast",
         ),
-        AlertRule(
-            name="slo-burn-fast",
-            title="SLO burn rate (fast)",
-            description=(f"The analysis success SLO ({m.slo_target:.3%}) burns its error budget"
-                         " at 14.4x or faster over both 1 hour and 5 minutes (2 % of a 30-day"
-                         " budget in an hour)."),
-            query="alert_burn_rate", measure="BurnRate", aggregation=Aggregation.MAXIMUM,
-            operator=Operator.GREATER_THAN_OR_EQUAL, threshold=14.4,
-            window=timedelta(hours=1), frequency=timedelta(minutes=1),
-            severity=Severity.ERROR, runbook="slo-burn-rate",
-            params={"slo": m.slo_target, "longWindow": timedelta(hours=1),
-                    "shortWindow": timedelta(minutes=5), "minRequests": 1},
-        ),
-        AlertRule(
-            name="slo-burn-slow",
-            title="SLO burn rate (slow)",
-            description=(f"The analysis success SLO ({m.slo_target:.3%}) burns its error budget"
-                         " at 6x or faster over both 6 hours and 30 minutes (5 % of a 30-day"
-                         " budget in 6 hours)."),
-            query="alert_burn_rate", measure="BurnRate", aggregation=Aggregation.MAXIMUM,
-            operator=Operator.GREATER_THAN_OR_EQUAL, threshold=6.0,
-            window=timedelta(hours=6), frequency=timedelta(minutes=5),
-            severity=Severity.WARNING, runbook="slo-burn-rate",
-            params={"slo": m.slo_target, "longWindow": timedelta(hours=6),
-                    "shortWindow": timedelta(minutes=30), "minRequests": 1},
-        ),
+        _burn_rate_rule("fast", m.slo_target, 14.4, long=timedelta(hours=1),
+                        short=timedelta(minutes=5), frequency=timedelta(minutes=1),
+                        severity=Severity.ERROR, budget="2 % of a 30-day budget in an hour"),
+        _burn_rate_rule("slow", m.slo_target, 6.0, long=timedelta(hours=6),
+                        short=timedelta(minutes=30), frequency=timedelta(minutes=5),
+                        severity=Severity.WARNING, budget="5 % of a 30-day budget in 6 hours"),
     )
 
 
@@ -260,6 +240,32 @@ def iso_duration(delta: timedelta) -> str:
         f"{secs}S" if secs else "")
     return out + ("T" + time if time else "")
 
+
+
+def _burn_rate_rule(
+    speed: str, slo: float, factor: float, *, long: timedelta, short: timedelta,
+    frequency: timedelta, severity: Severity, budget: str,
+) -> AlertRule:
+    """One tier of the multiwindow multi-burn-rate recipe: both windows burn ``factor``x."""
+    return AlertRule(
+        name=f"slo-burn-{speed}",
+        title=f"SLO burn rate ({speed})",
+        description=(f"The analysis success SLO ({slo:.3%}) burns its error budget at"
+                     f" {factor:g}x or faster over both {_span(long)} and {_span(short)}"
+                     f" ({budget})."),
+        query="alert_burn_rate", measure="BurnRate", aggregation=Aggregation.MAXIMUM,
+        operator=Operator.GREATER_THAN_OR_EQUAL, threshold=factor,
+        window=long, frequency=frequency, severity=severity, runbook="slo-burn-rate",
+        params={"slo": slo, "longWindow": long, "shortWindow": short, "minRequests": 1},
+    )
+
+
+def _span(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes % 60:
+        return f"{minutes} minutes"
+    hours = minutes // 60
+    return "1 hour" if hours == 1 else f"{hours} hours"
 
 def render_alert_rules(
     settings: Settings | MonitoringSettings | None = None,
