@@ -30,9 +30,7 @@ SCRIPT = Path(__file__).with_name("dashboard.mjs")
 ARTIFACTS = REPO / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHARTS = ("latency", "success", "throughput", "availability", "quota", "errors")
-SETTINGS = {**BASE_SETTINGS, "AzureWebJobs.vision_probe.Disabled": "true",
-            "AzureWebJobs.e2e_probe.Disabled": "true",
-            "AzureWebJobs.quota_check.Disabled": "true", "APP_VERSION": "e2e"}
+SETTINGS = {**BASE_SETTINGS, "APP_VERSION": "e2e"}
 SAMPLES = ("invoice.jpg", "dock-sign.png", "astronaut.png")
 
 

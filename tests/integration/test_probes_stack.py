@@ -29,7 +29,6 @@ from shared.quota import load_quota_status
 from shared.settings import Settings
 from tests.integration.pipeline_fixtures import (
     BASE_SETTINGS,
-    DISABLED_FUNCTIONS,
     IMAGES,
     REPO_ROOT,
     RESULTS,
@@ -54,8 +53,6 @@ SETTINGS = {
     "STATUS_CONTAINER": "status",
     "QUOTA_WARN_THRESHOLDS": "0.8,0.95",
     "TELEMETRY_SYNTHETIC_PREFIX": "synthetic/",
-    # PipelineStack disables the timers for the pipeline tests; these tests are about them.
-    **{f"AzureWebJobs.{name}.Disabled": "false" for name in DISABLED_FUNCTIONS},
 }
 # The synthetic month fed to the Monitor emulator (see test_quota_forecast_…).
 QUOTA_CALLS, THROTTLED, PEAK = 1200, 60, 3
@@ -74,7 +71,8 @@ def _quota_for_this_month() -> int:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
     settings = {**SETTINGS, "QUOTA_MONTHLY_CALLS": str(_quota_for_this_month())}
-    with PipelineStack(state_dir=tmp_path_factory.mktemp("probes-stack"), settings=settings) as s:
+    state_dir = tmp_path_factory.mktemp("probes-stack")
+    with PipelineStack(state_dir, settings, disabled=()) as s:  # the timers are under test
         yield s
 
 

@@ -25,9 +25,7 @@ from tests.e2e.status_schema import SCHEMA, validate
 pytestmark = pytest.mark.integration
 
 # Timers off: a probe or quota run would add rows to the known set.
-SETTINGS = {**BASE_SETTINGS, "AzureWebJobs.vision_probe.Disabled": "true",
-            "AzureWebJobs.e2e_probe.Disabled": "true",
-            "AzureWebJobs.quota_check.Disabled": "true", "APP_VERSION": "test-1"}
+SETTINGS = {**BASE_SETTINGS, "APP_VERSION": "test-1"}
 STATUS_TIMEOUT = 120.0
 
 ANALYZED_MS = [1000.0 + 50 * i for i in range(20)]
