@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="exit (leaving the stack running) once the samples are done")
     run.add_argument("--deadline", type=float, default=600.0,
                      help="seconds to wait for every sample's document")
+    run.add_argument("--auto-ports", action="store_true",
+                     help="pick free ports instead of the defaults")
 
     sub.add_parser("down", help="stop exactly what `up` started")
 
@@ -60,7 +62,8 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
     from devstack.run import run
 
     try:
-        return run(args.samples, opts=stack.StackOptions(state_dir=state_dir),
+        opts = stack.StackOptions(state_dir=state_dir, auto_ports=args.auto_ports)
+        return run(args.samples, opts=opts,
                    deadline_s=args.deadline,
                    wait_forever=None if args.no_wait else signal.pause)
     except procs.StartupError as exc:
