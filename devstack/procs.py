@@ -78,9 +78,6 @@ class ProcessRecord:
     log: str
     argv: tuple[str, ...]
 
-    def alive(self) -> bool:
-        return pid_alive(self.pid)
-
 
 def pid_alive(pid: int) -> bool:
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import traceback
@@ -221,8 +220,3 @@ def _run_sync(invocation_id: str, function: Callable[..., Any], args: dict[str, 
         return function(**args)
     finally:
         _invocation_local.invocation_id = None
-
-
-def default_pool_size() -> int:
-    """What ``ThreadPoolExecutor(max_workers=None)`` gives on this machine."""
-    return min(32, (os.cpu_count() or 1) + 4)
