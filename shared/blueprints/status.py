@@ -8,6 +8,7 @@ a JSON 503 naming the cause.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from importlib import resources
@@ -92,7 +93,9 @@ def dashboard(req: func.HttpRequest) -> func.HttpResponse:
     )
 
 
+@functools.cache
 def dashboard_html() -> str:
+    """The page, read from the package once per process."""
     return resources.files("shared").joinpath("static/dashboard.html").read_text("utf-8")
 
 
