@@ -115,8 +115,9 @@ def opencensus_python() -> Path:
     if not python.exists():
         print(f"creating a throwaway venv for opencensus-ext-azure in {VENV} …", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "opencensus-ext-azure"],
-                       check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "opencensus-ext-azure"], check=True
+        )
     return python
 
 
@@ -124,13 +125,25 @@ def run(python: Path, code: str, records: int, port: int, *extra: str) -> dict[s
     cs = f"InstrumentationKey={IKEY};IngestionEndpoint=http://127.0.0.1:{port}/"
     # A burst of thousands of records in well under a second overflows the OTel batch queues
     # (default 2048: the SDK then drops); size them so every record is exported and costed.
-    env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "1000", "OTEL_BLRP_SCHEDULE_DELAY": "1000",
-           "OTEL_BSP_MAX_QUEUE_SIZE": "100000", "OTEL_BLRP_MAX_QUEUE_SIZE": "100000",
-           "OTEL_METRICS_EXPORTER": "none", "PYTHONPATH": str(REPO_ROOT)}
+    env = {
+        **os.environ,
+        "OTEL_BSP_SCHEDULE_DELAY": "1000",
+        "OTEL_BLRP_SCHEDULE_DELAY": "1000",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "100000",
+        "OTEL_BLRP_MAX_QUEUE_SIZE": "100000",
+        "OTEL_METRICS_EXPORTER": "none",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     before = Sink.items
-    out = subprocess.run([str(python), "-c", textwrap.dedent(code), str(records), cs, *extra],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True,
-                         timeout=600)
+    out = subprocess.run(
+        [str(python), "-c", textwrap.dedent(code), str(records), cs, *extra],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
     result["items"] = Sink.items - before - result.pop("warmup_items")
     return result
@@ -158,15 +171,21 @@ def main() -> int:
 
     print(f"\n{args.records} records x {args.repeat} runs (median), exporting to a loopback sink")
     print(f"{'':32}{'ours: span+log':>16}{'ours: log only':>16}{'seed: AzureLogHandler':>24}")
-    for label, key in (("inline wall time / record", "inline_s"),
-                       ("caller-thread CPU / record", "thread_s"),
-                       ("process CPU / record (+export)", "cpu_s"),
-                       ("until flushed / record", "total_s")):
-        print(f"{label:32}{per_record_us('ours', key):>13.1f} us"
-              f"{per_record_us('ours_log', key):>13.1f} us{per_record_us('seed', key):>21.1f} us")
+    for label, key in (
+        ("inline wall time / record", "inline_s"),
+        ("caller-thread CPU / record", "thread_s"),
+        ("process CPU / record (+export)", "cpu_s"),
+        ("until flushed / record", "total_s"),
+    ):
+        print(
+            f"{label:32}{per_record_us('ours', key):>13.1f} us"
+            f"{per_record_us('ours_log', key):>13.1f} us{per_record_us('seed', key):>21.1f} us"
+        )
     items = {k: statistics.median(r["items"] for r in v) for k, v in results.items()}
-    print(f"{'items received by the sink':32}{items['ours']:>16.0f}{items['ours_log']:>16.0f}"
-          f"{items['seed']:>24.0f}")
+    print(
+        f"{'items received by the sink':32}{items['ours']:>16.0f}{items['ours_log']:>16.0f}"
+        f"{items['seed']:>24.0f}"
+    )
     print("(span+log sends 2 items per record: the request and the trace)")
     return 0
 

@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from shared.errors import InvalidImageError
 from shared.preprocessing import (
@@ -98,10 +98,30 @@ def test_24mp_jpeg_is_drafted_not_decoded_at_full_size(jpeg_24mp: bytes) -> None
     out, record = run(jpeg_24mp)
     steps = record["steps"]
     assert isinstance(steps, list)
-    assert "draft:6000x4000->3000x2000" in steps
+    assert "draft:6000x4000->2250x1500" in steps  # 3/8: the smallest DCT size >= 2048x1365
     assert (record["final_width"], record["final_height"]) == (2048, 1365)
     assert record["final_format"] == "jpeg"
     assert opened(out).size == (2048, 1365)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_dimension", "decoded"),
+    [
+        ((2001, 1203), 700, (751, 452)),  # odd sides: libjpeg rounds ceil(side * 3/8)
+        ((2000, 1000), 800, (1000, 500)),  # 3/8 would be 750 < 800: stays at 1/2
+        ((2000, 1000), 400, (500, 250)),  # 1/4 already fits: 3/8 is not smaller
+    ],
+)
+def test_jpeg_dct_scale_is_the_smallest_that_covers_the_target(
+    size: tuple[int, int], max_dimension: int, decoded: tuple[int, int]
+) -> None:
+    data = encode(photo(size), "JPEG", quality=95)
+    out, record = run(data, max_dimension=max_dimension)
+    assert f"draft:{size[0]}x{size[1]}->{decoded[0]}x{decoded[1]}" in record["steps"]  # type: ignore[operator]
+    # same picture as decoding everything and resampling once
+    reference = opened(data).resize(opened(out).size, Image.Resampling.BICUBIC)
+    diff = ImageChops.difference(opened(out).convert("RGB"), reference)
+    assert max(ImageStat.Stat(diff).mean) < 4.0
 
 
 def test_large_ratio_goes_through_reduce() -> None:
