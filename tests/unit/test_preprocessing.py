@@ -124,6 +124,19 @@ def test_jpeg_dct_scale_is_the_smallest_that_covers_the_target(
     assert max(ImageStat.Stat(diff).mean) < 4.0
 
 
+@pytest.mark.parametrize(
+    ("mode", "params"),
+    [("L", {}), ("CMYK", {}), ("RGB", {"progressive": True}), ("RGB", {"subsampling": 0})],
+)
+def test_three_eighths_decode_for_other_jpeg_kinds(mode: str, params: dict[str, object]) -> None:
+    data = encode(photo((2001, 1203)).convert(mode), "JPEG", quality=95, **params)
+    out, record = run(data, max_dimension=700)
+    assert "draft:2001x1203->751x452" in record["steps"]  # type: ignore[operator]
+    reference = opened(data).convert("RGB").resize((700, 421), Image.Resampling.BICUBIC)
+    diff = ImageChops.difference(opened(out).convert("RGB"), reference)
+    assert max(ImageStat.Stat(diff).mean) < 4.0
+
+
 def test_large_ratio_goes_through_reduce() -> None:
     data = encode(photo((6000, 600)), "PNG")
     _, record = run(data, max_dimension=1000)
