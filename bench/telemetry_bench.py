@@ -38,6 +38,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV = REPO_ROOT / ".devstack" / "bench-opencensus"
 IKEY = "00000000-0000-0000-0000-000000000000"
 
+# Each variant's setup defines record(i, text), flush() and WARMUP_ITEMS; MEASURE then runs the
+# same warm-up and timed loop in all of them.
+MEASURE = """
+for i in range(200):  # warm-up
+    record(i, "warm-up")
+flush()
+cpu0, t0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
+for i in range(n):
+    record(i, "invalid_input")
+inline, thread = time.perf_counter() - t0, time.thread_time() - th0
+flush()
+print(json.dumps({"inline_s": inline, "thread_s": thread, "cpu_s": time.process_time() - cpu0,
+                  "total_s": time.perf_counter() - t0, "warmup_items": WARMUP_ITEMS}))
+"""
+
 OURS = """
 import json, logging, sys, time
 from shared import telemetry
@@ -49,23 +64,15 @@ settings = Settings.from_env({"VISION_ENDPOINT": "http://127.0.0.1:9",
 assert telemetry.configure(settings) is telemetry.Mode.APP
 logging.getLogger().setLevel(logging.WARNING)
 log = logging.getLogger("bench.seed")
+WARMUP_ITEMS = 400 if with_span else 200
 def record(i, text):
     if with_span:
         with telemetry.invocation("bench", trigger=telemetry.Trigger.OTHER):
             log.warning("blob %s rejected: %s", i, text)
     else:
         log.warning("blob %s rejected: %s", i, text)
-for i in range(200):  # warm-up
-    record(i, "warm-up")
-telemetry.force_flush()
-cpu0, t0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
-for i in range(n):
-    record(i, "invalid_input")
-inline, thread = time.perf_counter() - t0, time.thread_time() - th0
-telemetry.force_flush(60_000)
-print(json.dumps({"inline_s": inline, "thread_s": thread, "cpu_s": time.process_time() - cpu0,
-                  "total_s": time.perf_counter() - t0,
-                  "warmup_items": 400 if with_span else 200}))
+def flush():
+    telemetry.force_flush(60_000)
 """
 
 SEED = """
@@ -75,18 +82,11 @@ n, cs = int(sys.argv[1]), sys.argv[2]
 logger = logging.getLogger(__name__)
 handler = AzureLogHandler(connection_string=cs, enable_local_storage=False)
 logger.addHandler(handler)
-for i in range(200):  # warm-up
-    logger.warning("warm-up record %d", i)
-handler.flush()
-cpu0, t0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
-for i in range(n):
-    logger.warning("blob %s rejected: %s", i, "invalid_input")
-inline, thread = time.perf_counter() - t0, time.thread_time() - th0
-handler.flush()
-print(json.dumps({"inline_s": inline, "thread_s": thread, "cpu_s": time.process_time() - cpu0,
-                  "total_s": time.perf_counter() - t0, "warmup_items": 200}))
+WARMUP_ITEMS = 200
+def record(i, text):
+    logger.warning("blob %s rejected: %s", i, text)
+flush = handler.flush
 """
-
 
 FLOOR = """
 import json, logging, sys, time
@@ -97,6 +97,7 @@ tracer = TracerProvider().get_tracer("bench")
 log = logging.getLogger("bench.seed")
 log.addHandler(logging.NullHandler())
 log.propagate = False
+WARMUP_ITEMS = 0
 def record(i, text):
     span = tracer.start_span("bench", kind=trace.SpanKind.SERVER,
                              attributes={"faas.trigger": "other"})
@@ -105,14 +106,8 @@ def record(i, text):
     context.detach(token)
     span.set_attribute("pipeline.outcome", "completed")
     span.end()
-for i in range(200):  # warm-up
-    record(i, "warm-up")
-cpu0, t0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
-for i in range(n):
-    record(i, "invalid_input")
-inline, thread = time.perf_counter() - t0, time.thread_time() - th0
-print(json.dumps({"inline_s": inline, "thread_s": thread, "cpu_s": time.process_time() - cpu0,
-                  "total_s": time.perf_counter() - t0, "warmup_items": 0}))
+def flush():
+    pass
 """
 
 
@@ -167,7 +162,7 @@ def run(python: Path, code: str, records: int, port: int, *extra: str) -> dict[s
     }
     before = Sink.items
     out = subprocess.run(
-        [str(python), "-c", textwrap.dedent(code), str(records), cs, *extra],
+        [str(python), "-c", textwrap.dedent(code) + MEASURE, str(records), cs, *extra],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
