@@ -153,17 +153,14 @@ def main() -> int:
         if args.keep:
             args.keep.write_bytes(data)
         for dimension in dimensions:
-            ours, naive, floor = (
-                measure(name, str(path), dimension, args.repeat) for name in VARIANTS
-            )
-            for name, (seconds, peak, size, decoded_at) in zip(
-                VARIANTS, (ours, naive, floor), strict=True
-            ):
+            rows = {name: measure(name, str(path), dimension, args.repeat) for name in VARIANTS}
+            for name, (seconds, peak, size, decoded_at) in rows.items():
                 output = f"{size[0]}x{size[1]}" if name != "floor" else "-"
                 print(
                     f"{dimension:>6}  {name:<6} {seconds * 1000:>5.0f} ms {peak / 1024:>6.1f} MB"
                     f"  {output:<10} {decoded_at}"
                 )
+            ours, naive, floor = rows["ours"], rows["naive"], rows["floor"]
             speedup = naive[0] / ours[0]
             memory = ours[1] / naive[1] if naive[1] else float("nan")
             print(
