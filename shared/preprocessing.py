@@ -480,8 +480,10 @@ def _three_eighths(im: ImageFile, original: tuple[int, int], target: tuple[int, 
     libjpeg-turbo: plain libjpeg would round 1/3 to 1/2, the decoded size would not match and
     the load would fail.
     """
-    if not _HAS_TURBO_IDCT_SCALING or im.decoderconfig[:1] != (2,) or len(im.tile) != 1:
-        return
+    if not _HAS_TURBO_IDCT_SCALING or im.decoderconfig[:1] != (2,):
+        return  # draft() sets a scale only for single-tile JPEGs: nothing else reaches here
+    if not hasattr(im.tile[0], "_replace"):
+        return  # a Pillow whose tiles are plain tuples: keep its own 1/2 rather than guess
     width, height = (-(-side * 3 // 8) for side in original)  # libjpeg: ceil(side * 3/8)
     if width < target[0] or height < target[1]:
         return
