@@ -21,7 +21,8 @@ import math
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -168,11 +169,35 @@ class PreprocessRecord:
     reencoded: bool
     steps: tuple[str, ...]
     duration_ms: float
+    #: Where ``duration_ms`` went: ``validate`` (nothing re-encoded) or ``decode``, ``resample``
+    #: (mode, reduce, resample, orientation) and ``encode``; what tuning the max dimension acts on.
+    stage_ms: dict[str, float]
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["steps"] = list(self.steps)
+        data["stage_ms"] = dict(self.stage_ms)
         return data
+
+
+class _Stages:
+    """Times the named stages of one ``preprocess`` call with its injected clock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = self._clock()
+        try:
+            yield
+        finally:
+            self.ms[name] = _ms(self._clock() - t0)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +372,7 @@ def preprocess(
     """
     options = options or PreprocessOptions()
     started = clock()
+    stages = _Stages(clock)
     if not data:
         raise _reject(RejectReason.EMPTY, "blob is empty (0 bytes)")
     if len(data) > options.max_input_bytes:
@@ -366,14 +392,15 @@ def preprocess(
         steps: list[str] = [f"sniff:{kind}"]
         too_big = len(data) >= MAX_IMAGE_BYTES
         if not (resize or too_big or orientation != 1):
-            _validate_decode(im, kind, data)
+            with stages("validate"):
+                _validate_decode(im, kind, data)
             steps.append("validate")
             record = PreprocessRecord(
                 detected_format=kind, original_width=width, original_height=height,
                 original_bytes=len(data), final_format=kind, final_width=width,
                 final_height=height, final_bytes=len(data), orientation=orientation,
-                reencoded=False, steps=tuple(steps),
-                duration_ms=round((clock() - started) * 1000, 3),
+                reencoded=False, steps=tuple(steps), duration_ms=_ms(clock() - started),
+                stage_ms=stages.ms,
             )  # fmt: skip
             return PreprocessResult(data, record)
         if resize:
@@ -382,13 +409,14 @@ def preprocess(
             steps.append(f"over_size_limit:{len(data)}")
         out, fmt, final_size = _reencode(
             im, kind=kind, target=(target_w, target_h), orientation=orientation,
-            options=options, steps=steps,
+            options=options, steps=steps, stages=stages,
         )  # fmt: skip
     record = PreprocessRecord(
         detected_format=kind, original_width=width, original_height=height,
         original_bytes=len(data), final_format=fmt, final_width=final_size[0],
         final_height=final_size[1], final_bytes=len(out), orientation=orientation,
-        reencoded=True, steps=tuple(steps), duration_ms=round((clock() - started) * 1000, 3),
+        reencoded=True, steps=tuple(steps), duration_ms=_ms(clock() - started),
+        stage_ms=stages.ms,
     )  # fmt: skip
     return PreprocessResult(out, record)
 
@@ -419,28 +447,37 @@ def _reencode(
     orientation: int,
     options: PreprocessOptions,
     steps: list[str],
+    stages: _Stages,
 ) -> tuple[bytes, str, tuple[int, int]]:
     icc = im.info.get("icc_profile")
-    _decode_for(im, kind=kind, target=target, steps=steps)
-    image, alpha = _normalise_mode(im)
-    ratio = min(image.width / target[0], image.height / target[1])
-    factor = int(ratio // 2)
-    if factor >= 2:
-        # box-average by an integer factor first: cheap, and leaves the filter a ratio < 4
-        image = image.reduce(factor)
-        steps.append(f"reduce:{factor}")
-    if image.size != target:
-        image = image.resize(target, Image.Resampling.BICUBIC)
-        steps.append("resample:bicubic")
-    if orientation != 1:
-        image = image.transpose(_TRANSPOSE[orientation])
-        steps.append(f"exif_orientation:{orientation}")
+    with stages("decode"):
+        _decode_for(im, kind=kind, target=target, steps=steps)
+    with stages("resample"):
+        image, alpha = _normalise_mode(im)
+        ratio = min(image.width / target[0], image.height / target[1])
+        factor = int(ratio // 2)
+        if factor >= 2:
+            # box-average by an integer factor first: cheap, and leaves the filter a ratio < 4
+            image = image.reduce(factor)
+            steps.append(f"reduce:{factor}")
+        if image.size != target:
+            image = image.resize(target, Image.Resampling.BICUBIC)
+            steps.append("resample:bicubic")
+        if orientation != 1:
+            image = image.transpose(_TRANSPOSE[orientation])
+            steps.append(f"exif_orientation:{orientation}")
+    with stages("encode"):
+        return _encode_within_limit(image, "png" if alpha else "jpeg", options, icc, steps)
 
-    fmt = "png" if alpha else "jpeg"
+
+def _encode_within_limit(
+    image: PILImage, fmt: str, options: PreprocessOptions, icc: object, steps: list[str]
+) -> tuple[bytes, str, tuple[int, int]]:
+    """Encode; shrink and retry while the bytes are over the service limit."""
     for _ in range(6):
         out = _encode(image, fmt, options.jpeg_quality, icc)
         if len(out) < MAX_IMAGE_BYTES:
-            steps.append(f"encode:{fmt}" + ("" if alpha else f":q{options.jpeg_quality}"))
+            steps.append(f"encode:{fmt}" + (f":q{options.jpeg_quality}" if fmt == "jpeg" else ""))
             return out, fmt, image.size
         shrink = math.sqrt(MAX_IMAGE_BYTES * 0.85 / len(out))
         size = (max(1, int(image.width * shrink)), max(1, int(image.height * shrink)))

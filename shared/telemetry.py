@@ -107,6 +107,7 @@ ATTR_BYTES_IN: Final = "pipeline.image.bytes_in"
 ATTR_BYTES_OUT: Final = "pipeline.image.bytes_out"
 ATTR_FORMAT: Final = "pipeline.image.format"
 ATTR_REENCODED: Final = "pipeline.image.reencoded"
+ATTR_PREPROCESS_STAGE: Final = "preprocess.stage"
 ATTR_DOCUMENT_CONTAINER: Final = "pipeline.document.container"
 ATTR_HOST_ATTEMPTS: Final = "pipeline.host_attempts"
 
@@ -155,6 +156,7 @@ AZ_NAMESPACE: Final = "az.namespace"  # the Azure SDK's convention; the exporter
 
 METRIC_ANALYSIS_DURATION: Final = "pipeline.analysis.duration"
 METRIC_PREPROCESS_DURATION: Final = "pipeline.preprocess.duration"
+METRIC_PREPROCESS_STAGE_DURATION: Final = "pipeline.preprocess.stage.duration"
 METRIC_IMAGE_BYTES_IN: Final = "pipeline.image.bytes_in"
 METRIC_IMAGE_BYTES_OUT: Final = "pipeline.image.bytes_out"
 METRIC_OUTCOMES: Final = "pipeline.outcomes"
@@ -643,6 +645,7 @@ def _event_logger() -> Logger:
 class Instruments:
     analysis_duration: Histogram
     preprocess_duration: Histogram
+    preprocess_stage_duration: Histogram
     image_bytes_in: Histogram
     image_bytes_out: Histogram
     outcomes: Counter
@@ -662,6 +665,9 @@ def instruments() -> Instruments:
             description="Time from trigger to final document, per invocation"),
         preprocess_duration=m.create_histogram(
             METRIC_PREPROCESS_DURATION, unit="ms", description="Preprocessing time per image"),
+        preprocess_stage_duration=m.create_histogram(
+            METRIC_PREPROCESS_STAGE_DURATION, unit="ms",
+            description="Preprocessing time per image and stage (decode, resample, encode)"),
         image_bytes_in=m.create_histogram(
             METRIC_IMAGE_BYTES_IN, unit="By", description="Size of the uploaded image"),
         image_bytes_out=m.create_histogram(
@@ -921,6 +927,8 @@ class TelemetryObserver:
     def on_preprocessed(self, source: BlobInput, record: PreprocessRecord) -> None:
         ins = instruments()
         ins.preprocess_duration.record(record.duration_ms)
+        for stage, ms in record.stage_ms.items():
+            ins.preprocess_stage_duration.record(ms, {ATTR_PREPROCESS_STAGE: stage})
         ins.image_bytes_out.record(record.final_bytes)
         current = _CURRENT.get()
         if current is not None:

@@ -198,10 +198,32 @@ def test_boundary_sizes() -> None:
     assert info.value.reason == RejectReason.TOO_SMALL
 
 
+class StepClock:
+    """Advances a fixed step per reading: every timed stage lasts exactly one step."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 10.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
 def test_record_duration_uses_injected_clock() -> None:
-    ticks = iter([10.0, 10.25])
-    result = preprocess(GOOD["jpeg"](), clock=lambda: next(ticks))
-    assert result.record.duration_ms == 250.0
+    result = preprocess(GOOD["jpeg"](), clock=StepClock(0.25))
+    record = result.record
+    assert not record.reencoded
+    assert record.stage_ms == {"validate": 250.0}
+    assert record.duration_ms == 750.0  # start, validate start, validate end, end
+
+
+def test_record_times_each_stage_of_a_reencode() -> None:
+    big = encode(photo((3000, 2000)), "JPEG")
+    record = preprocess(big, PreprocessOptions(max_dimension=1024), clock=StepClock(0.5)).record
+    assert record.reencoded
+    assert list(record.stage_ms) == ["decode", "resample", "encode"]
+    assert set(record.stage_ms.values()) == {500.0}
+    assert record.as_dict()["stage_ms"] == {"decode": 500.0, "resample": 500.0, "encode": 500.0}
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def attempt(n: int, status: int, **kw: Any) -> VisionAttempt:
 RECORD = PreprocessRecord(
     detected_format="jpeg", original_width=100, original_height=80, original_bytes=1234,
     final_format="jpeg", final_width=100, final_height=80, final_bytes=1200, orientation=1,
-    reencoded=False, steps=("sniff:jpeg",), duration_ms=3.0)
+    reencoded=False, steps=("sniff:jpeg",), duration_ms=3.0, stage_ms={"validate": 2.5})
 
 
 def analysed(attempts: int = 2) -> AnalysisOutcome:
@@ -244,9 +245,25 @@ def test_metrics_are_recorded() -> None:
     assert data is not None
     names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert names >= {t.METRIC_ANALYSIS_DURATION, t.METRIC_PREPROCESS_DURATION,
-                     t.METRIC_IMAGE_BYTES_IN, t.METRIC_IMAGE_BYTES_OUT, t.METRIC_OUTCOMES,
+                     t.METRIC_PREPROCESS_STAGE_DURATION, t.METRIC_IMAGE_BYTES_IN,
+                     t.METRIC_IMAGE_BYTES_OUT, t.METRIC_OUTCOMES,
                      t.METRIC_VISION_RETRIES, t.METRIC_VISION_THROTTLES, t.METRIC_LIMITER_WAIT}
 
+
+
+def test_preprocessing_stages_are_a_histogram_by_stage() -> None:
+    record = replace(RECORD, reencoded=True, duration_ms=9.0,
+                     stage_ms={"decode": 5.0, "resample": 3.0, "encode": 1.0})
+    t.TelemetryObserver("http://v").on_preprocessed(SOURCE, record)
+    data = METRICS.get_metrics_data()
+    assert data is not None
+    points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == t.METRIC_PREPROCESS_STAGE_DURATION for p in m.data.data_points]
+    sums = {p.attributes[t.ATTR_PREPROCESS_STAGE]: (p.count, p.sum) for p in points}
+    # the reader is shared by the module's tests; only this one records these three stages
+    assert sums["decode"] == (1, 5.0)
+    assert sums["resample"] == (1, 3.0)
+    assert sums["encode"] == (1, 1.0)
 
 def test_observer_failures_are_swallowed(monkeypatch: pytest.MonkeyPatch,
                                          caplog: pytest.LogCaptureFixture) -> None:
