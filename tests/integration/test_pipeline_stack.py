@@ -98,6 +98,10 @@ def _expect_complete_result(doc: Document, name: str, data: bytes) -> dict[str, 
     record: dict[str, Any] = body["preprocessing"]
     assert record["original_bytes"] == len(data)
     assert record["steps"][0] == f"sniff:{record['detected_format']}"
+    stages = record["stage_ms"]
+    reencode_stages = {"decode", "resample", "encode"}
+    assert set(stages) == (reencode_stages if record["reencoded"] else {"validate"})
+    assert sum(stages.values()) <= record["duration_ms"] + 0.01  # each rounded to 1 µs
     analysis = body["analysis"]
     # coordinates refer to the image that was sent
     assert analysis["metadata"] == {"width": record["final_width"],
