@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _chart  # bench/ itself: the script's folder is first on sys.path
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -58,6 +60,8 @@ class Outcome:
     calls: int  # HTTP calls the emulator counted
     throttled: int  # of which answered 429
     by_status: dict[str, int]
+    #: per second of the window: (end of the second, analyses that succeeded, 429 answers)
+    seconds: tuple[tuple[float, int, int], ...] = ()
 
 
 class Emulator:
@@ -134,6 +138,9 @@ def _drive(
     pool = [threading.Thread(target=worker, name=f"{name}-{i}") for i in range(threads)]
     for thread in pool:
         thread.start()
+    seconds = _sample_each_second(
+        name, emulator, counts=counts, lock=lock, start=start, deadline=deadline
+    )
     for thread in pool:
         thread.join()
     stats = emulator.admin("GET", "/admin/stats")
@@ -141,7 +148,39 @@ def _drive(
     return Outcome(
         name=name, duration_s=duration, succeeded=counts["succeeded"], failed=counts["failed"],
         calls=int(stats["total"]), throttled=by_status.get("429", 0), by_status=by_status,
+        seconds=seconds,
     )  # fmt: skip
+
+
+def _throttled_so_far(emulator: Emulator) -> int:
+    return int(emulator.admin("GET", "/admin/stats")["by_status"].get("429", 0))
+
+
+def _sample_each_second(
+    name: str,
+    emulator: Emulator,
+    *,
+    counts: dict[str, int],
+    lock: threading.Lock,
+    start: float,
+    deadline: float,
+) -> tuple[tuple[float, int, int], ...]:
+    """While the workers run: successes and 429s per second, and a progress line every 10 s."""
+    samples: list[tuple[float, int, int]] = []
+    last_ok = last_429 = 0
+    tick = start
+    while tick + 1 <= deadline:
+        tick += 1
+        time.sleep(max(0.0, tick - time.monotonic()))
+        with lock:
+            ok = counts["succeeded"]
+        throttled = _throttled_so_far(emulator)
+        samples.append((round(tick - start), ok - last_ok, throttled - last_429))
+        last_ok, last_429 = ok, throttled
+        if len(samples) % 10 == 0:
+            print(f"  {name}: {len(samples)} s, {ok / len(samples):.2f} ok/s so far,"
+                  f" {throttled} x 429", file=sys.stderr, flush=True)  # fmt: skip
+    return tuple(samples)
 
 
 def ours(emulator: Emulator, image: bytes, rate: float | None = None) -> Callable[[], object]:
@@ -195,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tps", type=float, default=10.0, help="the emulator's S1 limit")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per variant")
+    parser.add_argument(
+        "--chart", type=Path, default=Path("artifacts/bench/goodput.svg"), help="SVG chart"
+    )
     args = parser.parse_args(argv)
 
     image = small_jpeg()
@@ -209,7 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         emulator.stop()
     report(outcomes, tps=args.tps, threads=args.threads)
+    _chart.write(args.chart, chart_of(outcomes, tps=args.tps))
+    print(f"chart: {args.chart}")
     return 0
+
+
+def chart_of(outcomes: list[Outcome], *, tps: float) -> str:
+    series = []
+    for o in outcomes:
+        series.append(_chart.Series(f"{o.name}: ok/s", [(t, ok) for t, ok, _ in o.seconds]))
+        series.append(_chart.Series(f"{o.name}: 429/s", [(t, n) for t, _, n in o.seconds]))
+    return _chart.lines(
+        f"Successful analyses and 429 answers per second against an S1 limit of {tps:g}/s",
+        "seconds into the window", "per second", series, [_chart.Mark("limit", tps)],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import _chart  # bench/ itself: the script's folder is first on sys.path
+
 
 def make_24mp_jpeg(seed: int = 24) -> bytes:
     """A photo-like 6000x4000 JPEG: soft shapes over gradients plus luminance grain, q=90."""
@@ -135,6 +137,25 @@ def measure(
     return seconds, peak_kib, size, decoded_at, split
 
 
+def chart_of(
+    dimension: int, rows: dict[str, tuple[float, int, tuple[int, int], str, dict[str, float]]]
+) -> str:
+    """Ours split by stage against the naive path, the decode floor and the 4x budget."""
+    ours_ms, naive_ms, floor_ms = (rows[name][0] * 1000 for name in ("ours", "naive", "floor"))
+    stages = list(rows["ours"][4].items())
+    other = max(0.0, ours_ms - sum(ms for _, ms in stages))  # open, header checks, EXIF
+    return _chart.bars(
+        f"Preprocessing a 24 MP JPEG to {dimension} px: median ms per image",
+        "ms",
+        [
+            _chart.Bar("naive: full decode + resize", [("naive", naive_ms)]),
+            _chart.Bar("ours", [*stages, ("other", other)]),
+            _chart.Bar("floor: entropy decode only", [("floor", floor_ms)]),
+        ],
+        [_chart.Mark("4x target", naive_ms / 4)],
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -145,6 +166,12 @@ def main() -> int:
         help="target long side (repeatable; default: 2048 = PREPROCESS_MAX_DIMENSION, and 1500)",
     )
     parser.add_argument("--keep", type=Path, help="also write the generated JPEG here")
+    parser.add_argument(
+        "--charts",
+        type=Path,
+        default=Path("artifacts/bench"),
+        help="folder for one SVG chart per target (default: artifacts/bench)",
+    )
     args = parser.parse_args()
 
     import tempfile
@@ -179,6 +206,9 @@ def main() -> int:
                 f"{dimension:>6}  ours by stage (PreprocessRecord.stage_ms): {split};"
                 f" 4x means <= {naive[0] * 250:.0f} ms in all"
             )
+            chart = args.charts / f"preprocess-{dimension}.svg"
+            _chart.write(chart, chart_of(dimension, rows))
+            print(f"{dimension:>6}  chart: {chart}")
     return 0
 
 

@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import _chart  # bench/ itself: the script's folder is first on sys.path
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV = REPO_ROOT / ".devstack" / "bench-opencensus"
 IKEY = "00000000-0000-0000-0000-000000000000"
@@ -179,7 +181,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--chart", type=Path, default=Path("artifacts/bench/telemetry.svg"), help="SVG chart"
+    )
     args = parser.parse_args()
+    records: int = args.records
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -191,23 +197,33 @@ def main() -> int:
         "seed": [],
         "floor": [],
     }
-    for _ in range(args.repeat):  # interleaved, so machine noise hits all alike
-        results["ours"].append(run(Path(sys.executable), OURS, args.records, port, "span"))
-        results["ours_log"].append(run(Path(sys.executable), OURS, args.records, port, "log"))
-        results["seed"].append(run(seed_python, SEED, args.records, port))
-        results["floor"].append(run(Path(sys.executable), FLOOR, args.records, port))
-    server.shutdown()
-
-    def per_record_us(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[name]) / args.records * 1e6
-
     columns = (
         ("ours", "ours: span+log"),
         ("ours_log", "ours: log only"),
         ("seed", "seed: AzureLogHandler"),
         ("floor", "SDK floor: span+log"),
     )
-    print(f"\n{args.records} records x {args.repeat} runs (median), exporting to a loopback sink")
+    variants = {
+        "ours": (Path(sys.executable), OURS, ("span",)),
+        "ours_log": (Path(sys.executable), OURS, ("log",)),
+        "seed": (seed_python, SEED, ()),
+        "floor": (Path(sys.executable), FLOOR, ()),
+    }
+    for i in range(args.repeat):  # interleaved, so machine noise hits all alike
+        for name, title in columns:
+            python, code, extra = variants[name]
+            result = run(python, code, records, port, *extra)
+            results[name].append(result)
+            print(
+                f"[{i + 1}/{args.repeat}] {title}: {result['thread_s'] / records * 1e6:.1f} us"
+                " caller CPU per record",
+                file=sys.stderr,
+            )
+    server.shutdown()
+
+    def per_record_us(name: str, key: str) -> float:
+        return float(statistics.median(r[key] for r in results[name])) / records * 1e6
+    print(f"\n{records} records x {args.repeat} runs (median), exporting to a loopback sink")
     print(f"{'':32}" + "".join(f"{title:>24}" for _, title in columns))
     for label, key in (
         ("inline wall time / record", "inline_s"),
@@ -233,6 +249,17 @@ def main() -> int:
         f"no OpenTelemetry-SDK span path can cost less than the floor's "
         f"{per_record_us('floor', 'thread_s'):.1f} us of caller CPU per record"
     )
+    bars = [
+        _chart.Bar(title, [("caller thread", per_record_us(name, "thread_s")),
+                           ("export threads", max(0.0, per_record_us(name, "cpu_s")
+                                                  - per_record_us(name, "thread_s")))])
+        for name, title in columns
+    ]  # fmt: skip
+    _chart.write(args.chart, _chart.bars(
+        f"CPU per telemetry record (median of {args.repeat} x {records})", "us", bars,
+        [_chart.Mark("seed caller CPU", per_record_us("seed", "thread_s"))],
+    ))  # fmt: skip
+    print(f"chart: {args.chart}")
     return 0
 
 
