@@ -113,6 +113,18 @@ def flush():
 """
 
 
+def _sdk_self_telemetry(item: dict[str, Any]) -> bool:
+    """The exporters' reports about themselves (statsbeat, the SDK's own item counts such as
+    ``Item_Success_Count``, the ``_OTELRESOURCE_`` resource metric): not the records measured."""
+    if not str(item.get("name", "")).endswith(".Metric"):
+        return False
+    base = item.get("data", {}).get("baseData", {})
+    names = [str(m.get("name", "")) for m in base.get("metrics", [])]
+    return "Statsbeat" in json.dumps(base) or any(
+        n.startswith("Item_") or n == "_OTELRESOURCE_" for n in names
+    )
+
+
 class Sink(BaseHTTPRequestHandler):
     items = 0
     lock = threading.Lock()
@@ -121,11 +133,10 @@ class Sink(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
             parsed: Any = json.loads(body)
-            count = len(parsed) if isinstance(parsed, list) else 1
         except ValueError:
-            count = body.count(b"\n") + 1
-        if b"Microsoft.ApplicationInsights.Metric" in body and b"Statsbeat" in body:
-            count = 0
+            parsed = [json.loads(line) for line in body.splitlines() if line.strip()]
+        items = parsed if isinstance(parsed, list) else [parsed]
+        count = sum(1 for item in items if not _sdk_self_telemetry(item))
         with Sink.lock:
             Sink.items += count
         reply = json.dumps({"itemsReceived": count, "itemsAccepted": count, "errors": []})
