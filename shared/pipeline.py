@@ -35,6 +35,7 @@ from shared.errors import (
 )
 from shared.preprocessing import PreprocessOptions, PreprocessRecord, preprocess
 from shared.results import SCHEMA_VERSION, ResultRepository, normalize_etag
+from shared.units import ms
 from shared.vision import VisionAnalyzer, VisionAttempt, VisionResult
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def _process(source: BlobInput, deps: PipelineDeps, started: float) -> AnalysisO
             name=source.name,
             etag=normalize_etag(source.etag),
             document=f"{existing.container}/{existing.path}",
-            duration_ms=_ms(deps.clock() - started),
+            duration_ms=ms(deps.clock() - started),
         )
         logger.info("blob %s/%s already documented; skipped", source.container, source.name)
         deps.observer.on_outcome(source, outcome)
@@ -225,7 +226,7 @@ def _accept(
             "preprocess": record.duration_ms,
             "vision": result.duration_ms,
             "rate_limiter_wait": result.limiter_wait_ms,
-            "total": _ms(deps.clock() - started),
+            "total": ms(deps.clock() - started),
         },
         processed_at=deps.now().isoformat(),
         analysis=dict(result.payload),
@@ -233,7 +234,7 @@ def _accept(
     )
     written_at = deps.clock()
     path = deps.repository.write_result(source.container, source.name, source.etag, document)
-    deps.observer.on_document_written(source, path, _ms(deps.clock() - written_at))
+    deps.observer.on_document_written(source, path, ms(deps.clock() - written_at))
     outcome = AnalysisOutcome(
         status=Outcome.ANALYZED,
         container=source.container,
@@ -241,7 +242,7 @@ def _accept(
         etag=normalize_etag(source.etag),
         document=path,
         attempts=result.attempts,
-        duration_ms=_ms(deps.clock() - started),
+        duration_ms=ms(deps.clock() - started),
         model_version=result.model_version,
         preprocessing=record,
     )
@@ -265,7 +266,7 @@ def _reject(
         attempts=error.attempts,
         timings_ms={
             "preprocess": record.duration_ms if record else None,
-            "total": _ms(deps.clock() - started),
+            "total": ms(deps.clock() - started),
         },
         processed_at=deps.now().isoformat(),
         analysis=None,
@@ -282,7 +283,7 @@ def _reject(
     )
     written_at = deps.clock()
     path = deps.repository.write_failure(source.container, source.name, source.etag, document)
-    deps.observer.on_document_written(source, path, _ms(deps.clock() - written_at))
+    deps.observer.on_document_written(source, path, ms(deps.clock() - written_at))
     logger.warning(
         "blob %s/%s rejected at %s: %s/%s (service code %s/%s)",
         source.container, source.name, stage, error.error_class, error.reason,
@@ -295,7 +296,7 @@ def _reject(
         etag=normalize_etag(source.etag),
         document=path,
         attempts=error.attempts,
-        duration_ms=_ms(deps.clock() - started),
+        duration_ms=ms(deps.clock() - started),
         preprocessing=record,
         error_class=error.error_class,
         reason=error.reason,
@@ -307,9 +308,6 @@ def _reject(
     deps.observer.on_outcome(source, outcome)
     return outcome
 
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
 
 
 __all__ = [

@@ -44,6 +44,7 @@ from PIL.Image import Image as PILImage
 from PIL.ImageFile import ImageFile
 
 from shared.errors import InvalidImageError
+from shared.units import ms
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -193,11 +194,8 @@ class _Stages:
         try:
             yield
         finally:
-            self.ms[name] = _ms(self._clock() - t0)
+            self.ms[name] = ms(self._clock() - t0)
 
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +397,7 @@ def preprocess(
                 detected_format=kind, original_width=width, original_height=height,
                 original_bytes=len(data), final_format=kind, final_width=width,
                 final_height=height, final_bytes=len(data), orientation=orientation,
-                reencoded=False, steps=tuple(steps), duration_ms=_ms(clock() - started),
+                reencoded=False, steps=tuple(steps), duration_ms=ms(clock() - started),
                 stage_ms=stages.ms,
             )  # fmt: skip
             return PreprocessResult(data, record)
@@ -415,7 +413,7 @@ def preprocess(
         detected_format=kind, original_width=width, original_height=height,
         original_bytes=len(data), final_format=fmt, final_width=final_size[0],
         final_height=final_size[1], final_bytes=len(out), orientation=orientation,
-        reencoded=True, steps=tuple(steps), duration_ms=_ms(clock() - started),
+        reencoded=True, steps=tuple(steps), duration_ms=ms(clock() - started),
         stage_ms=stages.ms,
     )  # fmt: skip
     return PreprocessResult(out, record)

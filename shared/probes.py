@@ -47,6 +47,7 @@ from shared.errors import (
     VisionOpsError,
 )
 from shared.results import BlobDocumentStore
+from shared.units import ms
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -270,9 +271,6 @@ def _failed(
     )
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
-
 
 # --------------------------------------------------------------------------- Vision probe
 
@@ -296,9 +294,9 @@ def run_vision_probe(
                 raise ProbeError(ProbeFailure.WRONG_CONTENT, f"{asset.file}: {problem}")
     except Exception as exc:  # every failure is a result (classified), never a raise
         return _failed(VISION_PROBE, exc, started_at=started_at,
-                       duration_ms=_ms(clock() - t0), location=run_location)  # fmt: skip
+                       duration_ms=ms(clock() - t0), location=run_location)  # fmt: skip
     return ProbeResult(
-        name=VISION_PROBE, success=True, duration_ms=_ms(clock() - t0),
+        name=VISION_PROBE, success=True, duration_ms=ms(clock() - t0),
         message=f"passed: {len(assets)} image(s), content as expected",
         run_location=run_location, started_at=started_at,
     )  # fmt: skip
@@ -373,10 +371,10 @@ def run_e2e_probe(probe: E2EProbe) -> ProbeResult:
             _cleanup(probe, name)
     except Exception as exc:  # every failure is a result (classified), never a raise
         return _failed(E2E_PROBE, exc, started_at=started_at,
-                       duration_ms=_ms(probe.clock() - t0),
+                       duration_ms=ms(probe.clock() - t0),
                        location=probe.run_location)  # fmt: skip
     return ProbeResult(
-        name=E2E_PROBE, success=True, duration_ms=_ms(probe.clock() - t0),
+        name=E2E_PROBE, success=True, duration_ms=ms(probe.clock() - t0),
         message="passed: result document with the expected content",
         run_location=probe.run_location, started_at=started_at,
     )  # fmt: skip
@@ -720,7 +718,7 @@ def _probe_timer(
                        exc_info=not isinstance(exc, VisionOpsError))
         location = rt.settings.health.probe_run_location if rt is not None else "unknown"
         result = _failed(probe_name, exc, started_at=started_at,
-                         duration_ms=_ms(time.perf_counter() - t0), location=location)
+                         duration_ms=ms(time.perf_counter() - t0), location=location)
         outcome.append(result)
         if rt is not None:
             _record(rt, result, persist=False)

@@ -44,6 +44,7 @@ from shared.errors import (
     TransientError,
     VisionOpsError,
 )
+from shared.units import ms
 
 if TYPE_CHECKING:
     from azure.ai.vision.imageanalysis import ImageAnalysisClient
@@ -373,7 +374,7 @@ class RetryingVisionClient:
                 if on_attempt is not None:
                     on_attempt(VisionAttempt(
                         attempt=attempt, features=features, image_bytes=len(image),
-                        duration_ms=_ms(self._clock() - t0), limiter_wait_ms=_ms(wait),
+                        duration_ms=ms(self._clock() - t0), limiter_wait_ms=ms(wait),
                         status_code=error.status_code, error_class=error.error_class,
                         reason=error.reason, error_code=error.error_code,
                         inner_code=error.inner_code, retry_after_s=_retry_after(error),
@@ -395,7 +396,7 @@ class RetryingVisionClient:
             if on_attempt is not None:
                 on_attempt(VisionAttempt(
                     attempt=attempt, features=features, image_bytes=len(image),
-                    duration_ms=_ms(self._clock() - t0), limiter_wait_ms=_ms(wait),
+                    duration_ms=ms(self._clock() - t0), limiter_wait_ms=ms(wait),
                     status_code=200,
                 ))  # fmt: skip
             model_version = payload.get("modelVersion")
@@ -404,8 +405,8 @@ class RetryingVisionClient:
                 model_version=model_version if isinstance(model_version, str) else None,
                 features=features,
                 attempts=attempt,
-                duration_ms=_ms(self._clock() - started),
-                limiter_wait_ms=_ms(limiter_wait),
+                duration_ms=ms(self._clock() - started),
+                limiter_wait_ms=ms(limiter_wait),
             )
 
     def _backoff(self, attempt: int, error: VisionOpsError) -> float | None:
@@ -421,9 +422,6 @@ class RetryingVisionClient:
 def _retry_after(error: VisionOpsError) -> float | None:
     return error.retry_after if isinstance(error, RetryableError) else None
 
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
 
 
 class SdkAnalyzeCall:
