@@ -69,6 +69,8 @@ def _rss_kib(field: str) -> int:
 
 
 Run = tuple[tuple[int, int], str, dict[str, float]]  # output size, decoded at, stage times
+#: median seconds, peak KiB, output size, decoded at, median stage times
+Measured = tuple[float, int, tuple[int, int], str, dict[str, float]]
 
 
 def _ours(data: bytes, max_dimension: int) -> Run:
@@ -127,7 +129,7 @@ def _child(variant: str, path: str, max_dimension: int, repeat: int, queue: mp.Q
 
 def measure(
     variant: str, path: str, max_dimension: int, repeat: int
-) -> tuple[float, int, tuple[int, int], str, dict[str, float]]:
+) -> Measured:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(variant, path, max_dimension, repeat, queue))
@@ -137,9 +139,7 @@ def measure(
     return seconds, peak_kib, size, decoded_at, split
 
 
-def chart_of(
-    dimension: int, rows: dict[str, tuple[float, int, tuple[int, int], str, dict[str, float]]]
-) -> str:
+def chart_of(dimension: int, rows: dict[str, Measured]) -> str:
     """Ours split by stage against the naive path, the decode floor and the 4x budget."""
     ours_ms, naive_ms, floor_ms = (rows[name][0] * 1000 for name in ("ours", "naive", "floor"))
     stages = list(rows["ours"][4].items())
