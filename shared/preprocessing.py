@@ -16,7 +16,9 @@ Never log image bytes or metadata values from here.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import math
 import struct
 import time
@@ -48,6 +50,8 @@ from shared.units import ms
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 #: The service accepts images strictly smaller than 20 MB.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -515,16 +519,70 @@ def _three_eighths(im: ImageFile, original: tuple[int, int], target: tuple[int, 
     libjpeg-turbo: plain libjpeg would round 1/3 to 1/2, the decoded size would not match and
     the load would fail.
     """
-    if not _HAS_TURBO_IDCT_SCALING or im.decoderconfig[:1] != (2,):
-        return  # draft() sets a scale only for single-tile JPEGs: nothing else reaches here
-    if not hasattr(im.tile[0], "_replace"):
-        return  # a Pillow whose tiles are plain tuples: keep its own 1/2 rather than guess
     width, height = (-(-side * 3 // 8) for side in original)  # libjpeg: ceil(side * 3/8)
     if width < target[0] or height < target[1]:
         return
-    im.tile = [im.tile[0]._replace(extents=(0, 0, width, height))]
-    im._size = (width, height)
+    if not three_eighths_supported():
+        return  # keep draft()'s own 1/2: correct, only slower
+    _set_three_eighths(im, (width, height))
+
+
+def _set_three_eighths(im: ImageFile, size: tuple[int, int]) -> bool:
+    """Point an undecoded, drafted-to-1/2 JPEG at the 3/8 IDCT; False when it does not apply.
+
+    This writes what ``JpegImageFile.draft`` itself writes (tile extent, size, decoder scale):
+    private Pillow state. ``three_eighths_supported`` proves on the installed Pillow, once per
+    process, that doing so decodes at exactly that size, so a Pillow whose layout changed falls
+    back to ``draft()`` instead of decoding at a wrong size.
+    """
+    if not _HAS_TURBO_IDCT_SCALING or im.decoderconfig[:1] != (2,):
+        return False  # draft() sets a scale only for single-tile JPEGs
+    if len(im.tile) != 1 or not hasattr(im.tile[0], "_replace"):
+        return False  # a tile layout this code does not know: keep draft()'s 1/2
+    im.tile = [im.tile[0]._replace(extents=(0, 0, *size))]
+    im._size = size
     im.decoderconfig = (_THREE_EIGHTHS_DENOMINATOR, *im.decoderconfig[1:])
+    return True
+
+
+#: The self-check's image: 64x48 decodes at 3/8 to exactly 24x18; the left half is black and
+#: the right half white, so a decode that scaled or cropped wrongly shows in the pixels.
+_CHECK_SIZE = (64, 48)
+_CHECK_THREE_EIGHTHS = (24, 18)
+
+
+@functools.cache
+def three_eighths_supported() -> bool:
+    """Whether the 3/8 fast path decodes correctly on this process's Pillow (checked once).
+
+    Decodes a small generated JPEG through the same steps as the pipeline and compares the
+    decoded size and pixels with what libjpeg-turbo's 3/8 IDCT must produce. Any surprise
+    (another size, an exception, wrong pixels) turns the fast path off for the process.
+    """
+    source = Image.new("L", _CHECK_SIZE, 0)
+    source.paste(255, (_CHECK_SIZE[0] // 2, 0, *_CHECK_SIZE))
+    buffer = io.BytesIO()
+    source.save(buffer, "JPEG", quality=95)
+    try:
+        with Image.open(io.BytesIO(buffer.getvalue())) as im:
+            im.draft("L", _CHECK_THREE_EIGHTHS)
+            if im.size != (_CHECK_SIZE[0] // 2, _CHECK_SIZE[1] // 2):
+                return False  # draft() itself behaves differently: do not build on it
+            if not _set_three_eighths(im, _CHECK_THREE_EIGHTHS):
+                return False
+            im.load()
+            decoded = im.convert("L")
+    except (OSError, ValueError, AttributeError, TypeError, IndexError) as exc:
+        logger.warning("3/8 JPEG decode disabled: self-check failed (%s)", type(exc).__name__)
+        return False
+    if decoded.size != _CHECK_THREE_EIGHTHS:
+        logger.warning("3/8 JPEG decode disabled: self-check decoded %s", decoded.size)
+        return False
+    left = decoded.getpixel((2, _CHECK_THREE_EIGHTHS[1] // 2))
+    right = decoded.getpixel((_CHECK_THREE_EIGHTHS[0] - 3, _CHECK_THREE_EIGHTHS[1] // 2))
+    if not isinstance(left, int | float) or not isinstance(right, int | float):
+        return False
+    return left < 40 and right > 215
 
 
 def _normalise_mode(im: PILImage) -> tuple[PILImage, bool]:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
+from shared import preprocessing
 from shared.errors import InvalidImageError
 from shared.preprocessing import (
     MAX_IMAGE_BYTES,
@@ -308,3 +309,31 @@ def test_png_named_jpg_is_still_a_png() -> None:
     # the blob's extension never matters: the bytes decide
     _, record = run(GOOD["png_alpha"]())
     assert record["detected_format"] == "png"
+
+
+def test_three_eighths_self_check_passes_on_the_installed_pillow() -> None:
+    # The fast path writes Pillow's private draft state; this is the guard that the installed
+    # (locked) Pillow still decodes it at exactly 3/8. A Pillow that breaks it fails here.
+    preprocessing.three_eighths_supported.cache_clear()
+    assert preprocessing.three_eighths_supported() is True
+
+
+def test_three_eighths_self_check_fails_when_the_decoder_disagrees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a decoder scale other than the one the tile extent promises: the check must notice
+    monkeypatch.setattr(preprocessing, "_THREE_EIGHTHS_DENOMINATOR", 4)
+    preprocessing.three_eighths_supported.cache_clear()
+    try:
+        assert preprocessing.three_eighths_supported() is False
+    finally:
+        preprocessing.three_eighths_supported.cache_clear()
+
+
+def test_without_the_fast_path_jpegs_decode_at_draft_scale(
+    monkeypatch: pytest.MonkeyPatch, jpeg_24mp: bytes
+) -> None:
+    monkeypatch.setattr(preprocessing, "three_eighths_supported", lambda: False)
+    out, record = run(jpeg_24mp)
+    assert "draft:6000x4000->3000x2000" in record["steps"]  # type: ignore[operator]
+    assert opened(out).size == (2048, 1365)
