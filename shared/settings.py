@@ -17,7 +17,7 @@ import functools
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -65,6 +65,47 @@ class SettingsError(ConfigError):
         )
 
 
+_REDACT = "redact"
+#: Connection-string parts that are credentials themselves (redacted as well as the whole).
+_SECRET_PARTS = ("accountkey", "sharedaccesssignature")
+
+
+def secret() -> Any:
+    """A field holding a secret: never in ``repr``, and redacted from every log and record.
+
+    Redaction (``secret_values``) is derived from this mark, so a new secret setting is
+    redacted as soon as it is declared with ``secret()``.
+    """
+    return field(default=None, repr=False, metadata={_REDACT: True})
+
+
+def secret_values(settings: object) -> tuple[str, ...]:
+    """Every secret value in ``settings`` (nested dataclasses included), longest first.
+
+    Connection strings also contribute their key parts, so a key copied out of one is caught.
+    Values shorter than 8 characters are left out: they would redact ordinary words.
+    """
+    values: set[str] = set()
+    _collect_secrets(settings, values)
+    for value in list(values):
+        for part in value.split(";"):
+            name, _, item = part.partition("=")
+            if name.strip().lower() in _SECRET_PARTS:
+                values.add(item.strip())
+    return tuple(sorted((v for v in values if len(v) >= 8), key=len, reverse=True))
+
+
+def _collect_secrets(obj: object, into: set[str]) -> None:
+    if not is_dataclass(obj) or isinstance(obj, type):
+        return
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get(_REDACT) and isinstance(value, str) and value:
+            into.add(value)
+        else:
+            _collect_secrets(value, into)
+
+
 @dataclass(frozen=True, slots=True)
 class StorageConnection:
     """The ``AzureWebJobsStorage`` connection: a connection string or identity-based URIs.
@@ -73,7 +114,7 @@ class StorageConnection:
     connection string (``UseDevelopmentStorage=true``) is for Azurite.
     """
 
-    connection_string: str | None = field(default=None, repr=False)
+    connection_string: str | None = secret()
     blob_service_uri: str | None = None
     queue_service_uri: str | None = None
     client_id: str | None = None
@@ -90,7 +131,7 @@ class TelemetrySettings:
     ``connection_string`` and the query endpoint only ever reach the SDKs, never a log line.
     """
 
-    connection_string: str | None = field(default=None, repr=False)
+    connection_string: str | None = secret()
     configured_by_worker: bool = False
     sampling_ratio: float = 1.0
     live_metrics: bool | None = None
@@ -134,7 +175,7 @@ class HealthSettings:
     probe_schedule: str = DEFAULT_PROBE_SCHEDULE
     probe_e2e_schedule: str = DEFAULT_PROBE_E2E_SCHEDULE
     quota_schedule: str = DEFAULT_QUOTA_SCHEDULE
-    probe_vision_key: str | None = field(default=None, repr=False)
+    probe_vision_key: str | None = secret()
     probe_timeout_seconds: float = 10.0
     probe_max_retries: int = 0
     probe_e2e_deadline_seconds: float = 120.0
@@ -195,7 +236,7 @@ class MonitoringSettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     vision_endpoint: str
-    vision_key: str | None = field(default=None, repr=False)
+    vision_key: str | None = secret()
     vision_features: tuple[str, ...] = ("read", "people", "smartCrops")
     vision_language: str = "en"
     vision_model_version: str | None = None

@@ -73,6 +73,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.errors import classify
+from shared.settings import secret_values
 
 if TYPE_CHECKING:
     from opentelemetry._logs import Logger
@@ -294,7 +295,7 @@ def configure(settings: Settings | None) -> Mode:
         _STATE.hash_blob_names = t.hash_blob_names
         _STATE.synthetic_prefix = t.synthetic_prefix
         _STATE.poison_after = t.poison_after_attempts
-        _STATE.secrets = _secrets_of(settings)
+        _STATE.secrets = secret_values(settings)
         try:
             if t.configured_by_worker:
                 _STATE.mode = Mode.WORKER
@@ -352,19 +353,6 @@ def _configure_azure_monitor(t: TelemetrySettings) -> None:
     from azure.monitor.opentelemetry import configure_azure_monitor
 
     configure_azure_monitor(**azure_monitor_options(t))
-
-
-def _secrets_of(settings: Settings) -> tuple[str, ...]:
-    values = [settings.vision_key, settings.storage.connection_string,
-              settings.telemetry.connection_string]
-    for connection_string in (settings.storage.connection_string,
-                              settings.telemetry.connection_string):
-        for part in (connection_string or "").split(";"):
-            name, _, value = part.partition("=")
-            if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
-                values.append(value.strip())
-    # very short values would redact ordinary words
-    return tuple(sorted({v for v in values if v and len(v) >= 8}, key=len, reverse=True))
 
 
 class TelemetryLogFilter(logging.Filter):

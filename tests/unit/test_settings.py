@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from shared.settings import (
     SettingsError,
     VisionTier,
     get_settings,
+    secret_values,
 )
 
 BASE = {
@@ -157,3 +161,45 @@ def test_get_settings_reads_environment_once(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("VISION_ENDPOINT", "http://other:1")
     assert get_settings() is first
     get_settings.cache_clear()
+
+
+def _all_fields(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field[object]]]:
+    found: list[tuple[str, dataclasses.Field[object]]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        found.append((prefix + f.name, f))
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            found.extend(_all_fields(hint, prefix + f.name + "."))
+    return found
+
+
+def test_every_secret_looking_setting_is_declared_secret() -> None:
+    # redaction is derived from secret(); a key or connection string declared without it
+    # would reach logs, so the names themselves are checked here
+    fields_ = _all_fields(Settings)
+    secret_like = [name for name, _ in fields_
+                   if re.search(r"(^|_)(key|connection_string|password|token|secret)$",
+                                name.rsplit(".", 1)[-1])]
+    assert len(secret_like) >= 4  # vision, probe, storage, telemetry
+    unmarked = [name for name, f in fields_ if name in secret_like and not f.metadata.get("redact")]
+    assert unmarked == []
+
+
+def test_secret_values_cover_every_secret_setting() -> None:
+    s = Settings.from_env({
+        **BASE,
+        "VISION_KEY": "vision-key-0123456789",
+        "PROBE_VISION_KEY": "probe-key-9876543210",
+        "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=a;"
+                               "AccountKey=storage-account-key==;BlobEndpoint=http://127.0.0.1:1/a",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING":
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+            "IngestionEndpoint=http://127.0.0.1:2/",
+    })
+    values = secret_values(s)
+    for expected in ("vision-key-0123456789", "probe-key-9876543210", "storage-account-key==",
+                     s.storage.connection_string, s.telemetry.connection_string):
+        assert expected in values
+    assert list(values) == sorted(values, key=len, reverse=True)  # longest first: no partials
+    assert "a" not in values  # short values would redact ordinary words
