@@ -77,13 +77,10 @@ class QuotaLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> QuotaLimits:
-        from shared.settings import F0_CALLS_PER_SECOND, S1_DEFAULT_CALLS_PER_SECOND, VisionTier
-
         h = settings.health
         tps = h.quota_tps_limit
         if tps is None:
-            tps = (F0_CALLS_PER_SECOND if settings.vision_tier is VisionTier.F0
-                   else S1_DEFAULT_CALLS_PER_SECOND)
+            tps = settings.tier_calls_per_second
         return cls(tier=settings.vision_tier.value, monthly_calls=h.quota_monthly_calls,
                    tps_limit=tps, warn_thresholds=h.quota_warn_thresholds)
 

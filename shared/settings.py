@@ -266,6 +266,11 @@ class Settings:
         """Calls per second the client-side limiter allows (explicit setting, else the tier's)."""
         if self.vision_rate_limit_per_second is not None:
             return self.vision_rate_limit_per_second
+        return self.tier_calls_per_second
+
+    @property
+    def tier_calls_per_second(self) -> float:
+        """The documented call rate of ``VISION_TIER`` (the one place that maps tier → rate)."""
         if self.vision_tier is VisionTier.F0:
             return F0_CALLS_PER_SECOND
         return S1_DEFAULT_CALLS_PER_SECOND
