@@ -33,6 +33,7 @@ from shared.errors import (
     VisionOpsError,
     classify,
 )
+from shared.outputs import OutputSummary, summarize
 from shared.preprocessing import PreprocessOptions, PreprocessRecord, preprocess
 from shared.results import SCHEMA_VERSION, ResultRepository, normalize_etag
 from shared.units import ms
@@ -81,6 +82,9 @@ class AnalysisOutcome:
     status_code: int | None = None
     service_error_code: str | None = None
     service_inner_code: str | None = None
+    #: how long the Vision call took (all attempts) and counts of what it returned
+    vision_ms: float | None = None
+    output: OutputSummary | None = None
 
 
 class PipelineObserver(Protocol):
@@ -245,6 +249,8 @@ def _accept(
         duration_ms=ms(deps.clock() - started),
         model_version=result.model_version,
         preprocessing=record,
+        vision_ms=result.duration_ms,
+        output=summarize(result.payload),
     )
     deps.observer.on_outcome(source, outcome)
     return outcome

@@ -1,46 +1,120 @@
 """Builds the pipeline's real dependencies once per process, on first use (never at import).
 
 The only place that turns ``Settings`` into SDK clients. Tests build ``PipelineDeps`` with
-fakes instead. ``ensure_telemetry()`` runs before the first request span so that span is
-already exported; the pipeline gets ``shared.telemetry.TelemetryObserver``.
+fakes instead. The tuning overlay (``shared.tuning_jobs``) is read here, once per its TTL, and
+merged into the settings the Vision client and preprocessing are built from.
+``ensure_telemetry()`` runs before the first request span so that span is already exported; the
+pipeline gets ``shared.telemetry.TelemetryObserver``.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shared.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
     from shared.pipeline import PipelineDeps, PipelineObserver
+    from shared.results import ResultRepository
+    from shared.tuning_jobs import OverlayCache, ReviewContext
 
 
 def build_pipeline_deps(
-    settings: Settings, *, observer: PipelineObserver | None = None
+    settings: Settings,
+    *,
+    observer: PipelineObserver | None = None,
+    repository: ResultRepository | None = None,
 ) -> PipelineDeps:
     from shared.pipeline import NoOpObserver, PipelineDeps
     from shared.preprocessing import PreprocessOptions
     from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
     from shared.vision import build_vision_client
 
-    store = BlobDocumentStore(blob_service_client(settings.storage))
+    if repository is None:
+        store = BlobDocumentStore(blob_service_client(settings.storage))
+        repository = ResultRepository.from_settings(store, settings)
     return PipelineDeps(
         analyzer=build_vision_client(settings),
-        repository=ResultRepository.from_settings(store, settings),
+        repository=repository,
         features=settings.vision_features,
         preprocess_options=PreprocessOptions.from_settings(settings),
         observer=observer or NoOpObserver(),
     )
 
 
+@dataclass(slots=True)
+class _PipelineRuntime:
+    """Built once per process; ``deps`` is rebuilt only when the tuning overlay's version moves."""
+
+    settings: Settings
+    observer: PipelineObserver
+    repository: ResultRepository
+    overlay: OverlayCache | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    version: int = -1
+    deps: PipelineDeps | None = None
+
+
 @functools.cache
-def get_pipeline_deps() -> PipelineDeps:
-    """Thread-safe enough: a race at first use builds two sets and keeps one; both are valid."""
+def _pipeline_runtime() -> _PipelineRuntime:
+    from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
+    from shared.settings import TuningMode
     from shared.telemetry import TelemetryObserver
+    from shared.tuning_jobs import BlobTuningStore, OverlayCache
 
     settings = get_settings()
-    return build_pipeline_deps(settings, observer=TelemetryObserver.from_settings(settings))
+    service = blob_service_client(settings.storage)
+    overlay = None
+    if settings.tuning.mode is not TuningMode.OFF:
+        store = BlobTuningStore(service.get_container_client(settings.health.status_container))
+        overlay = OverlayCache(lambda: store.read_overlay()[0],
+                               ttl_s=settings.tuning.overlay_ttl_seconds)
+    return _PipelineRuntime(
+        settings=settings, observer=TelemetryObserver.from_settings(settings),
+        repository=ResultRepository.from_settings(BlobDocumentStore(service), settings),
+        overlay=overlay)
+
+
+def get_pipeline_deps() -> PipelineDeps:
+    """The pipeline's dependencies with the tuning overlay in force (one overlay read per TTL).
+
+    Clients are built once; a new overlay version (a review applied a change, or a pin) builds
+    a new Vision client and preprocessing options from the merged settings, nothing else.
+    """
+    from shared.tuning import Overlay
+    from shared.tuning_jobs import apply_overlay
+
+    rt = _pipeline_runtime()
+    overlay = rt.overlay.get() if rt.overlay is not None else Overlay()
+    with rt.lock:
+        if rt.deps is None or overlay.version != rt.version:
+            effective = apply_overlay(rt.settings, overlay)
+            rt.deps = build_pipeline_deps(effective, observer=rt.observer,
+                                          repository=rt.repository)
+            rt.version = overlay.version
+        return rt.deps
+
+
+@functools.cache
+def get_review_context() -> ReviewContext:
+    """What the tuning review needs, built once per process."""
+    from shared.logsquery import LogsQueryRunner
+    from shared.probes import BlobLeaseLock
+    from shared.results import blob_service_client
+    from shared.telemetry import track_event
+    from shared.tuning_jobs import BlobTuningStore, ReviewContext, host_blob_concurrency
+
+    settings = get_settings()
+    service = blob_service_client(settings.storage)
+    status = service.get_container_client(settings.health.status_container)
+    lock = BlobLeaseLock(status, lease_seconds=settings.health.lock_lease_seconds)
+    return ReviewContext(
+        settings=settings, runner=LogsQueryRunner.from_settings(settings),
+        store=BlobTuningStore(status), host_concurrency=host_blob_concurrency(),
+        event=track_event, hold=lock.hold)
 
 
 def ensure_telemetry() -> None:

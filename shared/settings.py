@@ -204,7 +204,7 @@ def _connection_string_field(connection_string: str | None, key: str) -> str | N
     return None
 
 
-# --- status, alerts and dashboards (issue 6) -------------------------------------------------
+# ------------------------------------------------------------- status, alerts and dashboards
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +233,33 @@ class MonitoringSettings:
 # --- end of status, alerts and dashboards ----------------------------------------------------
 
 
+# --------------------------------------------------------------------------- tuning review
+# The periodic review of the slow knobs (shared/tuning.py, docs/tuning.md). The schedule is read
+# by the Functions host from ``%TUNING_SCHEDULE%``; parsed here too so a bad value is reported.
+
+DEFAULT_TUNING_SCHEDULE = "0 15 3 * * *"  # daily, 03:15 UTC
+
+
+class TuningMode(StrEnum):
+    """``TUNING_MODE``: off, recommend (write the review only) or apply (also the overlay)."""
+
+    OFF = "off"
+    RECOMMEND = "recommend"
+    APPLY = "apply"
+
+
+@dataclass(frozen=True, slots=True)
+class TuningSettings:
+    mode: TuningMode = TuningMode.RECOMMEND
+    schedule: str = DEFAULT_TUNING_SCHEDULE
+    window_hours: float = 24.0
+    overlay_ttl_seconds: float = 60.0
+    min_samples: int = 30
+    revert_p95_tolerance: float = 0.20
+
+
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     vision_endpoint: str
@@ -259,7 +286,8 @@ class Settings:
     storage: StorageConnection = field(default_factory=StorageConnection)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     health: HealthSettings = field(default_factory=HealthSettings)
-    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)  # issue 6
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    tuning: TuningSettings = field(default_factory=TuningSettings)
 
     @property
     def rate_limit_per_second(self) -> float:
@@ -342,7 +370,8 @@ class Settings:
             storage=p.storage(),
             telemetry=p.telemetry(),
             health=p.health(),
-            monitoring=p.monitoring(),  # issue 6
+            monitoring=p.monitoring(),
+            tuning=p.tuning(),
         )
         if settings.vision_backoff_max_seconds < settings.vision_backoff_base_seconds:
             p.problems.append("VISION_BACKOFF_MAX_SECONDS must be >= VISION_BACKOFF_BASE_SECONDS")
@@ -426,7 +455,7 @@ class _Parser:
         self.problems.append(f"{key} must be true or false, got {raw!r}")
         return None
 
-    # --- status, alerts and dashboards (issue 6) ---------------------------------------------
+    # --- status, alerts and dashboards
 
     def monitoring(self) -> MonitoringSettings:
         d = MonitoringSettings()
@@ -491,6 +520,27 @@ class _Parser:
 
 
     # -- health block (probes, quota) --------------------------------------------------------
+
+    def tuning(self) -> TuningSettings:
+        d = TuningSettings()
+        raw = self.text("TUNING_MODE")
+        mode = d.mode
+        if raw is not None:
+            try:
+                mode = TuningMode(raw.lower())
+            except ValueError:
+                allowed = ", ".join(m.value for m in TuningMode)
+                self.problems.append(f"TUNING_MODE must be one of {allowed}, got {raw!r}")
+        return TuningSettings(
+            mode=mode,
+            schedule=self.schedule("TUNING_SCHEDULE", d.schedule),
+            window_hours=self.number("TUNING_WINDOW_HOURS", float, d.window_hours, 1, 24 * 30),
+            overlay_ttl_seconds=self.number("TUNING_OVERLAY_TTL_SECONDS", float,
+                                            d.overlay_ttl_seconds, 1, 3600),
+            min_samples=self.number("TUNING_MIN_SAMPLES", int, d.min_samples, 3, 1_000_000),
+            revert_p95_tolerance=self.number("TUNING_REVERT_P95_TOLERANCE", float,
+                                             d.revert_p95_tolerance, 0.01, 5),
+        )
 
     def health(self) -> HealthSettings:
         d = HealthSettings()

@@ -111,6 +111,14 @@ ATTR_REENCODED: Final = "pipeline.image.reencoded"
 ATTR_PREPROCESS_STAGE: Final = "preprocess.stage"
 ATTR_DOCUMENT_CONTAINER: Final = "pipeline.document.container"
 ATTR_HOST_ATTEMPTS: Final = "pipeline.host_attempts"
+#: what the tuning review compares across image sizes (numbers only, never content)
+ATTR_FINAL_MAX_SIDE: Final = "pipeline.image.final_max_side"
+ATTR_PREPROCESS_MS: Final = "pipeline.preprocess_ms"
+ATTR_VISION_MS: Final = "pipeline.vision_ms"
+ATTR_OUTPUT_OCR_LINES: Final = "vision.output.ocr_lines"
+ATTR_OUTPUT_OCR_WORDS: Final = "vision.output.ocr_words"
+ATTR_OUTPUT_WORD_CONFIDENCE: Final = "vision.output.word_confidence_mean"
+ATTR_OUTPUT_PEOPLE: Final = "vision.output.people"
 
 ATTR_VISION_ATTEMPT: Final = "vision.attempt"
 ATTR_VISION_FEATURES: Final = "vision.features"
@@ -883,6 +891,23 @@ def record_finished_span(
 # --------------------------------------------------------------------------- pipeline observer
 
 
+def _measures(outcome: AnalysisOutcome) -> dict[str, object]:
+    """Sizes, times and output counts of an analysed image (the tuning review's evidence)."""
+    record, output = outcome.preprocessing, outcome.output
+    measures: dict[str, object] = {}
+    if record is not None:
+        measures[ATTR_FINAL_MAX_SIDE] = max(record.final_width, record.final_height)
+        measures[ATTR_PREPROCESS_MS] = round(record.duration_ms, 3)
+    if outcome.vision_ms is not None:
+        measures[ATTR_VISION_MS] = round(outcome.vision_ms, 3)
+    if output is not None:
+        measures[ATTR_OUTPUT_OCR_LINES] = output.ocr_lines
+        measures[ATTR_OUTPUT_OCR_WORDS] = output.ocr_words
+        measures[ATTR_OUTPUT_WORD_CONFIDENCE] = output.word_confidence_mean
+        measures[ATTR_OUTPUT_PEOPLE] = output.people
+    return measures
+
+
 class TelemetryObserver:
     """``PipelineObserver`` that turns pipeline events into spans, metrics and events.
 
@@ -981,6 +1006,7 @@ class TelemetryObserver:
             ATTR_STAGE: outcome.stage,
             ATTR_STATUS_CODE: outcome.status_code,
             ATTR_SERVICE_CODE: outcome.service_inner_code or outcome.service_error_code,
+            **_measures(outcome),
         }
         current = _CURRENT.get()
         if current is not None:

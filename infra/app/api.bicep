@@ -143,6 +143,15 @@ var appSettings = {
   ALERT_QUOTA_FORECAST_THRESHOLD: '1'
   STATUS_FRESHNESS_MAX_AGE_SECONDS: '900'
   APP_VERSION: appVersion
+
+  // Periodic tuning review (docs/tuning.md): recommend by default; 'apply' moves runtime
+  // tunables one bounded step per review through the overlay in the status container.
+  TUNING_MODE: 'recommend'
+  TUNING_SCHEDULE: '0 15 3 * * *'
+  TUNING_WINDOW_HOURS: '24'
+  TUNING_OVERLAY_TTL_SECONDS: '60'
+  TUNING_MIN_SAMPLES: '30'
+  TUNING_REVERT_P95_TOLERANCE: '0.2'
 }
 // END app settings
 

@@ -27,7 +27,8 @@ def test_probe_and_quota_timers_fire_on_their_schedules(tmp_path: Path) -> None:
     schedules = _schedules_from_example()
     assert schedules == {"PROBE_SCHEDULE": "0 */5 * * * *",
                          "PROBE_E2E_SCHEDULE": "30 */10 * * * *",
-                         "QUOTA_SCHEDULE": "0 7 * * * *"}
+                         "QUOTA_SCHEDULE": "0 7 * * * *",
+                         "TUNING_SCHEDULE": "0 15 3 * * *"}
     clock = FakeClock(T0)
     environ = {**os.environ, **schedules}
     host = Host(HostOptions(script_root=REPO_ROOT, state_dir=tmp_path / "state",
@@ -43,7 +44,7 @@ def test_probe_and_quota_timers_fire_on_their_schedules(tmp_path: Path) -> None:
 
     async def main() -> None:
         clock.stopping = asyncio.Event()
-        clock.end = T0 + timedelta(hours=1)
+        clock.end = T0 + timedelta(hours=3, minutes=20)  # past the daily review
         assert host.timer_driver is not None
         await host.timer_driver.run(record, clock.stopping)
 
@@ -55,7 +56,11 @@ def test_probe_and_quota_timers_fire_on_their_schedules(tmp_path: Path) -> None:
     def times(name: str) -> list[str]:
         return [f.scheduled.strftime("%H:%M:%S") for f in fired[name]]
 
-    assert times("vision_probe") == [f"00:{m:02d}:00" for m in range(5, 60, 5)]
-    assert times("e2e_probe") == [f"00:{m:02d}:30" for m in range(0, 60, 10)]
-    assert times("quota_check") == ["00:07:00"]
+    def every(start_min: int, step_min: int, second: int) -> list[str]:
+        return [f"{m // 60:02d}:{m % 60:02d}:{second:02d}" for m in range(start_min, 200, step_min)]
+
+    assert times("vision_probe") == every(5, 5, 0)
+    assert times("e2e_probe") == every(0, 10, 30)
+    assert times("quota_check") == ["00:07:00", "01:07:00", "02:07:00", "03:07:00"]
+    assert times("tuning_review") == ["03:15:00"]
     assert not any(f.past_due for fires in fired.values() for f in fires)
