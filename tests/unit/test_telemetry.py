@@ -377,6 +377,9 @@ def test_force_flush_drains_the_queue_and_stop_hands_on_the_rest(log_queue: t.Lo
         logging.getLogger("shared.pipeline").warning("record %d", i)
     assert t.force_flush()  # no waiting of our own: after flush, all are exported
     assert len(logs()) == 500
+    logging.getLogger("shared.pipeline").warning("flushed by the handler")
+    log_queue.handler.flush()  # what a host flushing every root handler on its stop calls
+    assert str(logs()[-1].body) == "flushed by the handler"
     logging.getLogger("shared.pipeline").warning("just before exit")
     log_queue.stop()  # what shutdown() does at exit, before the providers shut down
     assert str(logs()[-1].body) == "just before exit"
