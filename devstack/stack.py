@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,11 @@ DEFAULT_PORTS = {
 # not a real resource.
 LOCAL_IKEY = "00000000-0000-0000-0000-000000000000"
 
+#: ``down`` waits this long for any other process before SIGKILL.
+STOP_TIMEOUT = 10.0
+#: Beyond the host's own shutdown bounds: loading nothing, just the exit itself on a busy box.
+HOST_STOP_MARGIN = 5.0
+
 # What the app and the host need in storage before the first trigger fires.
 CONTAINERS = ["images", "results", "failed", "azure-webjobs-hosts"]
 QUEUES = ["webjobs-blobtrigger-poison"]
@@ -49,6 +54,14 @@ class StackOptions:
     vision_tps: int = 10
     start_host: bool = True
     timeout: float = 120.0
+    #: the host's bound for in-flight invocations, then for the telemetry flush, on a stop
+    host_shutdown_timeout: float = 30.0
+    host_telemetry_flush_timeout: float = 5.0
+
+    @property
+    def host_stop_timeout(self) -> float:
+        """How long ``down`` waits for the host before SIGKILL: its own bounds, plus a margin."""
+        return self.host_shutdown_timeout + self.host_telemetry_flush_timeout + HOST_STOP_MARGIN
 
 
 @dataclass(slots=True)
@@ -198,30 +211,37 @@ def up(opts: StackOptions, report: Callable[[str], None] = print) -> StackState:
                timeout=opts.timeout, report=report)
 
         if opts.start_host:
-            endpoints = state.endpoints(state_dir)
-            # Environment wins over local.settings.json in the host: point the app at this stack.
-            env = dict(os.environ)
-            env.update({
-                "AzureWebJobsStorage": endpoints["storage_connection_string"],
-                "VISION_ENDPOINT": endpoints["vision_endpoint"],
-                "VISION_KEY": opts.vision_key,
-                "APPLICATIONINSIGHTS_CONNECTION_STRING":
-                    endpoints["applicationinsights_connection_string"],
-                "LOGS_QUERY_ENDPOINT": endpoints["query_endpoint"],
-                "LOGS_WORKSPACE_ID": endpoints["workspace_id"],
-            })
             host_argv = [python, "-m", "devstack.host", "--script-root", str(opts.script_root),
                          "--port", str(state.ports["functions"]),
-                         "--state-dir", str(state_dir / "host")]
-            _start(state, state_dir, "host", host_argv, logs, env=env,
+                         "--state-dir", str(state_dir / "host"),
+                         "--shutdown-timeout", str(opts.host_shutdown_timeout),
+                         "--telemetry-flush-timeout", str(opts.host_telemetry_flush_timeout)]
+            _start(state, state_dir, "host", host_argv, logs,
+                   env=host_environment(state.endpoints(state_dir), os.environ),
                    ready=lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{state.ports['functions']}/"),
-                   timeout=opts.timeout, report=report)
+                   timeout=opts.timeout, report=report, stop_timeout=opts.host_stop_timeout)
     except BaseException:
         report("start-up failed; stopping what was started (see the logs under "
                f"{logs})")
         down(state_dir, report=report)
         raise
     return state
+
+
+def host_environment(endpoints: Mapping[str, Any], base: Mapping[str, str]) -> dict[str, str]:
+    """The host's environment: ``base`` with the app pointed at this stack (the environment
+    wins over local.settings.json in the host)."""
+    env = dict(base)
+    env.update({
+        "AzureWebJobsStorage": str(endpoints["storage_connection_string"]),
+        "VISION_ENDPOINT": str(endpoints["vision_endpoint"]),
+        "VISION_KEY": str(endpoints["vision_key"]),
+        "APPLICATIONINSIGHTS_CONNECTION_STRING":
+            str(endpoints["applicationinsights_connection_string"]),
+        "LOGS_QUERY_ENDPOINT": str(endpoints["query_endpoint"]),
+        "LOGS_WORKSPACE_ID": str(endpoints["workspace_id"]),
+    })
+    return env
 
 
 def _start(
@@ -235,10 +255,12 @@ def _start(
     ready: Callable[[], bool],
     timeout: float,
     report: Callable[[str], None],
+    stop_timeout: float = STOP_TIMEOUT,
 ) -> None:
     proc, record = procs.spawn(name, argv, log_path=logs / f"{name}.log", env=env,
                                cwd=REPO_ROOT)
-    state.processes[name] = {"pid": record.pid, "log": record.log, "argv": list(record.argv)}
+    state.processes[name] = {"pid": record.pid, "log": record.log, "argv": list(record.argv),
+                             "stop_timeout": stop_timeout}
     save_state(state_dir, state)  # recorded before waiting, so `down` can always stop it
 
     def ready_or_dead() -> bool:
@@ -260,10 +282,12 @@ def down(state_dir: Path, report: Callable[[str], None] = print) -> list[int]:
         report("no stack is recorded as running")
         return []
     leftovers: list[int] = []
-    # Reverse start order: the host first, storage last, so nothing loses its backend mid-call.
+    # Reverse start order: the host first, storage last, so nothing loses its backend mid-call
+    # (the host's last telemetry flush needs the Monitor emulator, its last receipts Azurite).
+    # SIGTERM, then SIGKILL after the process's own bound (the host's covers its drain+flush).
     for name, info in reversed(list(state.processes.items())):
         pid = int(info["pid"])
-        if procs.stop(pid):
+        if procs.stop(pid, timeout=float(info.get("stop_timeout", STOP_TIMEOUT))):
             report(f"stopped {name} (pid {pid})")
         leftovers.extend(procs.group_members(pid))
     (state_dir / STATE_FILE).unlink(missing_ok=True)

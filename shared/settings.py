@@ -143,6 +143,14 @@ class TelemetrySettings:
     poison_after_attempts: int = 5
     query_endpoint: str | None = None
     workspace_id: str | None = None
+    # The hard-crash loss window: a killed process loses what its batch processors held, i.e.
+    # what was recorded in the last delay/interval (plus the export in flight). These are the
+    # OpenTelemetry SDK's own variables; the SDK defaults are 5 s, 5 s and 60 s.
+    span_export_delay_ms: int = 1000
+    log_export_delay_ms: int = 1000
+    metric_export_interval_ms: int = 15_000
+    #: Bound on the flush at shutdown (``telemetry.shutdown``), whatever the exporter does.
+    shutdown_timeout_s: float = 5.0
 
     @property
     def ingestion_is_loopback(self) -> bool:
@@ -516,6 +524,18 @@ class _Parser:
             ),
             query_endpoint=self.url("LOGS_QUERY_ENDPOINT"),
             workspace_id=self.text("LOGS_WORKSPACE_ID"),
+            span_export_delay_ms=self.number(
+                "OTEL_BSP_SCHEDULE_DELAY", int, d.span_export_delay_ms, 10, 60_000
+            ),
+            log_export_delay_ms=self.number(
+                "OTEL_BLRP_SCHEDULE_DELAY", int, d.log_export_delay_ms, 10, 60_000
+            ),
+            metric_export_interval_ms=self.number(
+                "OTEL_METRIC_EXPORT_INTERVAL", int, d.metric_export_interval_ms, 100, 600_000
+            ),
+            shutdown_timeout_s=self.number(
+                "TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS", float, d.shutdown_timeout_s, 0.1, 60
+            ),
         )
 
 

@@ -278,6 +278,8 @@ class _State:
     synthetic_prefix: str | None = None
     poison_after: int = 5
     secrets: tuple[str, ...] = ()
+    shutdown_timeout_s: float = 5.0
+    closed: bool = False  # the providers were shut down (at exit): nothing more to flush
     log_queue: LogQueue | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -304,6 +306,7 @@ def configure(settings: Settings | None) -> Mode:
         _STATE.synthetic_prefix = t.synthetic_prefix
         _STATE.poison_after = t.poison_after_attempts
         _STATE.secrets = secret_values(settings)
+        _STATE.shutdown_timeout_s = t.shutdown_timeout_s
         try:
             if t.configured_by_worker:
                 _STATE.mode = Mode.WORKER
@@ -314,6 +317,10 @@ def configure(settings: Settings | None) -> Mode:
                 _STATE.mode = Mode.APP
                 # Our own handler: callers only enqueue; the worker's set-up is left as it is.
                 _STATE.log_queue = LogQueue.install(logging.getLogger())
+                _take_over_exit(_sdk_providers())
+            if _STATE.mode is not Mode.DISABLED:
+                # Registered after the providers' own handlers, so it runs before them.
+                atexit.register(shutdown)
             _install_log_filter()
         except Exception as exc:  # a broken exporter must not take the function down
             logger.warning("telemetry: set-up failed (%s); continuing without export",
@@ -354,10 +361,24 @@ def azure_monitor_options(t: TelemetrySettings) -> dict[str, Any]:
     return options
 
 
+def export_environment(t: TelemetrySettings) -> dict[str, str]:
+    """The OpenTelemetry SDK variables that bound what a hard crash loses (pure; unit-tested).
+
+    The distro builds its batch processors and metric reader without explicit intervals, so the
+    SDK reads these from the environment; Settings parsed (and validated) the same names.
+    """
+    return {
+        "OTEL_BSP_SCHEDULE_DELAY": str(t.span_export_delay_ms),
+        "OTEL_BLRP_SCHEDULE_DELAY": str(t.log_export_delay_ms),
+        "OTEL_METRIC_EXPORT_INTERVAL": str(t.metric_export_interval_ms),
+    }
+
+
 def _configure_azure_monitor(t: TelemetrySettings) -> None:
     if t.ingestion_is_loopback:
         for key, value in _LOOPBACK_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
+    os.environ.update(export_environment(t))
     from azure.monitor.opentelemetry import configure_azure_monitor
 
     configure_azure_monitor(**azure_monitor_options(t))
@@ -445,6 +466,13 @@ class _EnqueueHandler(logging.handlers.QueueHandler):
         self._wake = wake
         self.maxsize = maxsize
         self.dropped = 0
+        self.on_flush: Callable[[], object] | None = None
+
+    def flush(self) -> None:
+        """``Handler.flush``: hand what is queued to the exporters (a host flushing every
+        handler on shutdown, ``logging.shutdown``)."""
+        if self.on_flush is not None:
+            self.on_flush()
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock (the queue is thread-safe) and the filter inlined: this runs on every
@@ -527,9 +555,8 @@ class LogQueue:
     Callers pay what the seed's ``AzureLogHandler`` paid, plus redaction: a copy and an enqueue.
     Records keep their span correlation (the context is stamped on the caller, re-attached on
     the listener), the redaction and exclusions of ``TelemetryLogFilter`` (applied on the
-    caller's side) and ``exc_info``. ``drain()`` waits for everything queued so far; at exit the
-    queue is drained before the SDK's providers shut down (``atexit`` runs the later
-    registration first).
+    caller's side) and ``exc_info``. ``drain()`` (also the handler's ``flush()``) waits for
+    everything queued so far; at exit ``shutdown()`` stops the queue before the providers.
     """
 
     def __init__(self, handlers: Sequence[logging.Handler], *, maxsize: int = LOG_QUEUE_MAX
@@ -537,6 +564,7 @@ class LogQueue:
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._wake = threading.Event()
         self.handler = _EnqueueHandler(q, maxsize, self._wake)
+        self.handler.on_flush = self.drain
         self.listener = _ExportListener(q, handlers, self._wake)
         self._lock = threading.Lock()
         self._running = False
@@ -554,7 +582,6 @@ class LogQueue:
         for handler in exporting:
             root.removeHandler(handler)
         root.addHandler(log_queue.handler)
-        atexit.register(log_queue.stop)
         return log_queue
 
     @property
@@ -591,24 +618,104 @@ class LogQueue:
 
 
 def force_flush(timeout_millis: int = 10_000) -> bool:
-    """Push buffered spans, logs and metrics now (tests, benchmarks, graceful shutdown).
+    """Push buffered spans, logs and metrics now (tests, benchmarks, a host's graceful stop).
 
     Drains the log queue first, so records logged before the call are in the flushed batch.
+    Bounded by ``timeout_millis`` even when an export hangs (the SDK's batch processors ignore
+    the timeout they are given); never raises. False if anything did not finish in time.
     """
-    ok = True
     log_queue = _STATE.log_queue
+    providers = _sdk_providers()
+    return _bounded("flush", timeout_millis / 1000,
+                    lambda deadline: _flush(providers, log_queue, deadline, close=False))
+
+
+def shutdown(timeout_s: float | None = None,
+             *, providers: Sequence[object] | None = None) -> bool:
+    """Flush everything buffered, then shut the providers down if this process configured them.
+
+    The ``atexit`` hook of ``configure()`` (runs before the SDK's own handlers); a host may call
+    it on a graceful stop. At most ``timeout_s`` (``TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS``) in
+    total, whatever the exporter does; never raises; once the providers are shut down, later
+    calls do nothing. In ``worker`` mode the worker owns the providers: they are flushed, not
+    shut down. ``providers`` is for tests (default: the global tracer, meter and logger
+    providers, which are then shut down as in ``app`` mode).
+    """
+    if _STATE.closed and providers is None:
+        return True
+    bound = _STATE.shutdown_timeout_s if timeout_s is None else timeout_s
+    log_queue = _STATE.log_queue
+    chosen = _sdk_providers() if providers is None else tuple(providers)
+    close = providers is not None or _STATE.mode is Mode.APP
+    if close and providers is None:
+        _STATE.closed = True  # even if the bound passes: the exit goes on without them
+    return _bounded("shutdown", bound,
+                    lambda deadline: _flush(chosen, log_queue, deadline, close=close))
+
+
+def _sdk_providers() -> tuple[object, ...]:
+    return (trace.get_tracer_provider(), metrics.get_meter_provider(), _logger_provider())
+
+
+def _take_over_exit(providers: Sequence[object]) -> None:
+    """Take the SDK's exit handlers over: each provider's ``shutdown`` at exit waits up to 30 s
+    per processor on a hung export, which would make a stop unbounded. ``shutdown()`` does the
+    same work within its bound instead."""
+    for provider in providers:
+        stop = getattr(provider, "shutdown", None)
+        if callable(stop):
+            atexit.unregister(stop)  # equal bound methods: removes what shutdown_on_exit added
+
+
+def _flush(providers: Sequence[object], log_queue: LogQueue | None, deadline: float,
+           *, close: bool) -> bool:
+    """Log queue first (its records go to the logger provider), then every provider."""
+    ok = True
     if log_queue is not None:
-        ok = log_queue.drain(timeout_millis / 1000)
-    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
-                     _logger_provider()):
-        flush = getattr(provider, "force_flush", None)
-        if callable(flush):
-            try:
-                ok = bool(flush(timeout_millis)) and ok
-            except Exception as exc:
-                logger.warning("telemetry: flush failed (%s)", type(exc).__name__)
-                ok = False
+        if close:
+            log_queue.stop()
+        else:
+            ok = log_queue.drain(max(deadline - time.monotonic(), 0.0))
+    for provider in providers:
+        left_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+        try:
+            flush = getattr(provider, "force_flush", None)
+            if callable(flush):
+                ok = bool(flush(left_ms)) and ok
+            stop = getattr(provider, "shutdown", None)
+            if close and callable(stop):
+                stop()
+        except Exception as exc:  # one provider failing must not keep the others' data
+            logger.warning("telemetry: flush of %s failed (%s)", type(provider).__name__,
+                           type(exc).__name__)
+            ok = False
     return ok
+
+
+def _bounded(what: str, timeout_s: float, work: Callable[[float], bool]) -> bool:
+    """Run ``work(deadline)`` on a daemon thread and wait at most ``timeout_s`` for it.
+
+    A daemon thread, so an export stuck past the bound neither blocks the caller nor keeps the
+    interpreter from exiting; what it still held is lost, which is what the bound means.
+    """
+    deadline = time.monotonic() + max(timeout_s, 0.0)
+    result: list[bool] = []
+
+    def run() -> None:
+        try:
+            result.append(work(deadline))
+        except Exception as exc:  # telemetry never breaks the caller, at exit neither
+            logger.warning("telemetry: %s failed (%s)", what, type(exc).__name__)
+            result.append(False)
+
+    worker = threading.Thread(target=run, name=f"visionops-telemetry-{what}", daemon=True)
+    worker.start()
+    worker.join(max(deadline - time.monotonic(), 0.0))
+    if worker.is_alive():
+        logger.warning("telemetry: %s did not finish within %.1fs; what was still buffered is "
+                       "lost", what, timeout_s)
+        return False
+    return bool(result and result[0])
 
 
 def _logger_provider() -> object:
@@ -1087,6 +1194,7 @@ __all__ = [
     "is_synthetic_blob",
     "mode",
     "record_finished_span",
+    "shutdown",
     "track_availability",
     "track_event",
 ]

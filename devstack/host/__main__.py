@@ -1,7 +1,10 @@
 """``python -m devstack.host``: run a function app on the local Functions host.
 
-Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT finish in-flight invocations first),
-2 for a configuration error (bad settings, unresolvable ``%SETTING%``, port in use).
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT: no new work, in-flight invocations finish
+within ``--shutdown-timeout``, then the app's telemetry is flushed within
+``--telemetry-flush-timeout``); 1 when invocations were still running at that deadline (they are
+abandoned, as the Functions host abandons them, and the process exits without waiting for
+them); 2 for a configuration error (bad settings, unresolvable ``%SETTING%``, port in use).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds between container scans (default 1)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="seconds to let in-flight invocations finish on shutdown")
+    parser.add_argument("--telemetry-flush-timeout", type=float, default=5.0,
+                        help="seconds to flush the app's telemetry after them (default 5)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -49,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     options = HostOptions(
         script_root=args.script_root, state_dir=args.state_dir, port=args.port,
         settings_path=args.settings, env_file=args.env_file,
-        blob_poll_interval=args.blob_poll_interval, shutdown_timeout=args.shutdown_timeout)
+        blob_poll_interval=args.blob_poll_interval, shutdown_timeout=args.shutdown_timeout,
+        telemetry_flush_timeout=args.telemetry_flush_timeout)
     host = Host(options)
     try:
         host.load()
@@ -57,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     except HostConfigError as exc:
         log.error("%s", exc)
         return 2
+    if host.abandoned:
+        # Their worker threads would keep the interpreter from exiting (it joins them), so the
+        # stop would only end at the caller's SIGKILL. Telemetry was flushed already.
+        log.warning("Exiting with %d invocation(s) still running", host.abandoned)
+        logging.shutdown()
+        os._exit(1)
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.host.blobs import BlobPathPattern, BlobTriggerBinding, BlobTriggerListener
+from devstack.host.flush import flush_telemetry
 from devstack.host.invoker import Invoker
 from devstack.host.keys import HostKeys
 from devstack.host.loader import (
@@ -70,6 +71,8 @@ class HostOptions:
     env_file: Path | None = None
     blob_poll_interval: float = 1.0
     shutdown_timeout: float = 30.0
+    #: after the invocations: at most this long to flush the app's telemetry before exit
+    telemetry_flush_timeout: float = 5.0
     triggers: frozenset[str] = field(default=SUPPORTED_TRIGGERS)
 
 
@@ -133,6 +136,8 @@ class Host:
         self.blob_listener: BlobTriggerListener | None = None
         self.timer_driver: TimerDriver | None = None
         self.state = "Default"
+        #: invocations still running when the shutdown deadline passed (abandoned, not joined)
+        self.abandoned = 0
         self._functions: tuple[FunctionSpec, ...] = ()
 
     # -- loading ------------------------------------------------------------------------------
@@ -304,7 +309,8 @@ class Host:
             await self._shutdown(server, tasks)
 
     async def _shutdown(self, server: _QuietServer, tasks: list[asyncio.Task[None]]) -> None:
-        """Stop taking work, let in-flight invocations finish before the deadline, then stop."""
+        """Stop taking work, let in-flight invocations finish before the deadline, flush the
+        app's telemetry (its own bound), then stop."""
         assert self._loop is not None and self._stopping is not None
         self.state = "Stopping"
         timeout = self.options.shutdown_timeout
@@ -325,6 +331,14 @@ class Host:
             await asyncio.gather(*tasks, return_exceptions=True)
         if pending or not drained or not idle:
             log.warning("Shutdown deadline passed with invocations still running")
+        self.abandoned = self.invoker.active
+        flush_timeout = self.options.telemetry_flush_timeout
+        started = self._loop.time()
+        if await asyncio.to_thread(flush_telemetry, flush_timeout):
+            log.info("Telemetry flushed (%d ms)", (self._loop.time() - started) * 1000)
+        else:
+            log.warning("Telemetry not flushed within %ss; what was still buffered is lost",
+                        flush_timeout)
         self.invoker.shutdown(wait=idle)
         self._io.shutdown(wait=False, cancel_futures=True)
         self.state = "Stopped"

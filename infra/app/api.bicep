@@ -85,6 +85,13 @@ var appSettings = {
   TELEMETRY_SYNTHETIC_PREFIX: 'synthetic/'
   // Same as host.json extensions.blobs.poisonBlobThreshold.
   TELEMETRY_POISON_AFTER_ATTEMPTS: '5'
+  // What a killed instance can lose: the spans/logs of the last second, the metrics of the
+  // last 15 s (the SDK's own variables; its defaults are 5 s, 5 s and 60 s). A normal exit
+  // flushes everything within TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS. See docs/telemetry.md.
+  OTEL_BSP_SCHEDULE_DELAY: '1000'
+  OTEL_BLRP_SCHEDULE_DELAY: '1000'
+  OTEL_METRIC_EXPORT_INTERVAL: '15000'
+  TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS: '5'
 
   // Status / quota queries read the workspace behind Application Insights.
   LOGS_WORKSPACE_ID: workspace.properties.customerId

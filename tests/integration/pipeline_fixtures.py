@@ -8,7 +8,9 @@ in the environment of that subprocess (the host lets the environment win over
   the ``source_etag`` metadata, so a stale document never passes for a new one);
 * the host's blob receipts in ``azure-webjobs-hosts`` (completion and attempt count);
 * messages on the ``webjobs-blobtrigger-poison`` queue;
-* the Vision emulator's ``/admin/stats`` and fault schedule.
+* the Vision emulator's ``/admin/stats`` and fault schedule;
+* the host's ``Executing``/``Executed`` log lines (``HostLog``), and the host itself stopped
+  gracefully, killed, or started again with other settings (``restart_host``).
 
 Every wait polls with a deadline; nothing sleeps to wait.
 """
@@ -18,11 +20,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ import httpx
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient
 
+from devstack import procs, stack
 from shared.naming import result_path
 from shared.results import META_SOURCE_ETAG, normalize_etag
 
@@ -123,6 +129,43 @@ class PoisonMessage:
     function_id: str | None
 
 
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
+_EXECUTING = re.compile(r"^Executing '[^']+' \(Reason='New blob detected\([^)]*\): "
+                        r"(?P<path>.*)', Id=(?P<id>[0-9a-f-]+)\)$")
+_EXECUTED = re.compile(r"^Executed '[^']+' \((?P<status>\w+), Id=(?P<id>[0-9a-f-]+),")
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One blob-triggered invocation as the host logged it (wall-clock times, epoch seconds)."""
+
+    invocation_id: str
+    path: str  # container/name
+    started_at: float
+    ended_at: float | None  # None: no "Executed" line (still running, or the host died)
+    status: str | None
+
+
+def host_executions(text: str) -> dict[str, Execution]:
+    """invocation id -> its execution, from the host's log lines (format of devstack.host)."""
+    started: dict[str, tuple[str, float]] = {}
+    ended: dict[str, tuple[float, str]] = {}
+    for line in text.splitlines():
+        match = _LOG_LINE.match(line)
+        if match is None:
+            continue
+        at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        message = match.group(2)
+        if (begin := _EXECUTING.match(message)) is not None:
+            started[begin["id"]] = (begin["path"], at)
+        elif (end := _EXECUTED.match(message)) is not None:
+            ended[end["id"]] = (at, end["status"])
+    return {
+        inv: Execution(inv, path, at, *(ended.get(inv) or (None, None)))
+        for inv, (path, at) in started.items()
+    }
+
+
 @dataclass(slots=True)
 class PipelineStack:
     """One private stack (Azurite, Vision and Monitor emulators, local Functions host)."""
@@ -170,11 +213,71 @@ class PipelineStack:
         self.down()
         self.up()
 
-    def host_log(self) -> str:
+    def host_log(self, since: int = 0) -> str:
+        """The host's log (appended across restarts) from byte ``since`` (``host_log_size``)."""
         try:
-            return (self.state_dir / "logs" / "host.log").read_text(errors="replace")
+            with (self.state_dir / "logs" / "host.log").open("rb") as log:
+                log.seek(since)
+                return log.read().decode(errors="replace")
         except OSError:
             return ""
+
+    def host_log_size(self) -> int:
+        try:
+            return (self.state_dir / "logs" / "host.log").stat().st_size
+        except OSError:
+            return 0
+
+    # -- the host process ----------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads((self.state_dir / "stack.json").read_text())
+        return state
+
+    def host_pid(self) -> int:
+        return int(self._state()["processes"]["host"]["pid"])
+
+    def stop_host(self) -> float:
+        """What ``devstack down`` does to the host (SIGTERM, SIGKILL after its bound); the
+        seconds it took."""
+        info = self._state()["processes"]["host"]
+        started = time.monotonic()
+        procs.stop(int(info["pid"]), timeout=float(info.get("stop_timeout", 10.0)))
+        return time.monotonic() - started
+
+    def kill_host(self) -> float:
+        """``kill -9`` of the host's process group; the wall-clock time of the kill."""
+        pid = self.host_pid()
+        killed_at = time.time()
+        os.killpg(pid, signal.SIGKILL)
+        procs.wait_until(lambda: not procs.pid_alive(pid), timeout=10, interval=0.05,
+                         what=f"exit of {pid}")
+        return killed_at
+
+    def start_host(self, overrides: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start the host again (after a stop or a kill) with the argv ``up`` recorded and the
+        environment ``up`` gave it, plus ``overrides``; recorded so ``down`` stops it."""
+        state = self._state()
+        info = state["processes"]["host"]
+        disabled = {f"AzureWebJobs.{name}.Disabled": "true" for name in self.disabled}
+        base = {**os.environ, **example_settings(), **disabled, **self.settings,
+                **(overrides or {})}
+        proc, record = procs.spawn("host", info["argv"], log_path=Path(info["log"]),
+                                   env=stack.host_environment(self.endpoints, base),
+                                   cwd=REPO_ROOT)
+        state["processes"]["host"] = {**info, "pid": record.pid}
+        (self.state_dir / "stack.json").write_text(json.dumps(state, indent=2))
+        url = f"{self.endpoints['functions_url']}/"
+        procs.wait_until(lambda: proc.poll() is not None or procs.http_ok(url), timeout=120,
+                         interval=0.2, what="host")
+        if proc.poll() is not None:
+            raise StackError(f"host exited with {proc.returncode}\n{self.host_log()[-3000:]}")
+        return proc
+
+    def restart_host(self, overrides: Mapping[str, str] | None = None
+                     ) -> subprocess.Popen[bytes]:
+        self.stop_host()
+        return self.start_host(overrides)
 
     # -- storage -------------------------------------------------------------------------------
 

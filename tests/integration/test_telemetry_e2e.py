@@ -5,7 +5,10 @@ The mix: 40 good images (some with printed words, so OCR text exists), 7 invalid
 synthetic (probe) uploads, then 5 images the Vision emulator throttles once (429 + Retry-After)
 before they succeed. Every expectation is computed from ground truth outside telemetry (result
 documents and the emulator's own call statistics). Then an exporter outage: the Monitor emulator
-is stopped while images flow, restarted on the same port, and nothing may be missing.
+is stopped while images flow, restarted on the same port, and nothing may be missing. Last, the
+host itself: stopped gracefully mid-stream (every completed invocation has its AppRequests row)
+and killed with SIGKILL (rows may be missing only for invocations that ended within the stated
+loss window before the kill).
 
 Waiting is always polling with a deadline; the stack's exporter batches every 200 ms and retries
 from its offline storage every 2 s (TELEMETRY_STORAGE_RETRY_SECONDS).
@@ -20,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +36,7 @@ from devstack import procs
 from shared import telemetry
 from shared.logsquery import LogsQueryRunner, QueryResult, load_queries
 from shared.settings import Settings
-from tests.integration.pipeline_fixtures import PipelineStack
+from tests.integration.pipeline_fixtures import Execution, PipelineStack, host_executions
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +93,7 @@ class Stack:
     buffer_dir: Path
     service: BlobServiceClient
     runner: LogsQueryRunner
+    pipeline: PipelineStack
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
 
     @property
@@ -157,7 +161,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(state_dir, endpoints, buffer_dir,
                     BlobServiceClient.from_connection_string(
                         endpoints["storage_connection_string"]),
-                    LogsQueryRunner.from_settings(app_settings))
+                    LogsQueryRunner.from_settings(app_settings), pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -416,3 +420,121 @@ def test_exporter_outage_loses_nothing_and_does_not_slow_the_pipeline(
     total = [statistics.median(x[0] for x in b) for b in (baseline, during)]
     assert own[1] <= 2 * own[0] + 100, (baseline, during)
     assert total[1] <= 3 * total[0] + 2000, (baseline, during)
+
+
+# --------------------------------------------------------------------------- host stop and crash
+# These two restart the module's host with other export settings and leave it as they found it;
+# they use none of the mix above, so each can also run on its own (-k).
+
+STREAM = 16
+
+
+def request_rows(stack: Stack, invocation_ids: set[str]) -> set[str]:
+    """Which of these invocations have their AppRequests row now."""
+    found = stack.runner._client.query_workspace(  # ad-hoc: by the host's invocation ids
+        stack.endpoints["workspace_id"],
+        'AppRequests | where Name == "analyze_image" '
+        '| project InvocationId = tostring(Properties["faas.invocation_id"])',
+        timespan=HOUR, enforce_https=False)
+    return {str(row[0]) for row in found.tables[0].rows} & invocation_ids
+
+
+def stream_executions(stack: Stack, names: set[str], since: int) -> dict[str, Execution]:
+    """blob name -> its last execution the host logged after byte ``since`` of its log."""
+    last: dict[str, Execution] = {}
+    for execution in sorted(host_executions(stack.pipeline.host_log(since)).values(),
+                            key=lambda e: e.started_at):
+        name = execution.path.removeprefix("images/")
+        if name in names:
+            last[name] = execution
+    return last
+
+
+def completed(stack: Stack, names: set[str], since: int) -> dict[str, Execution]:
+    """The stream's invocations the host completed: a complete receipt, and its execution."""
+    receipts = stack.pipeline.receipts()
+    done = {name for (name, _etag), receipt in receipts.items()
+            if name in names and receipt.complete}
+    executions = stream_executions(stack, names, since)
+    missing_lines = sorted(done - set(executions))
+    assert not missing_lines, f"receipts without an Executed line: {missing_lines}"
+    return {name: executions[name] for name in done}
+
+
+def upload_stream(stack: Stack, prefix: str) -> set[str]:
+    names = {f"{prefix}/{i:02d}.png" for i in range(STREAM)}
+    images = stack.container("images")
+    for i, name in enumerate(sorted(names)):
+        images.upload_blob(name, png(400 + i), overwrite=True)
+    return names
+
+
+def ended_count(stack: Stack, names: set[str], since: int) -> int:
+    return sum(e.ended_at is not None for e in stream_executions(stack, names, since).values())
+
+
+def test_graceful_stop_mid_stream_flushes_every_completed_invocation(stack: Stack) -> None:
+    # An hour between exports: no row can arrive on the schedule, only through the flush
+    # on the way out (the host's, then the app's exit hook).
+    stack.pipeline.restart_host({"OTEL_BSP_SCHEDULE_DELAY": "60000",
+                                 "OTEL_BLRP_SCHEDULE_DELAY": "60000"})
+    # every Vision call takes 1.5 s, so some invocations are in flight when the stop comes
+    stack.vision_admin("PUT", "/admin/faults",
+                       {"seed": 1, "latency": {"p": 1.0, "distribution": "fixed", "ms": 1500}})
+    try:
+        since = stack.pipeline.host_log_size()
+        names = upload_stream(stack, "graceful")
+        poll("4 invocations ended", lambda: ended_count(stack, names, since),
+             lambda n: n >= 4, 60)
+        took = stack.pipeline.stop_host()
+    finally:
+        stack.vision_admin("POST", "/admin/faults/reset")
+    log = stack.pipeline.host_log(since)
+    done = completed(stack, names, since)
+    rows = request_rows(stack, {e.invocation_id for e in done.values()})
+    stopping = next(line for line in log.splitlines() if "Host stopping" in line)
+    finished_after_stop = [e for e in done.values()
+                           if e.ended_at is not None and e.ended_at >= _at(stopping)]
+    stack.pipeline.start_host()  # the module's settings again, for whatever runs next
+
+    assert 4 <= len(done) < STREAM, f"{len(done)} of {STREAM} completed: not mid-stream"
+    assert finished_after_stop, "no invocation was in flight when the stop came"
+    lost = sorted(n for n, e in done.items() if e.invocation_id not in rows)
+    assert not lost, f"{len(lost)} of {len(done)} completed invocations have no AppRequests row"
+    assert "Telemetry flushed" in log and "Host stopped" in log
+    print(f"graceful stop: {len(done)} completed ({len(finished_after_stop)} after SIGTERM), "
+          f"{len(rows)} AppRequests rows, stop took {took:.1f}s")
+
+
+#: What a kill may lose (docs/telemetry.md): spans ended in the last OTEL_BSP_SCHEDULE_DELAY
+#: (the default, 1 s, set below) plus the export in flight, allowed 1 s on this busy box.
+SPAN_DELAY_S = 1.0
+IN_FLIGHT_S = 1.0
+
+
+def test_kill_9_loses_only_the_last_export_window(stack: Stack) -> None:
+    stack.pipeline.restart_host({"OTEL_BSP_SCHEDULE_DELAY": str(int(SPAN_DELAY_S * 1000)),
+                                 "OTEL_BLRP_SCHEDULE_DELAY": "1000"})
+    since = stack.pipeline.host_log_size()
+    names = upload_stream(stack, "kill9")
+    poll("8 invocations ended", lambda: ended_count(stack, names, since), lambda n: n >= 8, 60)
+    killed_at = stack.pipeline.kill_host()
+    done = completed(stack, names, since)
+    rows = request_rows(stack, {e.invocation_id for e in done.values()})
+    stack.pipeline.start_host()  # re-runs what the kill interrupted; the module's settings
+
+    assert 8 <= len(done) < STREAM, f"{len(done)} of {STREAM} completed: not mid-stream"
+    missing = {n: killed_at - e.ended_at for n, e in done.items()
+               if e.invocation_id not in rows and e.ended_at is not None}
+    window = SPAN_DELAY_S + IN_FLIGHT_S
+    outside = {n: round(age, 3) for n, age in missing.items() if age > window}
+    assert not outside, (f"rows lost for invocations that ended more than {window}s before "
+                         f"the kill: {outside}")
+    print(f"kill -9: {len(done)} completed, {len(done) - len(missing)} rows, {len(missing)} "
+          f"lost, ended {sorted(round(a, 2) for a in missing.values())} s before the kill "
+          f"(window {window}s)")
+
+
+def _at(line: str) -> float:
+    stamp = line.split(" ", 2)
+    return datetime.strptime(f"{stamp[0]} {stamp[1]}", "%Y-%m-%d %H:%M:%S,%f").timestamp()

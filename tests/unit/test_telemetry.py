@@ -5,11 +5,15 @@ The global providers are set once for this process; each test clears the exporte
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,14 +24,29 @@ from opentelemetry import metrics, trace
 from opentelemetry._logs import get_logger_provider, set_logger_provider
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    InMemoryLogRecordExporter,
+    SimpleLogRecordProcessor,
+)
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricExportResult,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from devstack.monitor.ingest import decode_body, split_items
 from shared import telemetry as t
 from shared.errors import ErrorClass, ThrottledError, classify
 from shared.pipeline import AnalysisOutcome, BlobInput, Outcome
@@ -358,8 +377,11 @@ def test_force_flush_drains_the_queue_and_stop_hands_on_the_rest(log_queue: t.Lo
         logging.getLogger("shared.pipeline").warning("record %d", i)
     assert t.force_flush()  # no waiting of our own: after flush, all are exported
     assert len(logs()) == 500
+    logging.getLogger("shared.pipeline").warning("flushed by the handler")
+    log_queue.handler.flush()  # what a host flushing every root handler on its stop calls
+    assert str(logs()[-1].body) == "flushed by the handler"
     logging.getLogger("shared.pipeline").warning("just before exit")
-    log_queue.stop()  # what atexit runs before the SDK's providers shut down
+    log_queue.stop()  # what shutdown() does at exit, before the providers shut down
     assert str(logs()[-1].body) == "just before exit"
     assert log_queue.drain(1.0)  # stopped: nothing to wait for, never blocks
 
@@ -405,6 +427,24 @@ def test_telemetry_settings_parse_and_report_problems() -> None:
         Settings.from_env({**BASE, "TELEMETRY_SAMPLING_RATIO": "2",
                            "TELEMETRY_HASH_BLOB_NAMES": "maybe"})
     assert "TELEMETRY_HASH_BLOB_NAMES" in str(err.value)
+
+
+def test_the_crash_loss_window_is_set_through_the_sdks_own_variables() -> None:
+    defaults = Settings.from_env(BASE).telemetry
+    assert t.export_environment(defaults) == {
+        "OTEL_BSP_SCHEDULE_DELAY": "1000", "OTEL_BLRP_SCHEDULE_DELAY": "1000",
+        "OTEL_METRIC_EXPORT_INTERVAL": "15000"}
+    assert defaults.shutdown_timeout_s == 5.0
+    tuned = Settings.from_env({**BASE, "OTEL_BSP_SCHEDULE_DELAY": "200",
+                               "TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS": "2.5"}).telemetry
+    assert t.export_environment(tuned)["OTEL_BSP_SCHEDULE_DELAY"] == "200"
+    assert tuned.shutdown_timeout_s == 2.5
+    with pytest.raises(Exception, match="OTEL_BLRP_SCHEDULE_DELAY") as err:
+        Settings.from_env({**BASE, "OTEL_BLRP_SCHEDULE_DELAY": "soon",
+                           "OTEL_METRIC_EXPORT_INTERVAL": "0",
+                           "TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS": "600"})
+    assert "OTEL_METRIC_EXPORT_INTERVAL" in str(err.value)
+    assert "TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS" in str(err.value)
 
 
 def test_options_are_local_only_where_they_should_be() -> None:
@@ -483,3 +523,198 @@ def test_no_connection_string_means_no_exporter() -> None:
         print(json.dumps({{"mode": mode}}))
     """)
     assert out == {"mode": "disabled"}
+
+
+# --------------------------------------------------------------------------- shutdown
+
+HOUR_MS = 3_600_000  # a batch delay no test waits for: only a flush can export
+
+
+class _Metrics(MetricExporter):
+    """In-memory metric exporter (the SDK ships an in-memory reader, not an exporter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def export(self, metrics_data: Any, timeout_millis: float = 10_000,
+               **kwargs: Any) -> MetricExportResult:
+        for resource in metrics_data.resource_metrics:
+            for scope in resource.scope_metrics:
+                self.names.extend(metric.name for metric in scope.metrics)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+class _HungExporter(SpanExporter):
+    """An export that does not return until the test releases it (an endpoint that hangs)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.entered.set()
+        self.release.wait(60)
+        return SpanExportResult.SUCCESS
+
+
+class _BrokenProvider:
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        raise RuntimeError("exporter bug")
+
+
+def test_shutdown_flushes_what_the_batch_processors_hold() -> None:
+    spans_out, logs_out, metrics_out = (InMemorySpanExporter(), InMemoryLogRecordExporter(),
+                                        _Metrics())
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(spans_out, schedule_delay_millis=HOUR_MS))
+    logger_provider = LoggerProvider(shutdown_on_exit=False)
+    logger_provider.add_log_record_processor(
+        BatchLogRecordProcessor(logs_out, schedule_delay_millis=HOUR_MS))
+    meter_provider = MeterProvider(
+        metric_readers=[PeriodicExportingMetricReader(metrics_out,
+                                                      export_interval_millis=HOUR_MS)],
+        shutdown_on_exit=False)
+
+    for i in range(3):
+        tracer_provider.get_tracer("test").start_span(f"request {i}").end()
+    logger_provider.get_logger("test").emit(body="last words")
+    meter_provider.get_meter("test").create_counter("pipeline.outcomes").add(3)
+    # held by the batch processors: a kill now would lose all of it
+    assert spans_out.get_finished_spans() == () and logs_out.get_finished_logs() == ()
+    assert metrics_out.names == []
+
+    assert t.shutdown(5.0, providers=[tracer_provider, meter_provider, logger_provider])
+
+    assert sorted(s.name for s in spans_out.get_finished_spans()) == [
+        "request 0", "request 1", "request 2"]
+    assert [str(r.log_record.body) for r in logs_out.get_finished_logs()] == ["last words"]
+    assert "pipeline.outcomes" in metrics_out.names
+    # shut down: later spans are refused, not queued for an export that never comes
+    tracer_provider.get_tracer("test").start_span("after shutdown").end()
+    assert len(spans_out.get_finished_spans()) == 3
+
+
+def test_shutdown_is_bounded_when_an_export_hangs_and_never_raises() -> None:
+    hung = _HungExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(hung, schedule_delay_millis=HOUR_MS))
+    provider.get_tracer("test").start_span("stuck").end()
+    started = time.monotonic()
+    try:
+        assert t.shutdown(0.2, providers=[provider]) is False
+        elapsed = time.monotonic() - started
+        assert hung.entered.is_set()  # the export was reached and is still hanging
+    finally:
+        hung.release.set()
+    assert elapsed < 5.0  # the bound held (0.2 s), not the exporter's own timeout
+
+    # a provider that raises does not stop the next one from being flushed
+    spans_out = InMemorySpanExporter()
+    healthy = TracerProvider(shutdown_on_exit=False)
+    healthy.add_span_processor(BatchSpanProcessor(spans_out, schedule_delay_millis=HOUR_MS))
+    healthy.get_tracer("test").start_span("kept").end()
+    assert t.shutdown(5.0, providers=[_BrokenProvider(), healthy]) is False
+    assert [s.name for s in spans_out.get_finished_spans()] == ["kept"]
+
+
+class _Ingestion(http.server.BaseHTTPRequestHandler):
+    """A loopback ingestion endpoint: records the envelopes, or never answers (``hang``)."""
+
+    received: list[dict[str, Any]]
+    hang: threading.Event | None = None
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.hang is not None:
+            self.hang.wait(30)
+            return
+        items = [item for _, item, _ in split_items(
+            decode_body(raw, self.headers.get("Content-Encoding")))]
+        self.received.extend(items)
+        body = json.dumps({"itemsReceived": len(items), "itemsAccepted": len(items),
+                           "errors": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def ingestion() -> Iterator[tuple[type[_Ingestion], str]]:
+    handler = type("Handler", (_Ingestion,), {"received": [], "hang": None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield handler, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        if handler.hang is not None:
+            handler.hang.set()
+        server.shutdown()
+        server.server_close()
+
+
+_EXIT_SCRIPT = """
+    import atexit, json, time
+    marks = {}
+    # registered first, so it runs last: after every exit handler telemetry registered
+    atexit.register(lambda: print(json.dumps(
+        {"exit_handlers_s": round(time.monotonic() - marks["end"], 3), **marks})))
+    import logging
+    from shared import telemetry
+    from shared.settings import Settings
+    marks["mode"] = telemetry.configure(Settings.from_env(ENV))
+    with telemetry.invocation("analyze_image", trigger=telemetry.Trigger.DATASOURCE):
+        logging.getLogger("shared.pipeline").warning("the last record before exit")
+    marks["end"] = time.monotonic()
+"""
+
+
+def _exit_run(endpoint: str, tmp_path: Path, **extra: str) -> dict[str, Any]:
+    env = {**BASE, "APPLICATIONINSIGHTS_CONNECTION_STRING":
+           f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint={endpoint}",
+           # an hour: nothing is exported on a schedule, only the exit hook can send it
+           "OTEL_BSP_SCHEDULE_DELAY": "60000", "OTEL_BLRP_SCHEDULE_DELAY": "60000",
+           "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+           "TELEMETRY_STORAGE_DIRECTORY": str(tmp_path / "buffer"), **extra}
+    return _python(f"ENV = {env!r}\n" + textwrap.dedent(_EXIT_SCRIPT))
+
+
+def test_a_normal_exit_flushes_to_the_ingestion_endpoint(
+    ingestion: tuple[type[_Ingestion], str], tmp_path: Path
+) -> None:
+    handler, endpoint = ingestion
+    out = _exit_run(endpoint, tmp_path)
+    assert out["mode"] == "app"
+    kinds = Counter(item["data"]["baseType"] for item in handler.received)
+    requests = [item["data"]["baseData"]["name"] for item in handler.received
+                if item["data"]["baseType"] == "RequestData"]
+    messages = [item["data"]["baseData"]["message"] for item in handler.received
+                if item["data"]["baseType"] == "MessageData"]
+    assert requests == ["analyze_image"], kinds
+    assert "the last record before exit" in messages
+    assert kinds["MetricData"] >= 1  # the final metric collection went out too
+
+
+def test_exit_is_bounded_when_the_endpoint_hangs(
+    ingestion: tuple[type[_Ingestion], str], tmp_path: Path
+) -> None:
+    handler, endpoint = ingestion
+    handler.hang = threading.Event()
+    out = _exit_run(endpoint, tmp_path, TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS="1")
+    # Our bound (1 s) and not the exporter's network timeout (10 s per export) nor the SDK's
+    # own exit handlers (up to 30 s per processor), which were taken over.
+    assert 0.9 <= out["exit_handlers_s"] < 5.0, out
