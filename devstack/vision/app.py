@@ -138,7 +138,7 @@ class Emulator:
             raise errors.rate_limited(
                 admission.retry_after_s, kind=kind, tier=tier, api_version=api_version
             )
-        decision = self.faults.decide()
+        decision = self.faults.decide(body)
         for kind in decision.kinds:
             self.stats.fault(kind)
         if decision.latency_ms > 0:

@@ -17,12 +17,19 @@ JSON accepted by ``PUT /admin/faults`` (every key optional)::
      "outages": [{"start_in_s": 0, "duration_s": 60, "mode": "503"},   # or "reset"
                  {"start": "2030-01-01T00:00:00Z", "end": "2030-01-01T01:00:00Z"}],
      "slow_body": {"rate": 1.0, "chunk_bytes": 64, "interval_ms": 100},
-     "corrupt": {"rate": 0.1, "mode": "truncate"}}                 # or "wrong_content_type"
+     "corrupt": {"rate": 0.1, "mode": "truncate"},                 # or "wrong_content_type"
+     "sticky": {"rate": 0.2, "status": 500}}
+
+``sticky`` fails the same share of *images* on every attempt (chosen from a hash of the seed and
+the request body, not drawn per request), the way a service bug tied to some content does; it is
+what a "retries beyond the second never succeed" rehearsal needs, which independent per-request
+errors cannot express.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -103,6 +110,16 @@ class Corrupt:
 
 
 @dataclass(frozen=True, slots=True)
+class Sticky:
+    rate: float
+    status: int = 500
+
+    def hits(self, seed: int | None, body: bytes) -> bool:
+        digest = hashlib.sha256(f"{seed}:".encode() + body).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.rate
+
+
+@dataclass(frozen=True, slots=True)
 class FaultConfig:
     seed: int | None = None
     error_rates: tuple[tuple[int, float], ...] = ()
@@ -112,6 +129,7 @@ class FaultConfig:
     outages: tuple[Outage, ...] = ()
     slow_body: SlowBody | None = None
     corrupt: Corrupt | None = None
+    sticky: Sticky | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, now: float) -> FaultConfig:
@@ -145,6 +163,9 @@ class FaultConfig:
             "corrupt": (
                 {"rate": self.corrupt.rate, "mode": self.corrupt.mode} if self.corrupt else None
             ),
+            "sticky": (
+                {"rate": self.sticky.rate, "status": self.sticky.status} if self.sticky else None
+            ),
         }
 
 
@@ -175,11 +196,15 @@ class FaultInjector:
     def active_outage(self, now: float) -> Outage | None:
         return next((o for o in self.config.outages if o.covers(now)), None)
 
-    def decide(self) -> FaultDecision:
+    def decide(self, body: bytes | None = None) -> FaultDecision:
+        """One request's faults; ``body`` (the image bytes) is what ``sticky`` is keyed on."""
         cfg, rng = self.config, self._rng
         kinds: list[str] = []
         error_status: int | None = None
-        if cfg.error_rates:
+        if cfg.sticky is not None and body is not None and cfg.sticky.hits(cfg.seed, body):
+            error_status = cfg.sticky.status
+            kinds.append("sticky")
+        elif cfg.error_rates:
             draw, cumulative = rng.random(), 0.0
             for status, rate in cfg.error_rates:
                 cumulative += rate
@@ -219,6 +244,7 @@ class _Parser:
             "outages",
             "slow_body",
             "corrupt",
+            "sticky",
         }
     )
 
@@ -245,6 +271,7 @@ class _Parser:
             outages=self._outages(data.get("outages") or []),
             slow_body=self._slow(data.get("slow_body")),
             corrupt=self._corrupt(data.get("corrupt")),
+            sticky=self._sticky(data.get("sticky")),
         )
         if self.problems:
             raise FaultConfigError(self.problems)
@@ -395,3 +422,13 @@ class _Parser:
             self.problems.append("corrupt.mode must be truncate or wrong_content_type")
             mode = "truncate"
         return Corrupt(rate=self._rate(obj, "rate", "corrupt."), mode=cast(CorruptMode, mode))
+
+    def _sticky(self, value: Any) -> Sticky | None:
+        obj = self._object(value, "sticky")
+        if obj is None:
+            return None
+        status = obj.get("status", 500)
+        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+            self.problems.append("sticky.status must be an HTTP status 400..599")
+            status = 500
+        return Sticky(rate=self._rate(obj, "rate", "sticky."), status=status)

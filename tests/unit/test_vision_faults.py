@@ -133,3 +133,19 @@ def test_round_trip_and_reset() -> None:
     assert again == faults.config
     faults.reset()
     assert faults.config == FaultConfig()
+
+
+def test_sticky_faults_fail_the_same_images_on_every_attempt() -> None:
+    injector = FaultInjector()
+    injector.replace(FaultConfig.from_json({"seed": 3, "sticky": {"rate": 0.25, "status": 500}},
+                                           now=0.0))
+    images = [f"image-{i}".encode() for i in range(400)]
+    first = [injector.decide(body).error_status for body in images]
+    again = [injector.decide(body).error_status for body in images]
+    assert first == again  # keyed on the image, not drawn per request
+    failing = first.count(500)
+    assert 70 <= failing <= 130  # ~25 % of 400
+    assert set(first) == {None, 500}
+    assert injector.decide(None).error_status is None  # no body: nothing to key on
+    with pytest.raises(FaultConfigError, match=r"sticky\.status"):
+        FaultConfig.from_json({"sticky": {"rate": 0.1, "status": 200}}, now=0.0)
