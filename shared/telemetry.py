@@ -110,6 +110,10 @@ ATTR_REENCODED: Final = "pipeline.image.reencoded"
 ATTR_PREPROCESS_STAGE: Final = "preprocess.stage"
 ATTR_DOCUMENT_CONTAINER: Final = "pipeline.document.container"
 ATTR_HOST_ATTEMPTS: Final = "pipeline.host_attempts"
+#: the source version (ETag) an invocation read; with several versions of one name in flight it
+#: tells which one each request analysed, and which one superseded it
+ATTR_SOURCE_ETAG: Final = "pipeline.source.etag"
+ATTR_CURRENT_ETAG: Final = "pipeline.source.current_etag"
 
 ATTR_VISION_ATTEMPT: Final = "vision.attempt"
 ATTR_VISION_FEATURES: Final = "vision.features"
@@ -921,7 +925,7 @@ class TelemetryObserver:
         instruments().image_bytes_in.record(source.size)
         current = _CURRENT.get()
         if current is not None:
-            current.set_attributes({ATTR_BYTES_IN: source.size})
+            current.set_attributes({ATTR_BYTES_IN: source.size, ATTR_SOURCE_ETAG: source.etag})
 
     @_safe
     def on_preprocessed(self, source: BlobInput, record: PreprocessRecord) -> None:
@@ -993,6 +997,7 @@ class TelemetryObserver:
             ATTR_STAGE: outcome.stage,
             ATTR_STATUS_CODE: outcome.status_code,
             ATTR_SERVICE_CODE: outcome.service_inner_code or outcome.service_error_code,
+            ATTR_CURRENT_ETAG: outcome.current_etag,
         }
         current = _CURRENT.get()
         if current is not None:
