@@ -1,17 +1,24 @@
-"""The blob pipeline: validate → preprocess → analyse → write exactly one document.
+"""The blob pipeline: HEAD → size check → read one version → preprocess → analyse → commit.
 
-``process_blob`` takes plain values (``BlobInput``) and its dependencies (``PipelineDeps``), so
-tests drive it without any Functions type. Contract with the host:
+``process_blob`` takes a handle on the triggering blob (``shared.sources.SourceBlob``, never its
+bytes) and its dependencies (``PipelineDeps``), so tests drive it without any Functions type.
+Contract with the host:
 
 * returns an ``AnalysisOutcome`` when the blob reached a final state — analysed (document in
   ``results/``), rejected for good (document in ``failed/`` with the classified reason and the
-  service's error codes) or already done (same blob + ETag documented before);
+  service's error codes), already done (same blob + ETag documented before) or **superseded**
+  (the version this run read is no longer the blob's current one — overwritten or deleted —
+  so nothing of it is written; the run for the newer version documents that one);
 * raises ``RetryableError`` (throttled / transient / timeout / storage) so the host retries and,
   after its last try, poisons the blob; unexpected exceptions propagate the same way, so a bug
   never drops an image silently.
 
-``PipelineObserver`` is the telemetry seam (issue 4 fills it in); the default does nothing.
-Observers must not raise. Nothing here prints or logs OCR text or image bytes.
+Memory: the blob's size comes from its properties before any byte is read; a blob larger than
+``PREPROCESS_MAX_INPUT_BYTES`` is rejected (``input_too_large``) from that HEAD alone, and a
+read never holds more than that many bytes.
+
+``PipelineObserver`` is the telemetry seam; the default does nothing. Observers must not raise.
+Nothing here prints or logs OCR text or image bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from shared.errors import (
 )
 from shared.outputs import OutputSummary, summarize
 from shared.preprocessing import PreprocessOptions, PreprocessRecord, preprocess
-from shared.results import SCHEMA_VERSION, ResultRepository, normalize_etag
+from shared.results import SCHEMA_VERSION, Commit, CommitResult, ResultRepository, normalize_etag
+from shared.sources import SourceBlob, SourceChanged, SourceVersion, too_large
 from shared.units import ms
 from shared.vision import VisionAnalyzer, VisionAttempt, VisionResult
 
@@ -44,7 +52,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class BlobInput:
-    """The triggering blob as plain values (built from ``func.InputStream`` by the adapter)."""
+    """The version being processed, as plain values (what observers see).
+
+    ``data`` is empty until the version was read; ``declared_size`` is its ``ContentLength``
+    from the properties, known before any byte is read.
+    """
 
     container: str
     name: str
@@ -53,16 +65,19 @@ class BlobInput:
     content_type: str | None = None
     last_modified: str | None = None
     uri: str | None = None
+    declared_size: int | None = None
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return len(self.data) if self.declared_size is None else self.declared_size
 
 
 class Outcome(StrEnum):
     ANALYZED = "analyzed"
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
+    #: the version read is no longer the blob's current one: nothing written, not retried
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +100,8 @@ class AnalysisOutcome:
     #: how long the Vision call took (all attempts) and counts of what it returned
     vision_ms: float | None = None
     output: OutputSummary | None = None
+    #: superseded only: the blob's ETag when this version was given up (None: deleted)
+    current_etag: str | None = None
 
 
 class PipelineObserver(Protocol):
@@ -144,59 +161,228 @@ class PipelineDeps:
     now: Callable[[], datetime] = _utc_now
 
 
-def process_blob(source: BlobInput, deps: PipelineDeps) -> AnalysisOutcome:
+def process_blob(blob: SourceBlob, deps: PipelineDeps) -> AnalysisOutcome:
     """Take one blob to its final state, or raise ``RetryableError`` (see module docstring)."""
     started = deps.clock()
-    deps.observer.on_started(source)
+    run = _Run(blob, deps, started, BlobInput(blob.container, blob.name, b"", uri=blob.uri))
     try:
-        return _process(source, deps, started)
+        return run.process()
     except Exception as exc:
         disposition = classify(exc)
         logger.warning(
             "blob %s/%s not processed (%s/%s); the host will retry it",
-            source.container, source.name, disposition.error_class, disposition.reason,
+            blob.container, blob.name, disposition.error_class, disposition.reason,
         )  # fmt: skip
-        deps.observer.on_retryable_failure(source, exc, disposition)
+        deps.observer.on_retryable_failure(run.source, exc, disposition)
         raise
 
 
-def _process(source: BlobInput, deps: PipelineDeps, started: float) -> AnalysisOutcome:
-    existing = deps.repository.find_current(source.container, source.name, source.etag)
-    if existing is not None:
-        outcome = AnalysisOutcome(
-            status=Outcome.DUPLICATE,
-            container=source.container,
-            name=source.name,
-            etag=normalize_etag(source.etag),
-            document=f"{existing.container}/{existing.path}",
-            duration_ms=ms(deps.clock() - started),
+@dataclass(slots=True)
+class _Run:
+    """One invocation; ``source`` grows from name to properties to bytes as they are read."""
+
+    blob: SourceBlob
+    deps: PipelineDeps
+    started: float
+    source: BlobInput
+
+    def process(self) -> AnalysisOutcome:
+        blob, deps = self.blob, self.deps
+        version = blob.properties()
+        if version is not None:
+            self.source = _described(self.source, version)
+        deps.observer.on_started(self.source)
+        if version is None:
+            return self._superseded(None)
+
+        source = self.source
+        existing = deps.repository.find_current(source.container, source.name, source.etag)
+        if existing is not None:
+            return self._duplicate(f"{existing.container}/{existing.path}")
+        return self._analyse(version)
+
+    def _analyse(self, version: SourceVersion) -> AnalysisOutcome:
+        blob, deps, source = self.blob, self.deps, self.source
+        document = _source_document(source, deps)
+        limit = deps.preprocess_options.max_input_bytes
+        if version.size > limit:
+            # decided from the properties alone: not one byte of the blob is read
+            return self._reject(document, too_large(version.size, limit), stage="preprocess")
+        try:
+            data = blob.read(version.etag, limit)
+        except SourceChanged as changed:
+            return self._superseded(changed.current)
+        except PermanentError as exc:  # grew past the limit while read (no If-Match: no ETag)
+            return self._reject(document, exc, stage="preprocess")
+        self.source = source = _with_data(source, data)
+        document["source"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+        try:
+            prepared = preprocess(data, deps.preprocess_options, clock=deps.clock)
+        except PermanentError as exc:
+            return self._reject(document, exc, stage="preprocess")
+        deps.observer.on_preprocessed(source, prepared.record)
+        document["preprocessing"] = prepared.record.as_dict()
+
+        def on_attempt(attempt: VisionAttempt) -> None:
+            deps.observer.on_vision_attempt(source, attempt)
+
+        try:
+            result = deps.analyzer.analyze(prepared.data, deps.features, on_attempt=on_attempt)
+        except PermanentError as exc:
+            return self._reject(document, exc, stage="analyze", record=prepared.record)
+        return self._accept(document, result, record=prepared.record)
+
+    def _current_etag(self) -> str | None:
+        current = self.blob.properties()
+        return current.etag if current is not None else None
+
+    def _accept(
+        self, document: dict[str, Any], result: VisionResult, *, record: PreprocessRecord
+    ) -> AnalysisOutcome:
+        source, deps = self.source, self.deps
+        document.update(
+            outcome=Outcome.ANALYZED.value,
+            model_version=result.model_version,
+            attempts=result.attempts,
+            timings_ms={
+                "preprocess": record.duration_ms,
+                "vision": result.duration_ms,
+                "rate_limiter_wait": result.limiter_wait_ms,
+                "total": ms(deps.clock() - self.started),
+            },
+            processed_at=deps.now().isoformat(),
+            analysis=dict(result.payload),
+            error=None,
         )
+        written_at = deps.clock()
+        commit = deps.repository.commit_result(
+            source.container, source.name, source.etag, document,
+            current_etag=self._current_etag,
+        )  # fmt: skip
+        details: dict[str, Any] = {
+            "attempts": result.attempts, "model_version": result.model_version,
+            "preprocessing": record,
+        }  # fmt: skip
+        if commit.status is not Commit.WRITTEN:
+            return self._settled(commit, **details)
+        deps.observer.on_document_written(source, commit.path, ms(deps.clock() - written_at))
+        return self._finish(AnalysisOutcome(
+            status=Outcome.ANALYZED, container=source.container, name=source.name,
+            etag=source.etag, document=commit.path, **details,
+            duration_ms=ms(deps.clock() - self.started),
+            vision_ms=result.duration_ms, output=summarize(result.payload),
+        ))  # fmt: skip
+
+    def _reject(
+        self,
+        document: dict[str, Any],
+        error: VisionOpsError,
+        *,
+        stage: str,
+        record: PreprocessRecord | None = None,
+    ) -> AnalysisOutcome:
+        source, deps = self.source, self.deps
+        document.update(
+            outcome=Outcome.REJECTED.value,
+            model_version=None,
+            attempts=error.attempts,
+            timings_ms={
+                "preprocess": record.duration_ms if record else None,
+                "total": ms(deps.clock() - self.started),
+            },
+            processed_at=deps.now().isoformat(),
+            analysis=None,
+            error={
+                "class": error.error_class.value,
+                "reason": error.reason,
+                "stage": stage,
+                "retryable": False,
+                "message": error.message,
+                "status_code": error.status_code,
+                "service_error_code": error.error_code,
+                "service_inner_code": error.inner_code,
+            },
+        )
+        written_at = deps.clock()
+        commit = deps.repository.commit_failure(
+            source.container, source.name, source.etag, document,
+            current_etag=self._current_etag,
+        )  # fmt: skip
+        details: dict[str, Any] = {
+            "attempts": error.attempts, "preprocessing": record,
+            "error_class": error.error_class, "reason": error.reason, "stage": stage,
+            "status_code": error.status_code, "service_error_code": error.error_code,
+            "service_inner_code": error.inner_code,
+        }  # fmt: skip
+        if commit.status is not Commit.WRITTEN:
+            return self._settled(commit, **details)
+        deps.observer.on_document_written(source, commit.path, ms(deps.clock() - written_at))
+        logger.warning(
+            "blob %s/%s rejected at %s: %s/%s (service code %s/%s)",
+            source.container, source.name, stage, error.error_class, error.reason,
+            error.error_code, error.inner_code,
+        )  # fmt: skip
+        return self._finish(AnalysisOutcome(
+            status=Outcome.REJECTED, container=source.container, name=source.name,
+            etag=source.etag, document=commit.path, **details,
+            duration_ms=ms(deps.clock() - self.started),
+        ))  # fmt: skip
+
+    def _settled(self, commit: CommitResult, **details: Any) -> AnalysisOutcome:
+        """A commit that wrote nothing: superseded, or the version was documented already."""
+        if commit.status is Commit.SUPERSEDED:
+            # keep what was spent (attempts, preprocessing) but not the outcome it would have had
+            kept = {k: details[k] for k in ("attempts", "model_version", "preprocessing")
+                    if k in details}  # fmt: skip
+            return self._superseded(commit.current_etag, **kept)
+        return self._duplicate(commit.path)
+
+    def _duplicate(self, document: str) -> AnalysisOutcome:
+        source = self.source
         logger.info("blob %s/%s already documented; skipped", source.container, source.name)
-        deps.observer.on_outcome(source, outcome)
+        return self._finish(AnalysisOutcome(
+            status=Outcome.DUPLICATE, container=source.container, name=source.name,
+            etag=source.etag, document=document,
+            duration_ms=ms(self.deps.clock() - self.started),
+        ))  # fmt: skip
+
+    def _superseded(self, current: str | None, **details: Any) -> AnalysisOutcome:
+        source = self.source
+        reason = "deleted" if current is None else "newer_version"
+        logger.info(
+            "blob %s/%s version %s superseded (%s, current %s); its document is not written",
+            source.container, source.name, source.etag, reason, current,
+        )  # fmt: skip
+        return self._finish(AnalysisOutcome(
+            status=Outcome.SUPERSEDED, container=source.container, name=source.name,
+            etag=source.etag, document=None, reason=reason, current_etag=current,
+            duration_ms=ms(self.deps.clock() - self.started), **details,
+        ))  # fmt: skip
+
+    def _finish(self, outcome: AnalysisOutcome) -> AnalysisOutcome:
+        self.deps.observer.on_outcome(self.source, outcome)
         return outcome
 
-    document = _source_document(source, deps)
-    try:
-        prepared = preprocess(source.data, deps.preprocess_options, clock=deps.clock)
-    except PermanentError as exc:
-        return _reject(source, deps, document, exc, stage="preprocess", started=started)
-    deps.observer.on_preprocessed(source, prepared.record)
-    document["preprocessing"] = prepared.record.as_dict()
 
-    def on_attempt(attempt: VisionAttempt) -> None:
-        deps.observer.on_vision_attempt(source, attempt)
+def _described(source: BlobInput, version: SourceVersion) -> BlobInput:
+    return BlobInput(
+        container=source.container, name=source.name, data=b"", etag=version.etag,
+        content_type=version.content_type, last_modified=version.last_modified,
+        uri=source.uri, declared_size=version.size,
+    )  # fmt: skip
 
-    try:
-        result = deps.analyzer.analyze(prepared.data, deps.features, on_attempt=on_attempt)
-    except PermanentError as exc:
-        return _reject(
-            source, deps, document, exc, stage="analyze", started=started,
-            record=prepared.record,
-        )  # fmt: skip
-    return _accept(source, deps, document, result, record=prepared.record, started=started)
+
+def _with_data(source: BlobInput, data: bytes) -> BlobInput:
+    return BlobInput(
+        container=source.container, name=source.name, data=data, etag=source.etag,
+        content_type=source.content_type, last_modified=source.last_modified,
+        uri=source.uri,
+    )  # fmt: skip
 
 
 def _source_document(source: BlobInput, deps: PipelineDeps) -> dict[str, Any]:
+    # sha256 is filled in once the bytes were read; a blob rejected on its size keeps None
     return {
         "schema_version": SCHEMA_VERSION,
         "source": {
@@ -206,114 +392,11 @@ def _source_document(source: BlobInput, deps: PipelineDeps) -> dict[str, Any]:
             "size": source.size,
             "content_type": source.content_type,
             "last_modified": source.last_modified,
-            "sha256": hashlib.sha256(source.data).hexdigest(),
+            "sha256": None,
         },
         "features": list(deps.features),
         "preprocessing": None,
     }
-
-
-def _accept(
-    source: BlobInput,
-    deps: PipelineDeps,
-    document: dict[str, Any],
-    result: VisionResult,
-    *,
-    record: PreprocessRecord,
-    started: float,
-) -> AnalysisOutcome:
-    document.update(
-        outcome=Outcome.ANALYZED.value,
-        model_version=result.model_version,
-        attempts=result.attempts,
-        timings_ms={
-            "preprocess": record.duration_ms,
-            "vision": result.duration_ms,
-            "rate_limiter_wait": result.limiter_wait_ms,
-            "total": ms(deps.clock() - started),
-        },
-        processed_at=deps.now().isoformat(),
-        analysis=dict(result.payload),
-        error=None,
-    )
-    written_at = deps.clock()
-    path = deps.repository.write_result(source.container, source.name, source.etag, document)
-    deps.observer.on_document_written(source, path, ms(deps.clock() - written_at))
-    outcome = AnalysisOutcome(
-        status=Outcome.ANALYZED,
-        container=source.container,
-        name=source.name,
-        etag=normalize_etag(source.etag),
-        document=path,
-        attempts=result.attempts,
-        duration_ms=ms(deps.clock() - started),
-        model_version=result.model_version,
-        preprocessing=record,
-        vision_ms=result.duration_ms,
-        output=summarize(result.payload),
-    )
-    deps.observer.on_outcome(source, outcome)
-    return outcome
-
-
-def _reject(
-    source: BlobInput,
-    deps: PipelineDeps,
-    document: dict[str, Any],
-    error: VisionOpsError,
-    *,
-    stage: str,
-    started: float,
-    record: PreprocessRecord | None = None,
-) -> AnalysisOutcome:
-    document.update(
-        outcome=Outcome.REJECTED.value,
-        model_version=None,
-        attempts=error.attempts,
-        timings_ms={
-            "preprocess": record.duration_ms if record else None,
-            "total": ms(deps.clock() - started),
-        },
-        processed_at=deps.now().isoformat(),
-        analysis=None,
-        error={
-            "class": error.error_class.value,
-            "reason": error.reason,
-            "stage": stage,
-            "retryable": False,
-            "message": error.message,
-            "status_code": error.status_code,
-            "service_error_code": error.error_code,
-            "service_inner_code": error.inner_code,
-        },
-    )
-    written_at = deps.clock()
-    path = deps.repository.write_failure(source.container, source.name, source.etag, document)
-    deps.observer.on_document_written(source, path, ms(deps.clock() - written_at))
-    logger.warning(
-        "blob %s/%s rejected at %s: %s/%s (service code %s/%s)",
-        source.container, source.name, stage, error.error_class, error.reason,
-        error.error_code, error.inner_code,
-    )  # fmt: skip
-    outcome = AnalysisOutcome(
-        status=Outcome.REJECTED,
-        container=source.container,
-        name=source.name,
-        etag=normalize_etag(source.etag),
-        document=path,
-        attempts=error.attempts,
-        duration_ms=ms(deps.clock() - started),
-        preprocessing=record,
-        error_class=error.error_class,
-        reason=error.reason,
-        stage=stage,
-        status_code=error.status_code,
-        service_error_code=error.error_code,
-        service_inner_code=error.inner_code,
-    )
-    deps.observer.on_outcome(source, outcome)
-    return outcome
-
 
 
 __all__ = [

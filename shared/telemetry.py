@@ -119,6 +119,10 @@ ATTR_OUTPUT_OCR_LINES: Final = "vision.output.ocr_lines"
 ATTR_OUTPUT_OCR_WORDS: Final = "vision.output.ocr_words"
 ATTR_OUTPUT_WORD_CONFIDENCE: Final = "vision.output.word_confidence_mean"
 ATTR_OUTPUT_PEOPLE: Final = "vision.output.people"
+#: the source version (ETag) an invocation read; with several versions of one name in flight it
+#: tells which one each request analysed, and which one superseded it
+ATTR_SOURCE_ETAG: Final = "pipeline.source.etag"
+ATTR_CURRENT_ETAG: Final = "pipeline.source.current_etag"
 
 ATTR_VISION_ATTEMPT: Final = "vision.attempt"
 ATTR_VISION_FEATURES: Final = "vision.features"
@@ -1041,7 +1045,7 @@ class TelemetryObserver:
         instruments().image_bytes_in.record(source.size)
         current = _CURRENT.get()
         if current is not None:
-            current.set_attributes({ATTR_BYTES_IN: source.size})
+            current.set_attributes({ATTR_BYTES_IN: source.size, ATTR_SOURCE_ETAG: source.etag})
 
     @_safe
     def on_preprocessed(self, source: BlobInput, record: PreprocessRecord) -> None:
@@ -1114,6 +1118,7 @@ class TelemetryObserver:
             ATTR_STATUS_CODE: outcome.status_code,
             ATTR_SERVICE_CODE: outcome.service_inner_code or outcome.service_error_code,
             **_measures(outcome),
+            ATTR_CURRENT_ETAG: outcome.current_etag,
         }
         current = _CURRENT.get()
         if current is not None:

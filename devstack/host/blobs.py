@@ -38,7 +38,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from devstack.host.invoker import Invoker, Outcome
 from devstack.host.loader import FunctionSpec
-from devstack.host.storage import HOSTS_CONTAINER, blob_service, queue_service
+from devstack.host.storage import (
+    DEFAULT_CONNECTION,
+    HOSTS_CONTAINER,
+    blob_service,
+    queue_service,
+)
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient
@@ -165,18 +170,59 @@ def _format_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat()
 
 
-def build_blob_argument(spec: FunctionSpec, data: bytes, *, path: str, uri: str,
+#: What the host puts in ``ModelBindingData`` for a deferred blob binding (the Storage Blobs
+#: extension's ``BlobBindingData``): the worker hands it to the SDK-type converter.
+MODEL_BINDING_VERSION = "1.0"
+MODEL_BINDING_SOURCE = "AzureStorageBlobs"
+MODEL_BINDING_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBindingData:
+    """The fields of the worker's ``ModelBindingData`` message the converters read."""
+
+    version: str
+    source: str
+    content_type: str
+    content: str
+
+
+def model_binding_data(connection: str, container: str, blob_name: str) -> ModelBindingData:
+    content = json.dumps({"Connection": connection, "ContainerName": container,
+                          "BlobName": blob_name}, separators=(",", ":"))
+    return ModelBindingData(MODEL_BINDING_VERSION, MODEL_BINDING_SOURCE,
+                            MODEL_BINDING_CONTENT_TYPE, content)
+
+
+def sdk_type_converter(spec: FunctionSpec) -> tuple[Any, type] | None:
+    """(converter, SDK type) when the trigger parameter is an SDK type such as ``BlobClient``.
+
+    The worker defers such a binding (the host sends ``ModelBindingData`` — connection setting,
+    container, blob name — instead of the content) when the annotation is a subclass of the
+    extension base's ``SdkType`` and a converter is registered for the trigger. Without the
+    extension installed no annotation can be one.
+    """
+    hint = _param_hint(spec, spec.trigger_param)
+    try:
+        from azurefunctions.extensions.base import SdkType, get_binding_registry
+    except ImportError:
+        return None
+    if not (isinstance(hint, type) and issubclass(hint, SdkType)):
+        return None
+    converter = get_binding_registry().get(spec.trigger_type)
+    return None if converter is None else (converter, hint)
+
+
+def build_blob_argument(spec: FunctionSpec, data: bytes | None, *, path: str, uri: str,
                         properties: Mapping[str, Any], metadata: Mapping[str, str],
                         binding_data: Mapping[str, str]) -> Any:
-    """The trigger parameter, built with the library's own converter as the worker does."""
+    """The trigger parameter, built with the library's own converter as the worker does.
+
+    ``data`` is None for a deferred (SDK-type) binding: the host never read the blob.
+    """
     import azure.functions as func
     from azure.functions.meta import Datum
 
-    hint = _param_hint(spec, spec.trigger_param)
-    if hint is bytes:
-        return data
-    if hint is str:
-        return data.decode("utf-8")
     trigger_metadata: dict[str, Datum] = {
         "BlobTrigger": Datum(path, "string"),
         "Uri": Datum(uri, "string"),
@@ -188,6 +234,23 @@ def build_blob_argument(spec: FunctionSpec, data: bytes, *, path: str, uri: str,
     }
     for key, value in binding_data.items():
         trigger_metadata[key] = Datum(value, "string")
+    deferred = sdk_type_converter(spec)
+    if deferred is not None:
+        from azurefunctions.extensions.base import Datum as ExtensionDatum
+
+        converter, pytype = deferred
+        container, _, blob_name = path.partition("/")
+        connection = str(spec.trigger.get("connection") or DEFAULT_CONNECTION)
+        mbd = model_binding_data(connection, container, blob_name)
+        return converter.decode(ExtensionDatum(mbd, "model_binding_data"),
+                                trigger_metadata=trigger_metadata, pytype=pytype)
+    if data is None:
+        raise ValueError(f"function '{spec.name}': blob content is needed for this parameter")
+    hint = _param_hint(spec, spec.trigger_param)
+    if hint is bytes:
+        return data
+    if hint is str:
+        return data.decode("utf-8")
     return func.blob.BlobConverter.decode(Datum(data, "bytes"), trigger_metadata=trigger_metadata)
 
 
@@ -425,21 +488,29 @@ class BlobTriggerListener:
             log.warning("Blob '%s' failed in '%s' (attempt %d of %d); retrying", candidate.path,
                         spec.name, attempts, self._threshold)
 
-    def _download(self, candidate: _Candidate) -> tuple[bytes, Any, str] | None:
+    def _download(self, candidate: _Candidate) -> tuple[bytes | None, Any, str] | None:
+        """This ETag's content and properties, or None if the blob is gone or was overwritten.
+
+        A deferred (SDK-type) binding gets the properties only: the real host does not read the
+        blob for it, so neither does this one.
+        """
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
         client = self._service(candidate.binding.connection).get_blob_client(
             candidate.binding.pattern.container, candidate.name)
+        unchanged = MatchConditions.IfNotModified
         try:
-            downloader = client.download_blob(etag=candidate.etag,
-                                              match_condition=MatchConditions.IfNotModified)
+            if sdk_type_converter(candidate.binding.spec) is not None:
+                props = client.get_blob_properties(etag=candidate.etag, match_condition=unchanged)
+                return None, props, client.url
+            downloader = client.download_blob(etag=candidate.etag, match_condition=unchanged)
             data = downloader.readall()
         except (ResourceNotFoundError, ResourceModifiedError):
             return None
         return data, downloader.properties, client.url
 
-    async def _invoke(self, candidate: _Candidate, blob: tuple[bytes, Any, str]) -> Outcome:
+    async def _invoke(self, candidate: _Candidate, blob: tuple[bytes | None, Any, str]) -> Outcome:
         data, props, uri = blob
         spec = candidate.binding.spec
         argument = build_blob_argument(

@@ -24,7 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devstack.host.blobs import BlobPathPattern, BlobTriggerBinding, BlobTriggerListener
+from devstack.host.blobs import (
+    BlobPathPattern,
+    BlobTriggerBinding,
+    BlobTriggerListener,
+    sdk_type_converter,
+)
 from devstack.host.flush import flush_telemetry
 from devstack.host.invoker import Invoker
 from devstack.host.keys import HostKeys
@@ -178,6 +183,10 @@ class Host:
                 log.info("Function '%s' uses source=EventGrid: the real host waits for Event "
                          "Grid events; the local host polls container '%s' instead",
                          spec.name, pattern.container)
+            deferred = sdk_type_converter(spec)
+            if deferred is not None:
+                log.info("Function '%s' binds its blob as %s (SDK type): the host passes the "
+                         "blob's name, never its content", spec.name, deferred[1].__name__)
             bindings.append(BlobTriggerBinding(spec, pattern, conn))
         host_conn = connection_string(DEFAULT_CONNECTION, self.settings, function="host")
         self.blob_listener = BlobTriggerListener(

@@ -1,9 +1,18 @@
-"""Blob-triggered analysis: a thin adapter from ``func.InputStream`` to ``process_blob``.
+"""Blob-triggered analysis: a thin adapter from the trigger's ``BlobClient`` to ``process_blob``.
 
-In Azure (Flex Consumption) the trigger uses the Event Grid source; the infra creates the Event
-Grid subscription. Everything below the adapter lives in ``shared.pipeline``. Clients and
-settings are built lazily on the first invocation, so importing this module cannot fail on
-configuration.
+The trigger parameter is an SDK type (``azurefunctions-extensions-bindings-blob``): the worker
+declares the binding as deferred, so the host never reads the blob — it sends the blob's
+connection, container and name, and the worker builds an ``azure.storage.blob.BlobClient`` from
+the ``AzureWebJobsStorage`` setting. With ``func.InputStream`` the host would read the whole blob
+and ship it to the worker before our code could look at its size (a 200 MB upload = 200 MB+ of
+host and worker memory per invocation). ``shared.pipeline`` reads the size first and the bytes of
+one version only, capped.
+
+The SDK type must be importable when the worker indexes the app (it resolves the annotation),
+so it is imported at module level; it pulls in azure-storage-blob and azure-identity, which the
+app imports anyway. In Azure (Flex Consumption) the trigger uses the Event Grid source; the
+infra creates the Event Grid subscription. Clients and settings are built lazily on the first
+invocation, so importing this module cannot fail on configuration.
 """
 
 from __future__ import annotations
@@ -11,9 +20,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob_sdk
 
 if TYPE_CHECKING:
-    from shared.pipeline import BlobInput
+    from shared.sources import SourceBlob
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ untyped
 
@@ -24,55 +34,33 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves
     connection="AzureWebJobsStorage",
     source=func.BlobSource.EVENT_GRID,
 )
-def analyze_image(blob: func.InputStream, context: func.Context | None = None) -> None:
+def analyze_image(blob: blob_sdk.BlobClient, context: func.Context) -> None:
     """Analyse one uploaded image; raises only when the host should retry (then poison).
 
-    ``context`` (the worker passes it by name) gives the invocation id and the host's trace
-    context for the request span; direct calls in tests may omit it.
+    ``blob`` is a plain ``azure.storage.blob.BlobClient`` at run time (the annotation is what
+    tells the worker to defer the binding). ``context`` gives the invocation id and the host's
+    trace context for the request span. It is annotated ``func.Context`` exactly: the worker
+    refuses to load a function whose ``context`` annotation is anything else (e.g. Optional).
     """
+    from shared.sources import BlobClientSource
+
+    run_analysis(BlobClientSource(blob), context)
+
+
+def run_analysis(source: SourceBlob, context: func.Context) -> None:
+    """The handler's body over our own seam (tests pass an in-memory blob)."""
     from shared import telemetry
     from shared.pipeline import process_blob
     from shared.runtime import ensure_telemetry, get_pipeline_deps
 
     ensure_telemetry()
-    source = blob_input_from_stream(blob)
-    trace_context = context.trace_context if context is not None else None
+    trace_context = context.trace_context
     with telemetry.invocation(
-        (context.function_name if context is not None else None) or "analyze_image",
+        context.function_name or "analyze_image",
         trigger=telemetry.Trigger.DATASOURCE,
-        invocation_id=context.invocation_id if context is not None else None,
+        invocation_id=context.invocation_id,
         trace_parent=trace_context.trace_parent if trace_context is not None else None,
         trace_state=trace_context.trace_state if trace_context is not None else None,
         blob=(source.container, source.name),
     ):
         process_blob(source, get_pipeline_deps())
-
-
-def blob_input_from_stream(stream: func.InputStream) -> BlobInput:
-    """Plain values from what the worker builds out of the trigger metadata.
-
-    ``name`` is the ``BlobTrigger`` metadata, ``<container>/<path>``; ``blob_properties`` is the
-    host's serialized ``BlobProperties`` (``ETag``, ``ContentType``, ``LastModified``,
-    ``ContentLength`` …).
-    """
-    from shared.pipeline import BlobInput
-
-    full_name = stream.name or ""
-    container, _, name = full_name.partition("/")
-    if not name:
-        container, name = "", full_name
-    # the concrete InputStream has blob_properties; the abstract type func exports does not
-    properties = getattr(stream, "blob_properties", None) or {}
-    return BlobInput(
-        container=container,
-        name=name,
-        data=stream.read(),
-        etag=_text(properties.get("ETag") or properties.get("Etag")),
-        content_type=_text(properties.get("ContentType")),
-        last_modified=_text(properties.get("LastModified")),
-        uri=stream.uri,
-    )
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob_sdk
 import pytest
 
 from devstack.host.blobs import (
@@ -137,3 +138,42 @@ def test_a_blob_that_never_gets_a_receipt_poisons_after_the_threshold(
     assert len(sent) == 1
     assert json.loads(sent[0])["BlobName"] == "odd/../x.png"
     assert candidate.key in listener._done
+
+
+def test_sdk_type_annotation_gets_a_blob_client_and_no_content(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``BlobClient``-typed trigger parameter is bound the way the worker does it: the host
+    sends model binding data (connection setting, container, name), never the content, and the
+    extension's converter builds the client from the connection app setting."""
+    from azure.storage.blob import BlobClient
+
+    from devstack.host.blobs import model_binding_data, sdk_type_converter
+
+    def analyze(blob: blob_sdk.BlobClient) -> None: ...
+
+    connection = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+                  "BlobEndpoint=http://127.0.0.1:41234/devstoreaccount1;")
+    monkeypatch.setenv("AzureWebJobsStorage", connection)
+    spec = _spec(analyze)
+    assert sdk_type_converter(spec) is not None
+    assert sdk_type_converter(_spec(lambda blob: None)) is None
+    client = build_blob_argument(
+        spec, None, path="images/sub/cat.png", uri="u", properties={}, metadata={},
+        binding_data={"name": "sub/cat.png"})
+    assert isinstance(client, BlobClient)
+    assert (client.container_name, client.blob_name) == ("images", "sub/cat.png")
+    assert client.url.startswith("http://127.0.0.1:41234/devstoreaccount1/images/sub")
+    mbd = model_binding_data("AzureWebJobsStorage", "images", "sub/cat.png")
+    assert (mbd.version, mbd.source, mbd.content_type) == ("1.0", "AzureStorageBlobs",
+                                                           "application/json")
+    assert json.loads(mbd.content) == {"Connection": "AzureWebJobsStorage",
+                                       "ContainerName": "images", "BlobName": "sub/cat.png"}
+
+
+def test_content_bound_parameter_without_content_is_an_error() -> None:
+    def analyze(blob: func.InputStream) -> None: ...
+
+    with pytest.raises(ValueError, match="blob content is needed"):
+        build_blob_argument(_spec(analyze), None, path="images/a", uri="u", properties={},
+                            metadata={}, binding_data={})

@@ -1,5 +1,5 @@
-"""process_blob with fakes (analyzer, document store, observer), the Functions adapter with a
-real ``func.InputStream``, and replay with fake queue/blobs."""
+"""process_blob with fakes (analyzer, source blob, document store, observer), the Functions
+adapter, and replay with fake queue/blobs."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from shared.replay import QueuedMessage, Replayer, decode_poison
 from shared.results import ResultRepository
 from shared.settings import Settings
 from shared.vision import AttemptHook, VisionAttempt, VisionResult
-from tests.fakes import MemoryStore
+from tests.fakes import MemoryBlob, MemoryStore
 
 # --------------------------------------------------------------------------- fakes
 
@@ -120,15 +120,8 @@ def jpeg(size: tuple[int, int] = (320, 240)) -> bytes:
 IMAGE = jpeg()
 
 
-def blob(name: str = "cats/tom.jpg", etag: str = '"0x8D1"', data: bytes = IMAGE) -> BlobInput:
-    return BlobInput(
-        container="images",
-        name=name,
-        data=data,
-        etag=etag,
-        content_type="image/jpeg",
-        last_modified="2024-05-01T12:00:00+00:00",
-    )
+def blob(name: str = "cats/tom.jpg", etag: str = '"0x8D1"', data: bytes = IMAGE) -> MemoryBlob:
+    return MemoryBlob(name, data, etag=etag)
 
 
 def make_deps(
@@ -213,7 +206,7 @@ def test_same_name_in_another_container_is_not_a_duplicate() -> None:
     store, analyzer = MemoryStore(), FakeAnalyzer()
     deps = make_deps(store, analyzer)
     process_blob(blob(), deps)
-    other = BlobInput(container="other", name="cats/tom.jpg", data=IMAGE, etag='"0x8D1"')
+    other = MemoryBlob("cats/tom.jpg", IMAGE, etag='"0x8D1"', container="other")
     assert process_blob(other, deps).status is Outcome.ANALYZED
 
 
@@ -339,30 +332,6 @@ def test_ocr_text_never_reaches_logs(caplog: pytest.LogCaptureFixture) -> None:
 # --------------------------------------------------------------------------- Functions adapter
 
 
-def test_adapter_builds_blob_input_from_a_real_input_stream() -> None:
-    from shared.blueprints.analysis import blob_input_from_stream
-
-    stream = func.blob.InputStream(
-        data=IMAGE,
-        name="images/cats/tom.jpg",
-        uri="http://127.0.0.1:10000/devstoreaccount1/images/cats/tom.jpg",
-        length=len(IMAGE),
-        blob_properties={
-            "ETag": '"0x8DC0FFEE"',
-            "ContentLength": len(IMAGE),
-            "ContentType": "image/jpeg",
-            "LastModified": "2024-05-01T12:00:00+00:00",
-        },
-        metadata={"owner": "tests"},
-    )
-    source = blob_input_from_stream(stream)
-    assert (source.container, source.name) == ("images", "cats/tom.jpg")
-    assert source.data == IMAGE
-    assert source.etag == '"0x8DC0FFEE"'
-    assert source.content_type == "image/jpeg"
-    assert source.uri is not None and source.uri.endswith("/images/cats/tom.jpg")
-
-
 def test_function_binding_is_an_event_grid_blob_trigger(repo_app: Any) -> None:
     functions = {f.get_function_name(): f for f in repo_app.get_functions()}
     function = functions["analyze_image"]
@@ -375,19 +344,37 @@ def test_function_binding_is_an_event_grid_blob_trigger(repo_app: Any) -> None:
 
 def test_handler_raises_only_for_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
     import shared.runtime
-    from shared.blueprints.analysis import analyze_image
+    from devstack.host.invoker import InvocationContext
+    from shared.blueprints.analysis import run_analysis
 
     store = MemoryStore()
     deps = make_deps(store, FakeAnalyzer([ThrottledError("429")]))
     monkeypatch.setattr(shared.runtime, "get_pipeline_deps", lambda: deps)
-
-    def stream(data: bytes, etag: str) -> func.InputStream:
-        return func.blob.InputStream(data=data, name="images/a.jpg", blob_properties={"ETag": etag})
+    context = InvocationContext(invocation_id="i-1", function_name="analyze_image",
+                                function_directory=".", trace_parent="")
 
     with pytest.raises(ThrottledError):
-        analyze_image(stream(IMAGE, "v1"))
-    assert analyze_image(stream(b"", "v2")) is None  # rejected: documented, host not told
+        run_analysis(MemoryBlob("a.jpg", IMAGE, etag="v1"), context)
+    # rejected: documented, the host is not told
+    assert run_analysis(MemoryBlob("a.jpg", b"", etag="v2"), context) is None
     assert store.doc("failed", "a.jpg") is not None
+
+
+def test_trigger_parameter_is_the_sdk_blob_client_type(repo_app: Any) -> None:
+    """The annotation is what makes the worker defer the binding (no content read by the host);
+    ``context`` must be exactly ``func.Context`` or the worker refuses to load the function."""
+    import typing
+
+    import azurefunctions.extensions.bindings.blob as blob_sdk
+    from azurefunctions.extensions.base import SdkType, get_binding_registry
+
+    functions = {f.get_function_name(): f for f in repo_app.get_functions()}
+    # resolved the way the worker's indexer does
+    hints = typing.get_type_hints(functions["analyze_image"].get_user_function())
+    assert hints["blob"] is blob_sdk.BlobClient
+    assert issubclass(hints["blob"], SdkType)
+    assert get_binding_registry().get("blobTrigger") is not None
+    assert hints["context"] is func.Context
 
 
 # --------------------------------------------------------------------------- replay
