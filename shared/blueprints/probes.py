@@ -2,7 +2,9 @@
 
 Thin adapters: each turns the ``func.TimerRequest`` into ``past_due`` and the invocation id and
 calls one function of ``shared.probes`` / ``shared.quota``, which never raises (a failing probe
-records a failed availability result instead). Schedules are ``%SETTING%`` expressions
+records a failed availability result instead). ``context`` is annotated ``func.Context`` exactly:
+the Python worker refuses to load a function whose ``context`` annotation is anything else.
+Schedules are ``%SETTING%`` expressions
 (``PROBE_SCHEDULE``, ``PROBE_E2E_SCHEDULE``, ``QUOTA_SCHEDULE``) and never run on start-up.
 """
 
@@ -13,12 +15,12 @@ import azure.functions as func
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ untyped
 
 
-def _invocation_id(context: func.Context | None) -> str | None:
-    return context.invocation_id if context is not None else None
+def _invocation_id(context: func.Context) -> str | None:
+    return context.invocation_id
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%PROBE_SCHEDULE%", run_on_startup=False)
-def vision_probe(timer: func.TimerRequest, context: func.Context | None = None) -> None:
+def vision_probe(timer: func.TimerRequest, context: func.Context) -> None:
     """Analyse the bundled probe images and check the answer; one availability result."""
     from shared.probes import vision_probe_timer
 
@@ -26,7 +28,7 @@ def vision_probe(timer: func.TimerRequest, context: func.Context | None = None) 
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%PROBE_E2E_SCHEDULE%", run_on_startup=False)
-def e2e_probe(timer: func.TimerRequest, context: func.Context | None = None) -> None:
+def e2e_probe(timer: func.TimerRequest, context: func.Context) -> None:
     """Upload a synthetic image and wait for its result document; one availability result."""
     from shared.probes import e2e_probe_timer
 
@@ -34,7 +36,7 @@ def e2e_probe(timer: func.TimerRequest, context: func.Context | None = None) -> 
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%QUOTA_SCHEDULE%", run_on_startup=False)
-def quota_check(timer: func.TimerRequest, context: func.Context | None = None) -> None:
+def quota_check(timer: func.TimerRequest, context: func.Context) -> None:
     """Calls this month vs the tier's quota, forecast, warnings; kept for the status page."""
     from shared.quota import quota_timer
 

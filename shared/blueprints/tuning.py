@@ -31,12 +31,12 @@ def _context() -> Any:
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%TUNING_SCHEDULE%", run_on_startup=False)
-def tuning_review(timer: func.TimerRequest, context: func.Context | None = None) -> None:
+def tuning_review(timer: func.TimerRequest, context: func.Context) -> None:
     """Review retries, timeout, backoff, preprocessing and rate from the last window's telemetry."""
     from shared.tuning_jobs import tuning_timer
 
     tuning_timer(_context(), past_due=timer.past_due,
-                 invocation_id=context.invocation_id if context is not None else None)
+                 invocation_id=context.invocation_id)
 
 
 @bp.route(route="tuning/review", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
