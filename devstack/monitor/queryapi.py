@@ -27,7 +27,7 @@ import duckdb
 import duckdb_kql
 from duckdb_kql.types import kusto_type
 
-from devstack.monitor.store import QueryResult, Store
+from devstack.monitor.store import QueryResult, QueryTimeout, Store
 from devstack.monitor.timeparse import format_instant, format_kql_timespan, parse_timespan
 
 
@@ -177,6 +177,31 @@ def _prefer(header: str | None) -> set[str]:
     return {part.strip().lower() for part in (header or "").split(",") if part.strip()}
 
 
+#: The service's server timeout: 3 minutes unless ``Prefer: wait=N`` asks otherwise, at most 10.
+DEFAULT_WAIT_S = 180.0
+MAX_WAIT_S = 600.0
+
+
+def server_timeout(preferences: set[str]) -> float:
+    """Seconds a query may run: ``wait=N`` from the Prefer header, within the service's bounds."""
+    for item in preferences:
+        key, _, value = item.partition("=")
+        if key.strip() == "wait":
+            try:
+                wait = float(value)
+            except ValueError as exc:
+                raise bad_argument(f"Prefer: wait={value!r} is not a number of seconds") from exc
+            if not wait > 0:
+                raise bad_argument("Prefer: wait must be a positive number of seconds")
+            return min(wait, MAX_WAIT_S)
+    return DEFAULT_WAIT_S
+
+
+def gateway_timeout() -> QueryFailure:
+    return QueryFailure(504, "GatewayTimeout", "Gateway timeout", inner_code="GatewayTimeout",
+                        inner_message="ADX query timed out")
+
+
 def run_query(store: Store, body: Any, *, now: datetime, prefer: str | None = None
               ) -> dict[str, Any]:
     """Answer one query body; raises :class:`QueryFailure` for anything the service refuses."""
@@ -192,16 +217,20 @@ def run_query(store: Store, body: Any, *, now: datetime, prefer: str | None = No
         window = parse_timespan(timespan, now)
     except ValueError as exc:
         raise bad_argument(f"Invalid timespan: {exc}") from exc
+    preferences = _prefer(prefer)
     started = time.perf_counter()
     try:
-        result = store.query(query, window)
+        result = store.query(query, window, timeout_s=server_timeout(preferences))
+    except QueryTimeout as exc:
+        raise gateway_timeout() from exc
+    except QueryFailure:
+        raise
     except Exception as exc:
         failure = classify(exc, query)
         if failure is None:
             raise
         raise failure from exc
     answer: dict[str, Any] = {"tables": [encode_table(result)]}
-    preferences = _prefer(prefer)
     if "include-statistics=true" in preferences:
         answer["statistics"] = {"query": {"executionTime": time.perf_counter() - started}}
     if "include-render=true" in preferences:

@@ -13,9 +13,10 @@ retention or on an explicit reset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +55,14 @@ WEIGHT_OVERFLOW_MESSAGE = (
     "Percentiles aggregator has encountered an overflow exception during evaluation (probably "
     "due to large weight expression). Results may be incorrect or incomplete (E_OVERFLOW)."
 )
+
+
+class QueryTimeout(Exception):
+    """A query ran past its server timeout and was interrupted."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the query ran past {timeout_s:g} s and was stopped")
+        self.timeout_s = timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,12 +216,14 @@ class Store:
         return out
 
     def query(
-        self, text: str, window: tuple[datetime | None, datetime | None]
+        self, text: str, window: tuple[datetime | None, datetime | None],
+        *, timeout_s: float | None = None,
     ) -> QueryResult:
         """Run KQL ``text`` with every table restricted to ``window``.
 
         The text goes through this package's translation layer (:mod:`devstack.monitor.kql`)
-        around ``duckdb-kql``; KQL and DuckDB errors propagate.
+        around ``duckdb-kql``; KQL and DuckDB errors propagate. Past ``timeout_s`` the running
+        statement is interrupted and :class:`QueryTimeout` raised.
         """
         prepared = kql.prepare(text)
         start, end = window
@@ -233,18 +244,48 @@ class Store:
                                                 hint="declared query parameter with no value")
             sql = kql.finish_sql(str(translated), prepared)
             self._warnings.clear()
-            # None when the statement produces no result set (typed as always a relation).
-            relation: duckdb.DuckDBPyRelation | None = (
-                self._con.sql(sql, params=translated.parameters)
-                if translated.parameters else self._con.sql(sql)
-            )
-            if relation is None:
-                return QueryResult(columns=[], rows=[], render=prepared.render)
-            columns = [(str(n), str(t)) for n, t in zip(relation.columns, relation.types,
-                                                        strict=True)]
-            rows = relation.fetchall()
+            with self._deadline(timeout_s):
+                # None when the statement produces no result set (typed as always a relation).
+                relation: duckdb.DuckDBPyRelation | None = (
+                    self._con.sql(sql, params=translated.parameters)
+                    if translated.parameters else self._con.sql(sql)
+                )
+                if relation is None:
+                    return QueryResult(columns=[], rows=[], render=prepared.render)
+                columns = [(str(n), str(t)) for n, t in zip(relation.columns, relation.types,
+                                                            strict=True)]
+                rows = relation.fetchall()
             return QueryResult(columns=columns, rows=rows, render=prepared.render,
                                sorted=prepared.sorted, warnings=tuple(self._warnings))
+
+    @contextlib.contextmanager
+    def _deadline(self, timeout_s: float | None) -> Iterator[None]:
+        """Interrupt the connection if the block outlives ``timeout_s`` (caller holds the lock)."""
+        if timeout_s is None:
+            yield
+            return
+        guard = threading.Lock()
+        state = {"running": True, "fired": False}
+
+        def expire() -> None:
+            with guard:  # never interrupt a statement that is not this query's
+                if state["running"]:
+                    state["fired"] = True
+                    self._con.interrupt()
+
+        timer = threading.Timer(timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except duckdb.InterruptException as exc:
+            if state["fired"]:
+                raise QueryTimeout(timeout_s) from exc
+            raise
+        finally:
+            with guard:
+                state["running"] = False
+            timer.cancel()
 
     def close(self) -> None:
         with self._lock:
