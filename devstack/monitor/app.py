@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,7 +29,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from devstack.monitor.config import MonitorConfig
 from devstack.monitor.envelopes import Context
 from devstack.monitor.ingest import track
-from devstack.monitor.queryapi import QueryFailure, bad_argument, run_query, workspace_not_found
+from devstack.monitor.queryapi import (
+    QueryFailure,
+    bad_argument,
+    path_not_found,
+    resource_not_found,
+    run_query,
+    workspace_not_found,
+)
 from devstack.monitor.store import Store
 
 logger = logging.getLogger(__name__)
@@ -37,6 +45,7 @@ logger = logging.getLogger(__name__)
 #: cheap pings and never starts posting.
 QPS_SUBSCRIBED_HEADER = "x-ms-qps-subscribed"
 MAX_RAW_LIMIT = 100_000
+_GUID = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -159,17 +168,45 @@ class _Emulator:
 
     # --- query API ----------------------------------------------------------------------------
 
+    def _served(self, workspace: Any) -> None:
+        """Raise unless ``workspace`` is the one this emulator serves."""
+        if not _GUID.match(str(workspace)):
+            raise path_not_found()
+        if str(workspace).lower() != self.config.workspace_id.lower():
+            raise workspace_not_found(str(workspace))
+
     def _answer(self, workspace: Any, body: Any, prefer: str | None) -> tuple[int, Any]:
         try:
-            if str(workspace).lower() != self.config.workspace_id.lower():
-                raise workspace_not_found(str(workspace))
+            self._served(workspace)
+            # A cross-workspace query names more workspaces; each must exist. The one served
+            # here is searched once however often it is named (the service's set semantics).
+            extra = body.get("workspaces") if isinstance(body, Mapping) else None
+            if extra is not None and not isinstance(extra, list):
+                raise bad_argument("The 'workspaces' property must be a list of workspace ids.")
+            for other in extra or []:
+                self._served(other)
             return 200, run_query(self.store, body, now=self.config.clock(), prefer=prefer)
         except QueryFailure as failure:
             return failure.status, failure.body()
 
+    def _workspace_of(self, request: Request) -> str | None:
+        """The workspace a route names: its id, or the workspace of a resource id."""
+        if "workspace" in request.path_params:
+            return str(request.path_params["workspace"])
+        resource = "/subscriptions/" + str(request.path_params["resource"])
+        # Resource-centric queries: the Application Insights component this emulator stands
+        # for lives in the served workspace (its rows all carry this _ResourceId).
+        if resource.rstrip("/").lower() == self.config.resource_id.lower():
+            return self.config.workspace_id
+        return None
+
     async def query(self, request: Request) -> Response:
         if not _authorized(request):
             return _unauthorized()
+        workspace = self._workspace_of(request)
+        if workspace is None:
+            failure = resource_not_found("/subscriptions/" + request.path_params["resource"])
+            return _failure(failure)
         body: Any
         if request.method == "GET":
             body = {"query": request.query_params.get("query"),
@@ -180,7 +217,7 @@ class _Emulator:
             except ValueError:
                 return _failure(bad_argument("The request body is not valid JSON."))
         status, payload = await run_in_threadpool(
-            self._answer, request.path_params["workspace"], body, request.headers.get("prefer")
+            self._answer, workspace, body, request.headers.get("prefer")
         )
         return JSONResponse(payload, status_code=status)
 
@@ -238,6 +275,14 @@ class _Emulator:
         return JSONResponse(await run_in_threadpool(self.store.raw_envelopes, limit))
 
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """Unknown routes and methods answer in the service's JSON shape, never as plain text."""
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
+        return _error(405, "MethodNotAllowedError",
+                      f"The method {request.method} is not allowed on this path")
+    return _failure(path_not_found())
+
+
 def create_app(config: MonitorConfig) -> Starlette:
     """The ASGI app; the store is opened on startup and closed on shutdown."""
     emu = _Emulator(config)
@@ -254,6 +299,8 @@ def create_app(config: MonitorConfig) -> Starlette:
             route("/QuickPulseService.svc/post", emu.quickpulse, "POST"),
             route("/v1/workspaces/{workspace}/query", emu.query, "GET", "POST"),
             route("/workspaces/{workspace}/query", emu.query, "GET", "POST"),
+            route("/v1/subscriptions/{resource:path}/query", emu.query, "GET", "POST"),
+            route("/subscriptions/{resource:path}/query", emu.query, "GET", "POST"),
             route("/v1/$batch", emu.batch, "POST"),
             route("/$batch", emu.batch, "POST"),
             route("/admin/tables", _loopback_only(emu.admin_tables), "GET"),
@@ -262,4 +309,5 @@ def create_app(config: MonitorConfig) -> Starlette:
         ],
         lifespan=emu.lifespan,
         middleware=[Middleware(_CollapseSlashes)],
+        exception_handlers={404: _not_found, 405: _not_found},
     )

@@ -49,11 +49,12 @@ def _s(*names: str) -> list[Column]:
 
 TABLES: Final[dict[str, list[Column]]] = {
     "AppRequests": [*_HEAD, *_s("Id", "Source", "Name", "Url"), ("Success", "BOOLEAN"),
-                    *_s("ResultCode"), ("DurationMs", "DOUBLE"),
+                    *_s("ResultCode"), ("DurationMs", "DOUBLE"), *_s("PerformanceBucket"),
                     *_s("ReferencedItemId", "ReferencedType"), *_context()],
     "AppDependencies": [*_HEAD, *_s("Id", "Target", "DependencyType", "Name", "Data"),
                         ("Success", "BOOLEAN"), *_s("ResultCode"), ("DurationMs", "DOUBLE"),
-                        *_s("ReferencedItemId", "ReferencedType"), *_context()],
+                        *_s("PerformanceBucket", "ReferencedItemId", "ReferencedType"),
+                        *_context()],
     "AppTraces": [*_HEAD, *_s("Message"), ("SeverityLevel", "INTEGER"),
                   *_s("ReferencedItemId", "ReferencedType"), *_context()],
     "AppExceptions": [*_HEAD, *_s("ProblemId", "HandledAt", "ExceptionType", "Assembly",
@@ -66,12 +67,68 @@ TABLES: Final[dict[str, list[Column]]] = {
                    *_context(measurements=False)],
     "AppEvents": [*_HEAD, *_s("Name"), *_context()],
     "AppAvailabilityResults": [*_HEAD, *_s("Id", "Name", "Location"), ("Success", "BOOLEAN"),
-                               *_s("Message"), ("DurationMs", "DOUBLE"), *_context()],
-    "AppPageViews": [*_HEAD, *_s("Id", "Name", "Url"), ("DurationMs", "DOUBLE"), *_context()],
+                               *_s("Message"), ("Size", "DOUBLE"), ("DurationMs", "DOUBLE"),
+                               *_s("PerformanceBucket"), *_context()],
+    "AppPageViews": [*_HEAD, *_s("Id", "Name", "Url"), ("DurationMs", "DOUBLE"),
+                     *_s("PerformanceBucket"), *_context()],
     "AppPerformanceCounters": [*_HEAD, *_s("Name", "Category", "Counter", "Instance"),
                                ("Value", "DOUBLE"),
                                *_context(measurements=False, item_count=False)],
+    # Tables every workspace-based Application Insights resource has, even when nothing writes
+    # them; here nothing ever does (browser SDK, system events), so they stay empty.
+    "AppBrowserTimings": [*_HEAD, *_s("Name", "Url"), *[(n, "DOUBLE") for n in (
+        "ProcessingDurationMs", "TotalDurationMs", "NetworkDurationMs", "SendDurationMs",
+        "ReceiveDurationMs")], *_s("PerformanceBucket"), *_context()],
+    "AppSystemEvents": [*_HEAD, *_s("EventType", "Name"), *_context()],
 }
+
+#: Tables of the workspace itself, present (and empty: no agent or subscription feeds this
+#: emulator) so that the queries every workspace answers also run here. Columns as in the
+#: Azure Monitor table reference, the ones queries use; the hidden ``_*`` columns are left out.
+WORKSPACE_TABLES: Final[dict[str, list[Column]]] = {
+    "AzureActivity": [*_HEAD, *_s(
+        "OperationName", "OperationNameValue", "Level", "ActivityStatus", "ActivityStatusValue",
+        "ActivitySubstatus", "ActivitySubstatusValue", "ResourceGroup", "SubscriptionId",
+        "CorrelationId", "Caller", "CallerIpAddress", "Category", "CategoryValue", "HTTPRequest",
+        "Properties", "EventSubmissionTimestamp", "Authorization", "ResourceId",
+        "ResourceProvider", "ResourceProviderValue", "Resource", "EventDataId", "Hierarchy",
+        "SourceSystem", "Type", "_ResourceId"),
+        ("Properties_d", "JSON"), ("Authorization_d", "JSON"), ("Claims_d", "JSON")],
+    "Heartbeat": [*_HEAD, *_s(
+        "SourceSystem", "Computer", "ComputerIP", "ComputerPrivateIPs", "Category",
+        "ComputerEnvironment", "OSType", "OSName", "OSMajorVersion", "OSMinorVersion",
+        "Version", "SCAgentChannel", "IsGatewayInstalled", "RemoteIPCountry",
+        "ManagementGroupName", "SourceComputerId", "Solutions", "VMUUID", "SubscriptionId",
+        "ResourceGroup", "ResourceProvider", "Resource", "ResourceId", "ResourceType",
+        "ComputerAgentId", "Type", "_ResourceId"),
+        ("RemoteIPLongitude", "DOUBLE"), ("RemoteIPLatitude", "DOUBLE")],
+    "Usage": [*_HEAD, *_s("Computer", "SourceSystem", "DataType", "Solution",
+                          "QuantityUnit", "ResourceUri", "LinkedResourceUri", "MeterId",
+                          "LinkedMeterId", "Type"),
+              ("StartTime", "TIMESTAMPTZ"), ("EndTime", "TIMESTAMPTZ"),
+              ("Quantity", "DOUBLE"), ("IsBillable", "BOOLEAN"),
+              ("BatchesWithinSla", "BIGINT"), ("BatchesOutsideSla", "BIGINT"),
+              ("BatchesCapped", "BIGINT"), ("TotalBatches", "BIGINT"),
+              ("AvgLatencyInSeconds", "DOUBLE")],
+}
+
+#: The upper bound (exclusive, ms) of each ``PerformanceBucket`` the service files durations
+#: under, as Application Insights' own SDKs compute it; past the last one: ``>=5min``.
+PERFORMANCE_BUCKETS: Final[tuple[tuple[float, str], ...]] = (
+    (250, "<250ms"), (500, "250ms-500ms"), (1_000, "500ms-1sec"), (3_000, "1sec-3sec"),
+    (7_000, "3sec-7sec"), (15_000, "7sec-15sec"), (30_000, "15sec-30sec"),
+    (60_000, "30sec-1min"), (120_000, "1min-2min"), (300_000, "2min-5min"),
+)
+
+
+def performance_bucket(duration_ms: float | None) -> str:
+    """The ``PerformanceBucket`` of a duration; empty (Kusto's null string) without one."""
+    if duration_ms is None:
+        return ""
+    for upper, name in PERFORMANCE_BUCKETS:
+        if duration_ms < upper:
+            return name
+    return ">=5min"
 
 #: Envelope tag → column (``ContextTagKeys`` of the exporter).
 TAG_COLUMNS: Final[dict[str, str]] = {
@@ -288,6 +345,7 @@ def _request(base: Mapping[str, Any], where: str, common: CommonRow) -> Rows:
         ResultCode=_str(_require(base, "responseCode", where)),
         DurationMs=_duration_ms(base, where),
     )
+    row["PerformanceBucket"] = performance_bucket(row["DurationMs"])
     return [("AppRequests", row)]
 
 
@@ -300,6 +358,7 @@ def _dependency(base: Mapping[str, Any], where: str, common: CommonRow) -> Rows:
         Data=_str(base.get("data")), ResultCode=_str(base.get("resultCode")),
         Success=True if success is None else success, DurationMs=_duration_ms(base, where),
     )
+    row["PerformanceBucket"] = performance_bucket(row["DurationMs"])
     return [("AppDependencies", row)]
 
 
@@ -415,7 +474,18 @@ def _availability(base: Mapping[str, Any], where: str, common: CommonRow) -> Row
         Success=_bool(_require(base, "success", where), "success", where),
         Message=_str(base.get("message")), DurationMs=_duration_ms(base, where),
     )
+    row["PerformanceBucket"] = performance_bucket(row["DurationMs"])
+    row["Size"] = _size(base.get("size"), where)
     return [("AppAvailabilityResults", row)]
+
+
+def _size(value: Any, where: str) -> float | None:
+    """``size`` is optional on availability data (bytes of the tested response)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EnvelopeError(f"Field 'size' on type '{where}' must be a number.")
+    return float(value)
 
 
 def _page_view(base: Mapping[str, Any], where: str, common: CommonRow) -> Rows:
@@ -424,6 +494,7 @@ def _page_view(base: Mapping[str, Any], where: str, common: CommonRow) -> Rows:
         Id=_str(_require(base, "id", where)), Name=_str(_require(base, "name", where)),
         Url=_str(base.get("url")), DurationMs=_duration_ms(base, where, required=False),
     )
+    row["PerformanceBucket"] = performance_bucket(row["DurationMs"])
     return [("AppPageViews", row)]
 
 

@@ -13,18 +13,21 @@ retention or on an explicit reset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import duckdb_kql
+from duckdb_kql.engine import schema as kql_schema
 
-from devstack.monitor.envelopes import TABLES, Mapped
+from devstack.monitor import kql
+from devstack.monitor.envelopes import TABLES, WORKSPACE_TABLES, Column, Mapped
 
 RAW_TABLE = "RawEnvelopes"
 _RAW_COLUMNS = (
@@ -44,10 +47,33 @@ class Received:
     error: str | None = None
 
 
+#: Every table a query can name: the ingested App* tables and the workspace's own.
+ALL_TABLES: dict[str, list[Column]] = {**TABLES, **WORKSPACE_TABLES}
+
+#: Kusto's message when a weighted percentile's weights overflow a long (it still answers).
+WEIGHT_OVERFLOW_MESSAGE = (
+    "Percentiles aggregator has encountered an overflow exception during evaluation (probably "
+    "due to large weight expression). Results may be incorrect or incomplete (E_OVERFLOW)."
+)
+
+
+class QueryTimeout(Exception):
+    """A query ran past its server timeout and was interrupted."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the query ran past {timeout_s:g} s and was stopped")
+        self.timeout_s = timeout_s
+
+
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     columns: list[tuple[str, str]]  # (name, DuckDB type name)
     rows: list[tuple[Any, ...]]
+    render: kql.Render = field(default_factory=kql.Render)
+    #: True when the query sorts (the service's ``render.isQuerySorted``).
+    sorted: bool = False
+    #: Problems the engine met while still answering: a partial result.
+    warnings: tuple[str, ...] = ()
 
 
 def _quote(identifier: str) -> str:
@@ -70,9 +96,13 @@ class Store:
         self._con = duckdb_kql.connect(":memory:")
         target = ":memory:" if db_path is None else str(db_path)
         self._con.execute(f"ATTACH '{target.replace(chr(39), chr(39) * 2)}' AS store")
-        for table, columns in TABLES.items():
+        for table, columns in ALL_TABLES.items():
             cols = ", ".join(f"{_quote(name)} {kind}" for name, kind in columns)
             self._con.execute(f"CREATE TABLE IF NOT EXISTS store.main.{_quote(table)} ({cols})")
+            # A file written by an older emulator lacks the columns added since; add them.
+            for name, kind in columns:
+                self._con.execute(f"ALTER TABLE store.main.{_quote(table)} "
+                                  f"ADD COLUMN IF NOT EXISTS {_quote(name)} {kind}")
             self._con.execute(
                 f"CREATE OR REPLACE VIEW main.{_quote(table)} AS SELECT * FROM "
                 f"store.main.{_quote(table)} WHERE TimeGenerated >= getvariable('{_START_VAR}') "
@@ -81,6 +111,12 @@ class Store:
         self._con.execute(f"CREATE TABLE IF NOT EXISTS store.main.{RAW_TABLE} ({_RAW_COLUMNS})")
         row = self._con.execute(f"SELECT coalesce(max(Seq), 0) FROM store.main.{RAW_TABLE}")
         self._seq = int(_one(row))
+        self._warnings: list[str] = []
+        kql.install(self._con, on_overflow=self._weight_overflow)
+
+    def _weight_overflow(self) -> None:
+        if WEIGHT_OVERFLOW_MESSAGE not in self._warnings:
+            self._warnings.append(WEIGHT_OVERFLOW_MESSAGE)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -129,7 +165,7 @@ class Store:
         cutoff = (now or self._clock()) - self._retention
         deleted = 0
         with self._lock:
-            for table in TABLES:
+            for table in ALL_TABLES:
                 deleted += int(_one(self._con.execute(
                     f"DELETE FROM store.main.{_quote(table)} WHERE TimeGenerated < ?", [cutoff]
                 )))
@@ -144,7 +180,7 @@ class Store:
 
     def reset(self) -> None:
         with self._lock:
-            for table in [*TABLES, RAW_TABLE]:
+            for table in [*ALL_TABLES, RAW_TABLE]:
                 self._con.execute(f"DELETE FROM store.main.{_quote(table)}")
             self._con.execute("CHECKPOINT store")
 
@@ -156,7 +192,7 @@ class Store:
                 table: int(_one(self._con.execute(
                     f"SELECT count(*) FROM store.main.{_quote(table)}"
                 )))
-                for table in [*TABLES, RAW_TABLE]
+                for table in [*ALL_TABLES, RAW_TABLE]
             }
 
     def raw_envelopes(self, limit: int) -> list[dict[str, Any]]:
@@ -180,9 +216,16 @@ class Store:
         return out
 
     def query(
-        self, kql: str, window: tuple[datetime | None, datetime | None]
+        self, text: str, window: tuple[datetime | None, datetime | None],
+        *, timeout_s: float | None = None,
     ) -> QueryResult:
-        """Run ``kql`` with every table restricted to ``window``; KQL/DuckDB errors propagate."""
+        """Run KQL ``text`` with every table restricted to ``window``.
+
+        The text goes through this package's translation layer (:mod:`devstack.monitor.kql`)
+        around ``duckdb-kql``; KQL and DuckDB errors propagate. Past ``timeout_s`` the running
+        statement is interrupted and :class:`QueryTimeout` raised.
+        """
+        prepared = kql.prepare(text)
         start, end = window
         with self._lock:
             self._con.execute(
@@ -193,15 +236,56 @@ class Store:
                 f"SET VARIABLE {_END_VAR} = ?::TIMESTAMPTZ",
                 [end if end is not None else "infinity"],
             )
-            # None when the statement produces no result set (typed as always a relation).
-            relation: duckdb.DuckDBPyRelation | None = duckdb_kql.query(
-                self._con, kql, allow_write=False
-            )
-            if relation is None:
-                return QueryResult(columns=[], rows=[])
-            columns = [(str(n), str(t)) for n, t in zip(relation.columns, relation.types,
-                                                        strict=True)]
-            return QueryResult(columns=columns, rows=relation.fetchall())
+            self._con.execute("SET TimeZone='UTC'")
+            translated = duckdb_kql.to_sql(prepared.kql, schema=kql_schema(self._con),
+                                           allow_write=False)
+            if translated.unbound:
+                raise duckdb_kql.KqlSchemaError(", ".join(translated.unbound),
+                                                hint="declared query parameter with no value")
+            sql = kql.finish_sql(str(translated), prepared)
+            self._warnings.clear()
+            with self._deadline(timeout_s):
+                # None when the statement produces no result set (typed as always a relation).
+                relation: duckdb.DuckDBPyRelation | None = (
+                    self._con.sql(sql, params=translated.parameters)
+                    if translated.parameters else self._con.sql(sql)
+                )
+                if relation is None:
+                    return QueryResult(columns=[], rows=[], render=prepared.render)
+                columns = [(str(n), str(t)) for n, t in zip(relation.columns, relation.types,
+                                                            strict=True)]
+                rows = relation.fetchall()
+            return QueryResult(columns=columns, rows=rows, render=prepared.render,
+                               sorted=prepared.sorted, warnings=tuple(self._warnings))
+
+    @contextlib.contextmanager
+    def _deadline(self, timeout_s: float | None) -> Iterator[None]:
+        """Interrupt the connection if the block outlives ``timeout_s`` (caller holds the lock)."""
+        if timeout_s is None:
+            yield
+            return
+        guard = threading.Lock()
+        state = {"running": True, "fired": False}
+
+        def expire() -> None:
+            with guard:  # never interrupt a statement that is not this query's
+                if state["running"]:
+                    state["fired"] = True
+                    self._con.interrupt()
+
+        timer = threading.Timer(timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except duckdb.InterruptException as exc:
+            if state["fired"]:
+                raise QueryTimeout(timeout_s) from exc
+            raise
+        finally:
+            with guard:
+                state["running"] = False
+            timer.cancel()
 
     def close(self) -> None:
         with self._lock:
@@ -209,5 +293,5 @@ class Store:
 
 
 def _one(cursor: duckdb.DuckDBPyConnection) -> Any:
-    row = cursor.fetchone()
-    return row[0] if row else 0
+    rows = cursor.fetchall()  # read to the end: DuckDB refuses other work on a pending result
+    return rows[0][0] if rows else 0

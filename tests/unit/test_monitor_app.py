@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from devstack.monitor import DEFAULT_WORKSPACE_ID, ConfigError, MonitorConfig, create_app
+from devstack.monitor.config import DEFAULT_RESOURCE_ID
 
 NOW = datetime(2024, 5, 31, 12, 0, tzinfo=UTC)
 AUTH = {"Authorization": "Bearer local"}
@@ -150,3 +151,39 @@ def test_config_reports_every_problem(tmp_path: Path) -> None:
         MonitorConfig(state_dir=tmp_path, host="0.0.0.0", workspace_id="x", retention_days=0)
     message = str(caught.value)
     assert "loopback" in message and "GUID" in message and "retention_days" in message
+
+
+def test_resource_centric_queries_and_cross_workspace_lists(tmp_path: Path) -> None:
+    async def scenario(c: httpx.AsyncClient) -> None:
+        await c.post("/v2.1/track", content=json.dumps([trace("a")]))
+        body = {"query": "AppTraces | count"}
+        # The SDK's query_resource posts to {endpoint}/v1/{resource id}/query.
+        cased = DEFAULT_RESOURCE_ID.replace("resourcegroups", "resourceGroups").replace(
+            "microsoft.insights", "Microsoft.Insights")
+        by_resource = await c.post(f"/v1/{cased}/query", json=body, headers=AUTH)
+        assert by_resource.status_code == 200
+        assert by_resource.json()["tables"][0]["rows"] == [[1]]
+        other = DEFAULT_RESOURCE_ID.replace("visionops-local", "someone-else")
+        unknown = await c.post(f"/v1{other}/query", json=body, headers=AUTH)
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "ResourceNotFoundError"
+        twice = await c.post(QUERY, json={**body, "workspaces": [DEFAULT_WORKSPACE_ID]},
+                             headers=AUTH)
+        assert twice.json()["tables"][0]["rows"] == [[1]]
+        foreign = await c.post(QUERY, headers=AUTH, json={
+            **body, "workspaces": ["11111111-1111-1111-1111-111111111111"]})
+        assert foreign.json()["error"]["code"] == "WorkspaceNotFoundError"
+    run(tmp_path, scenario)
+
+
+def test_unknown_routes_answer_json(tmp_path: Path) -> None:
+    async def scenario(c: httpx.AsyncClient) -> None:
+        for path in ("/v1/nothing/here", "/v1/workspaces/not-a-guid/query"):
+            answer = await c.post(path, json={"query": "AppTraces"}, headers=AUTH)
+            assert answer.status_code == 404, path
+            assert answer.json()["error"]["code"] == "PathNotFoundError"
+            assert answer.json()["error"]["message"] == "The requested path does not exist"
+        wrong_method = await c.delete(QUERY, headers=AUTH)
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["error"]["code"] == "MethodNotAllowedError"
+    run(tmp_path, scenario)

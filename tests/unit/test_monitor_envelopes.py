@@ -13,6 +13,7 @@ from devstack.monitor.envelopes import (
     Context,
     EnvelopeError,
     map_envelope,
+    performance_bucket,
     severity_level,
 )
 
@@ -143,6 +144,15 @@ def test_event_availability_and_page_view_rows() -> None:
     assert (result["Id"], result["Name"], result["Location"], result["Success"],
             result["Message"], result["DurationMs"]) == (
         "probe-1", "vision-probe", "local", True, "ok", 250.0)
+    assert (result["PerformanceBucket"], result["Size"]) == ("250ms-500ms", None)
+    _, sized = one_row(envelope("Availability", "AvailabilityData", {
+        "id": "probe-2", "name": "vision-probe", "duration": "0.00:00:01", "success": True,
+        "size": 2048}))
+    assert (sized["PerformanceBucket"], sized["Size"]) == ("1sec-3sec", 2048.0)
+    with pytest.raises(EnvelopeError, match="size"):
+        map_envelope(envelope("Availability", "AvailabilityData", {
+            "id": "p", "name": "n", "duration": "0.00:00:01", "success": True, "size": "big"}),
+            CTX)
     table, view = one_row(envelope("PageView", "PageViewData", {"id": "p", "name": "home"}))
     assert table == "AppPageViews" and view["DurationMs"] is None
 
@@ -179,3 +189,14 @@ def test_invalid_envelopes_name_the_problem(mutate: Any, message: str) -> None:
 def test_non_object_item_is_refused() -> None:
     with pytest.raises(EnvelopeError):
         map_envelope([1, 2], CTX)
+
+
+@pytest.mark.parametrize(("duration_ms", "bucket"), [
+    (0, "<250ms"), (249.9, "<250ms"), (250, "250ms-500ms"), (999, "500ms-1sec"),
+    (1000, "1sec-3sec"), (6999, "3sec-7sec"), (7000, "7sec-15sec"), (15000, "15sec-30sec"),
+    (30000, "30sec-1min"), (60000, "1min-2min"), (120000, "2min-5min"), (299999, "2min-5min"),
+    (300000, ">=5min"), (None, ""),
+])
+def test_performance_buckets_have_the_service_boundaries(duration_ms: float | None,
+                                                         bucket: str) -> None:
+    assert performance_bucket(duration_ms) == bucket

@@ -95,7 +95,9 @@ def test_syntax_error(store: Store) -> None:
 
 @pytest.mark.parametrize("query", [
     "AppRequests | make-series n = count() on TimeGenerated step 1h",
-    "AppRequests | summarize percentiles(DurationMs, 50, 95)",
+    "AppRequests | summarize p = percentiles(DurationMs, 50, 95)",
+    "AppRequests | summarize percentiles(DurationMs, ItemCount)",
+    "AppRequests | summarize percentilesw(DurationMs * 2, ItemCount, 50)",
 ])
 def test_unsupported_kql_is_refused_loudly(store: Store, query: str) -> None:
     body = failure(store, query)
@@ -128,3 +130,109 @@ def test_statistics_on_request(store: Store) -> None:
     answer = run_query(store, {"query": "AppRequests | count"}, now=NOW,
                        prefer="wait=60,include-statistics=true")
     assert answer["statistics"]["query"]["executionTime"] >= 0
+
+
+def test_syntax_error_names_the_token_and_position(store: Store) -> None:
+    inner = failure(store, "bad query")["innererror"]["innererror"]
+    assert inner == {"code": "SYN0002", "line": 1, "pos": 5, "token": "query",
+                     "message": "Query could not be parsed at 'query' on line [1,5]"}
+
+
+def test_unknown_names_use_kusto_wording(store: Store) -> None:
+    table = failure(store, "AppInsights | where TimeGenerated > ago(12h)")
+    assert table["innererror"]["innererror"] == {
+        "code": "SEM0100",
+        "message": "Failed to resolve table or column expression named 'AppInsights'"}
+    column = failure(store, "AppRequests | where NoSuchColumn == 1")
+    assert column["innererror"]["innererror"]["message"] == (
+        "Failed to resolve scalar expression named 'NoSuchColumn'")
+
+
+def test_aggregates_over_no_rows_follow_the_documented_defaults(store: Store) -> None:
+    answer = ask(store, "AppRequests | where Name == 'none' | summarize avg(DurationMs), "
+                        "avgif(DurationMs, Success), sum(DurationMs), count(), "
+                        "percentile(DurationMs, 50), stdev(DurationMs)")
+    assert answer["tables"][0]["rows"] == [[None, None, 0.0, 0, None, 0.0]]
+    assert ask(store, "AppRequests | summarize avg(DurationMs)")["tables"][0]["rows"] == [
+        [250.0]]
+
+
+def test_percentiles_expand_with_the_service_names(store: Store) -> None:
+    answer = ask(store, "range x from 1 to 10 step 1 | summarize percentiles(x, 50, 95, 99.9)")
+    [table] = answer["tables"]
+    assert [c["name"] for c in table["columns"]] == [
+        "percentile_x_50", "percentile_x_95", "percentile_x_99_9"]
+    assert table["rows"] == [[5, 10, 10]]
+    named = ask(store, "range x from 1 to 4 step 1 | summarize (lo, hi) = percentiles(x, 25, 75)")
+    assert named["tables"][0]["columns"][0]["name"] == "lo"
+    assert named["tables"][0]["rows"] == [[1, 3]]
+
+
+def test_weighted_percentiles_and_the_overflow_partial_error(store: Store) -> None:
+    answer = ask(store, "range x from 1 to 10 step 1 | extend w = iff(x == 10, 100, 1) "
+                        "| summarize percentilesw(x, w, 50, 5)")
+    assert answer["tables"][0]["rows"] == [[10, 6]]
+    assert "error" not in answer
+    # The SDK sample's query: the weights' sum overflows a long; Kusto answers and warns.
+    partial = ask(store, "let Weight = 92233720368547758;\nrange x from 1 to 3 step 1\n"
+                         "| summarize percentilesw(x, Weight * 100, 50)")
+    assert partial["tables"][0]["rows"] == [[2]]
+    assert partial["error"]["code"] == "PartialError"
+    assert "overflow" in partial["error"]["details"][0]["innererror"]["message"]
+
+
+def test_notempty_is_isnotempty_but_not_inside_strings(store: Store) -> None:
+    answer = ask(store, "AppRequests | where notempty(Name) | project s = 'notempty(Name)'")
+    assert answer["tables"][0]["rows"] == [["notempty(Name)"]]
+
+
+def test_range_is_streamed_not_built_as_a_list(store: Store) -> None:
+    # Past 2^32 elements: a list that size cannot be built at all.
+    answer = ask(store, "range x from 1 to 5000000000 step 1 | count")
+    assert answer["tables"][0]["rows"] == [[5_000_000_000]]
+
+
+def test_performance_bucket_and_standard_tables(store: Store) -> None:
+    answer = ask(store, "AppRequests | summarize count() by PerformanceBucket")
+    assert answer["tables"][0]["rows"] == [["250ms-500ms", 1]]
+    for table in ("AzureActivity", "Heartbeat", "Usage", "AppBrowserTimings",
+                  "AppSystemEvents", "AppPerformanceCounters", "AppPageViews"):
+        assert ask(store, f"{table} | count")["tables"][0]["rows"] == [[0]], table
+
+
+def test_render_metadata_only_when_asked(store: Store) -> None:
+    query = ("AppRequests | summarize n = count() by Name | sort by n desc "
+             "| render columnchart with (title='Requests', xtitle='Name', ytitle='Count', "
+             "ymax=100, ycolumns=n, Name)")
+    assert "render" not in ask(store, query)
+    answer = run_query(store, {"query": query}, now=NOW, prefer="include-render=true")
+    assert answer["tables"][0]["rows"] == [["POST /api/analyze", 1]]
+    render = answer["render"]
+    assert (render["visualization"], render["title"], render["xTitle"], render["yTitle"],
+            render["yMax"], render["yMin"], render["isQuerySorted"], render["yColumns"]) == (
+        "columnchart", "Requests", "Name", "Count", 100, "NaN", True, "n, Name")
+    plain = run_query(store, {"query": "AppRequests | take 1"}, now=NOW,
+                      prefer="include-render=true")["render"]
+    assert plain["visualization"] is None and plain["isQuerySorted"] is False
+    assert "visualization" in failure(store, "AppRequests | render nosuchchart")[
+        "innererror"]["innererror"]["message"]
+
+
+def test_server_timeout_answers_gateway_timeout(store: Store) -> None:
+    # 10^11 rows filtered one by one: minutes of work, stopped at the 0.2 s the client asked.
+    query = "range x from 1 to 100000000000 step 1 | where x % 7 == 3 | count"
+    with pytest.raises(QueryFailure) as caught:
+        run_query(store, {"query": query}, now=NOW, prefer="wait=0.2")
+    assert caught.value.status == 504
+    body = caught.value.body()["error"]
+    assert (body["code"], body["innererror"]["code"]) == ("GatewayTimeout", "GatewayTimeout")
+    # The connection is usable afterwards, and a quick query is not cut short.
+    assert run_query(store, {"query": "AppRequests | count"}, now=NOW,
+                     prefer="wait=30")["tables"][0]["rows"] == [[1]]
+    assert failure_status(store, "wait=soon") == 400
+
+
+def failure_status(store: Store, prefer: str) -> int:
+    with pytest.raises(QueryFailure) as caught:
+        run_query(store, {"query": "AppRequests | count"}, now=NOW, prefer=prefer)
+    return caught.value.status

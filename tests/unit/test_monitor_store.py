@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from devstack.monitor.envelopes import Context, map_envelope
@@ -103,3 +104,22 @@ def test_kql_cannot_write(store: Store) -> None:
 
     with pytest.raises(duckdb_kql.KqlError):
         store.query(".set-or-replace AppTraces <| datatable(x: long)[1]", (None, None))
+
+
+def test_a_file_from_an_older_emulator_gets_the_new_columns(tmp_path: Path, clock: Clock) -> None:
+
+
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as old:
+        old.execute('CREATE TABLE "AppRequests" ("TenantId" VARCHAR, '
+                    '"TimeGenerated" TIMESTAMPTZ, "Name" VARCHAR, "DurationMs" DOUBLE)')
+        old.execute("INSERT INTO \"AppRequests\" VALUES ('t', TIMESTAMPTZ '2024-05-31 11:00:00Z', "
+                    "'kept', 10)")
+    s = Store(path, retention=timedelta(days=30), clock=clock)
+    try:
+        result = s.query("AppRequests | project Name, PerformanceBucket, ItemCount",
+                         (None, None))
+        assert result.rows == [("kept", None, None)]
+        assert s.query("AzureActivity | count", (None, None)).rows == [(0,)]
+    finally:
+        s.close()
