@@ -33,6 +33,7 @@ from shared.errors import (
     VisionOpsError,
     classify,
 )
+from shared.naming import printable
 from shared.preprocessing import PreprocessOptions, PreprocessRecord, preprocess
 from shared.results import SCHEMA_VERSION, ResultRepository, normalize_etag
 from shared.units import ms
@@ -150,7 +151,7 @@ def process_blob(source: BlobInput, deps: PipelineDeps) -> AnalysisOutcome:
         disposition = classify(exc)
         logger.warning(
             "blob %s/%s not processed (%s/%s); the host will retry it",
-            source.container, source.name, disposition.error_class, disposition.reason,
+            source.container, printable(source.name), disposition.error_class, disposition.reason,
         )  # fmt: skip
         deps.observer.on_retryable_failure(source, exc, disposition)
         raise
@@ -167,7 +168,8 @@ def _process(source: BlobInput, deps: PipelineDeps, started: float) -> AnalysisO
             document=f"{existing.container}/{existing.path}",
             duration_ms=ms(deps.clock() - started),
         )
-        logger.info("blob %s/%s already documented; skipped", source.container, source.name)
+        logger.info("blob %s/%s already documented; skipped", source.container,
+                    printable(source.name))
         deps.observer.on_outcome(source, outcome)
         return outcome
 
@@ -286,7 +288,7 @@ def _reject(
     deps.observer.on_document_written(source, path, ms(deps.clock() - written_at))
     logger.warning(
         "blob %s/%s rejected at %s: %s/%s (service code %s/%s)",
-        source.container, source.name, stage, error.error_class, error.reason,
+        source.container, printable(source.name), stage, error.error_class, error.reason,
         error.error_code, error.inner_code,
     )  # fmt: skip
     outcome = AnalysisOutcome(

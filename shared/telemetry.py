@@ -73,6 +73,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.errors import classify
+from shared.naming import printable
 
 if TYPE_CHECKING:
     from opentelemetry._logs import Logger
@@ -393,10 +394,17 @@ def _redact(message: str) -> str:
         if secret in out:
             out = out.replace(secret, "***")
     current = _CURRENT.get()
-    if current is not None and current.blob_name and _STATE.hash_blob_names:
-        label = current.blob_label
-        if current.blob_name in out:
-            out = out.replace(current.blob_name, label)
+    if current is not None and current.blob_name:
+        name = current.blob_name
+        escaped = printable(name)
+        if _STATE.hash_blob_names:
+            # callers log the escaped form; the longer first, as it may contain the other
+            for form in sorted({name, escaped}, key=len, reverse=True):
+                if form in out:
+                    out = out.replace(form, current.blob_label)
+        elif escaped is not name and name in out:
+            # A caller that logged the invocation's name verbatim: never a forged line here.
+            out = out.replace(name, escaped)
     return out
 
 
