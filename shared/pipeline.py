@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -53,6 +53,8 @@ class BlobInput:
     content_type: str | None = None
     last_modified: str | None = None
     uri: str | None = None
+    #: The blob's user metadata (the probe's marker, ``telemetry.PROBE_BLOB_MARKER``, lives here).
+    metadata: Mapping[str, str] | None = None
 
     @property
     def size(self) -> int:

@@ -44,6 +44,7 @@ def analyze_image(blob: func.InputStream, context: func.Context | None = None) -
         trace_parent=trace_context.trace_parent if trace_context is not None else None,
         trace_state=trace_context.trace_state if trace_context is not None else None,
         blob=(source.container, source.name),
+        synthetic=telemetry.is_synthetic_blob(source.metadata),
     ):
         process_blob(source, get_pipeline_deps())
 
@@ -53,7 +54,8 @@ def blob_input_from_stream(stream: func.InputStream) -> BlobInput:
 
     ``name`` is the ``BlobTrigger`` metadata, ``<container>/<path>``; ``blob_properties`` is the
     host's serialized ``BlobProperties`` (``ETag``, ``ContentType``, ``LastModified``,
-    ``ContentLength`` …).
+    ``ContentLength`` …); ``metadata`` the blob's user metadata (``Metadata``), where the
+    end-to-end probe's marker says an upload is synthetic traffic.
     """
     from shared.pipeline import BlobInput
 
@@ -71,8 +73,14 @@ def blob_input_from_stream(stream: func.InputStream) -> BlobInput:
         content_type=_text(properties.get("ContentType")),
         last_modified=_text(properties.get("LastModified")),
         uri=stream.uri,
+        metadata=_metadata(getattr(stream, "metadata", None)),
     )
 
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _metadata(value: object) -> dict[str, str]:
+    # the worker passes the trigger's ``Metadata`` as it decoded it: a dict, or None
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

@@ -359,6 +359,7 @@ def test_adapter_builds_blob_input_from_a_real_input_stream() -> None:
     assert (source.container, source.name) == ("images", "cats/tom.jpg")
     assert source.data == IMAGE
     assert source.etag == '"0x8DC0FFEE"'
+    assert source.metadata == {"owner": "tests"}
     assert source.content_type == "image/jpeg"
     assert source.uri is not None and source.uri.endswith("/images/cats/tom.jpg")
 

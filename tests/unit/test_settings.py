@@ -157,3 +157,20 @@ def test_get_settings_reads_environment_once(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("VISION_ENDPOINT", "http://other:1")
     assert get_settings() is first
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("raw", "folder"), [
+    (None, "synthetic/probe/"),
+    ("probes/e2e/", "probes/e2e/"),
+    ("probes", "probes/"),  # a folder, so a sibling such as 'probes-of-mine/' is not inside
+])
+def test_probe_e2e_prefix_is_a_folder(raw: str | None, folder: str) -> None:
+    env = BASE if raw is None else {**BASE, "PROBE_E2E_PREFIX": raw}
+    assert Settings.from_env(env).health.probe_e2e_prefix == folder
+
+
+@pytest.mark.parametrize("raw", ["/probes/", "pro\nbes/"])
+def test_bad_probe_e2e_prefix_is_reported(raw: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**BASE, "PROBE_E2E_PREFIX": raw})
+    assert [p for p in info.value.problems if p.startswith("PROBE_E2E_PREFIX")]
