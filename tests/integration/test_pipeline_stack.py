@@ -19,8 +19,11 @@ The tests build on each other's uploads and run in file order.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +32,7 @@ from pipeline_fixtures import (
     FAILED,
     IMAGES,
     POISON_THRESHOLD,
+    REPO_ROOT,
     RESULTS,
     Document,
     PipelineStack,
@@ -295,6 +299,31 @@ def test_a_name_with_control_characters_forges_no_log_line(stack: PipelineStack)
     wait_for(traced, timeout=60, interval=0.5, what="AppTraces rows naming the hostile blobs")
     assert all("\n" not in m for m in messages), messages
     assert all(any(e in m for e in escaped) for m in messages), messages
+
+
+def test_replay_with_development_storage_needs_the_stack_it_means(
+    stack: PipelineStack, tmp_path: Path
+) -> None:
+    """This stack runs on free ports, so UseDevelopmentStorage=true (the default ports) is
+    not it: replay refuses unless --stack names a running stack, and then talks to that one."""
+    env = {**stack.app_environment(), "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+
+    def replay(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shared.replay", "--failed", "--dry-run",
+                               *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+
+    refused = replay("--stack", str(tmp_path / "no-stack-here"))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "no local stack is running" in refused.stderr and refused.stdout == ""
+    used = replay("--stack", str(stack.state_dir))
+    assert used.returncode == 0, used.stderr
+    assert f"using the local stack {stack.state_dir.resolve()}" in used.stderr
+    assert str(stack.endpoints["blob_endpoint"]) in used.stderr
+    # the stack's failed/ documents (the bad inputs above) were read: it was this stack
+    assert "replay would be done: failed:" in used.stdout, used.stdout
+    # replay's own output names blobs escaped too (the hostile names above are in failed/)
+    assert not [line for line in used.stdout.splitlines() if line.startswith("Executed")]
 
 
 def test_backslash_is_a_slash_in_blob_storage(stack: PipelineStack) -> None:
