@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -40,6 +40,7 @@ from shared.errors import (
     VisionOpsError,
     classify,
 )
+from shared.naming import printable
 from shared.outputs import OutputSummary, summarize
 from shared.preprocessing import PreprocessOptions, PreprocessRecord, preprocess
 from shared.results import SCHEMA_VERSION, Commit, CommitResult, ResultRepository, normalize_etag
@@ -66,6 +67,8 @@ class BlobInput:
     last_modified: str | None = None
     uri: str | None = None
     declared_size: int | None = None
+    #: The blob's user metadata (the probe's marker, ``telemetry.PROBE_BLOB_MARKER``, lives here).
+    metadata: Mapping[str, str] | None = None
 
     @property
     def size(self) -> int:
@@ -171,7 +174,7 @@ def process_blob(blob: SourceBlob, deps: PipelineDeps) -> AnalysisOutcome:
         disposition = classify(exc)
         logger.warning(
             "blob %s/%s not processed (%s/%s); the host will retry it",
-            blob.container, blob.name, disposition.error_class, disposition.reason,
+            blob.container, printable(blob.name), disposition.error_class, disposition.reason,
         )  # fmt: skip
         deps.observer.on_retryable_failure(run.source, exc, disposition)
         raise
@@ -320,7 +323,7 @@ class _Run:
         deps.observer.on_document_written(source, commit.path, ms(deps.clock() - written_at))
         logger.warning(
             "blob %s/%s rejected at %s: %s/%s (service code %s/%s)",
-            source.container, source.name, stage, error.error_class, error.reason,
+            source.container, printable(source.name), stage, error.error_class, error.reason,
             error.error_code, error.inner_code,
         )  # fmt: skip
         return self._finish(AnalysisOutcome(
@@ -340,7 +343,8 @@ class _Run:
 
     def _duplicate(self, document: str) -> AnalysisOutcome:
         source = self.source
-        logger.info("blob %s/%s already documented; skipped", source.container, source.name)
+        logger.info("blob %s/%s already documented; skipped", source.container,
+                    printable(source.name))
         return self._finish(AnalysisOutcome(
             status=Outcome.DUPLICATE, container=source.container, name=source.name,
             etag=source.etag, document=document,
@@ -352,7 +356,7 @@ class _Run:
         reason = "deleted" if current is None else "newer_version"
         logger.info(
             "blob %s/%s version %s superseded (%s, current %s); its document is not written",
-            source.container, source.name, source.etag, reason, current,
+            source.container, printable(source.name), source.etag, reason, current,
         )  # fmt: skip
         return self._finish(AnalysisOutcome(
             status=Outcome.SUPERSEDED, container=source.container, name=source.name,
@@ -369,7 +373,7 @@ def _described(source: BlobInput, version: SourceVersion) -> BlobInput:
     return BlobInput(
         container=source.container, name=source.name, data=b"", etag=version.etag,
         content_type=version.content_type, last_modified=version.last_modified,
-        uri=source.uri, declared_size=version.size,
+        uri=source.uri, declared_size=version.size, metadata=dict(version.metadata),
     )  # fmt: skip
 
 
@@ -377,7 +381,7 @@ def _with_data(source: BlobInput, data: bytes) -> BlobInput:
     return BlobInput(
         container=source.container, name=source.name, data=data, etag=source.etag,
         content_type=source.content_type, last_modified=source.last_modified,
-        uri=source.uri,
+        uri=source.uri, metadata=source.metadata,
     )  # fmt: skip
 
 

@@ -6,9 +6,15 @@ docs/probes-and-quota.md):
 * ``vision-analyze`` — sends the bundled probe images (``shared/probe_assets``) to Vision with
   a probe-specific client (few or no retries, short timeout, its own key setting) and checks the
   **content**: OCR must contain the manifest's words and the metadata the manifest's size.
-* ``pipeline-e2e`` — uploads a probe image under the synthetic prefix to the images container,
-  waits (injected clock and sleep) for its result document with the right source ETag and
-  content, then removes the blob and its documents.
+* ``pipeline-e2e`` — uploads a probe image, marked as the probe's by its blob metadata
+  (``telemetry.PROBE_BLOB_MARKER``), into the probe's folder (``PROBE_E2E_PREFIX``) of the
+  images container, waits (injected clock and sleep) for its result document with the right
+  source ETag and content, then removes the blob and its documents.
+
+The folder is reserved for the probe, but a user's blob there is still the user's: it is
+analysed and counted like any other, and the probe only ever deletes a blob that carries its
+marker and still has the ETag the probe saw (a user's overwrite drops the marker), with the
+documents of exactly that blob version.
 
 Every failure becomes a ``ProbeFailure`` class in the result's message
 (``"<class>: <detail>"``), never an exception into the host. ``run_timer`` is the common timer
@@ -63,13 +69,9 @@ MANIFEST: Final = "manifest.json"
 
 VISION_PROBE: Final = "vision-analyze"
 E2E_PROBE: Final = "pipeline-e2e"
-#: Sub-folder of the synthetic prefix the end-to-end probe uploads to.
-E2E_FOLDER: Final = "probe/"
 #: Blob (in the status container) holding the last result of probe ``<name>``.
 PROBE_RESULT_PATH: Final = "probes/{name}.json"
 LOCK_PATH: Final = "locks/{name}"
-#: What the e2e probe uses when TELEMETRY_SYNTHETIC_PREFIX is set to empty (rule disabled).
-FALLBACK_SYNTHETIC_PREFIX: Final = "synthetic/"
 #: Features the Vision probe asks for: OCR is what it validates; metadata always comes back.
 PROBE_FEATURES: Final = ("read",)
 
@@ -329,13 +331,17 @@ def probe_vision_settings(settings: Settings) -> Settings:
 class ProbeBlobs(Protocol):
     """The blob operations of the end-to-end probe. Raise ``StorageError``."""
 
-    def upload(self, container: str, name: str, data: bytes) -> str:
-        """Upload (overwrite) and return the new ETag."""
+    def upload(self, container: str, name: str, data: bytes, metadata: Mapping[str, str]) -> str:
+        """Create (never overwrite) a blob with ``metadata``; return its ETag."""
         ...
 
-    def delete(self, container: str, name: str) -> bool: ...
+    def delete_version(self, container: str, name: str, etag: str) -> bool:
+        """Delete the blob only while it still has ``etag``; whether it was deleted."""
+        ...
 
-    def list_names(self, container: str, prefix: str) -> list[str]: ...
+    def list_marked(self, container: str, prefix: str) -> list[tuple[str, str]]:
+        """``(name, etag)`` of the blobs under ``prefix`` carrying the probe's marker."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +349,7 @@ class E2EProbe:
     blobs: ProbeBlobs
     repository: ResultRepository
     images_container: str
+    #: The folder the probe uploads to and sweeps (``PROBE_E2E_PREFIX``, ends in ``/``).
     prefix: str
     asset: ProbeAsset
     deadline_seconds: float
@@ -353,22 +360,24 @@ class E2EProbe:
     now: Now = _utc_now
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
 
-    @property
-    def folder(self) -> str:
-        return f"{self.prefix}{E2E_FOLDER}"
+
+def _marker() -> dict[str, str]:
+    from shared.telemetry import PROBE_BLOB_MARKER
+
+    return {PROBE_BLOB_MARKER: E2E_PROBE}
 
 
 def run_e2e_probe(probe: E2EProbe) -> ProbeResult:
     """Upload → wait for the result document of that ETag → check content → clean up."""
     started_at, t0 = probe.now(), probe.clock()
-    name = f"{probe.folder}{probe.new_id()}.png"
+    name = f"{probe.prefix}{probe.new_id()}.png"
     try:
-        _sweep(probe, keep=None)
+        _sweep(probe)
+        etag = probe.blobs.upload(probe.images_container, name, probe.asset.data, _marker())
         try:
-            etag = probe.blobs.upload(probe.images_container, name, probe.asset.data)
             _await_result(probe, name, etag, t0)
         finally:
-            _cleanup(probe, name)
+            _cleanup(probe, name, etag)
     except Exception as exc:  # every failure is a result (classified), never a raise
         return _failed(E2E_PROBE, exc, started_at=started_at,
                        duration_ms=ms(probe.clock() - t0),
@@ -404,44 +413,72 @@ def _await_result(probe: E2EProbe, name: str, etag: str, t0: float) -> None:
         raise ProbeError(ProbeFailure.WRONG_CONTENT, problem)
 
 
-def _cleanup(probe: E2EProbe, name: str) -> None:
-    """Remove the probe blob and whatever document it produced (best effort, logged)."""
-    from shared.naming import result_path
+def _cleanup(probe: E2EProbe, name: str, etag: str) -> None:
+    """Remove the probe's blob version ``etag`` and its documents (best effort, logged).
 
-    path = result_path(name)
+    Documents first, and only those written for exactly this version: if deleting fails
+    half-way the marked blob is still there for the next run's sweep, and a document of any
+    other version of the name (a user's overwrite) is never touched.
+    """
     repo = probe.repository
     try:
-        probe.blobs.delete(probe.images_container, name)
-        repo.store.delete(repo.results_container, path)
-        repo.store.delete(repo.failed_container, path)
+        for _ in range(2):  # a result and a failure document at most
+            found = repo.find_current(probe.images_container, name, etag)
+            if found is None:
+                break
+            repo.store.delete(found.container, found.path)
+        probe.blobs.delete_version(probe.images_container, name, etag)
     except StorageError as exc:
         logger.warning("probe %s: clean-up failed (%s); the next run retries it", E2E_PROBE,
                        exc.reason)
 
 
-def _sweep(probe: E2EProbe, keep: str | None) -> None:
-    """Leftovers of earlier runs that could not clean up (crash, storage outage)."""
-    for leftover in probe.blobs.list_names(probe.images_container, probe.folder):
-        if leftover != keep:
-            _cleanup(probe, leftover)
+def _sweep(probe: E2EProbe) -> None:
+    """Leftovers of earlier runs that could not clean up (crash, storage outage): only blobs
+    carrying the probe's marker, whatever else lives under the prefix."""
+    for leftover, etag in probe.blobs.list_marked(probe.images_container, probe.prefix):
+        _cleanup(probe, leftover, etag)
 
 
 class BlobProbeBlobs(BlobDocumentStore):
-    """``ProbeBlobs`` over azure-storage-blob: the document store's delete and listing, plus a
-    plain upload that returns the new ETag."""
+    """``ProbeBlobs`` over azure-storage-blob, on top of the document store's client."""
 
-    def upload(self, container: str, name: str, data: bytes) -> str:
+    def upload(self, container: str, name: str, data: bytes, metadata: Mapping[str, str]) -> str:
         from azure.core.exceptions import AzureError
 
         try:
             props = self._service.get_blob_client(container, name).upload_blob(
-                data, overwrite=True)
-        except AzureError as exc:
+                data, overwrite=False, metadata=dict(metadata))
+        except AzureError as exc:  # an existing blob of that name too: it is never replaced
             raise StorageError("uploading the probe blob failed", reason="storage_write") from exc
         return str(props["etag"])
 
-    def list_names(self, container: str, prefix: str) -> list[str]:
-        return list(self.list_paths(container, prefix=prefix))
+    def delete_version(self, container: str, name: str, etag: str) -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            self._service.get_blob_client(container, name).delete_blob(
+                etag=etag, match_condition=MatchConditions.IfNotModified)
+        except (ResourceNotFoundError, ResourceModifiedError):
+            return False  # gone, or overwritten since (then no longer the probe's)
+        except AzureError as exc:
+            raise StorageError("deleting the probe blob failed", reason="storage_delete") from exc
+        return True
+
+    def list_marked(self, container: str, prefix: str) -> list[tuple[str, str]]:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        from shared.telemetry import is_synthetic_blob
+
+        try:
+            blobs = self._service.get_container_client(container).list_blobs(
+                name_starts_with=prefix, include=["metadata"])
+            return [(b.name, str(b.etag)) for b in blobs if is_synthetic_blob(b.metadata)]
+        except ResourceNotFoundError:
+            return []
+        except AzureError as exc:
+            raise StorageError("listing probe blobs failed", reason="storage_list") from exc
 
 
 # --------------------------------------------------------------------------- status documents
@@ -644,11 +681,10 @@ def get_probe_runtime() -> ProbeRuntime:
     analyzer = functools.cache(lambda: build_vision_client(probe_vision_settings(settings)))
 
     def e2e() -> E2EProbe:
-        prefix = settings.telemetry.synthetic_prefix or FALLBACK_SYNTHETIC_PREFIX
         return E2EProbe(
             blobs=BlobProbeBlobs(service),
             repository=ResultRepository.from_settings(store, settings),
-            images_container=settings.images_container, prefix=prefix,
+            images_container=settings.images_container, prefix=h.probe_e2e_prefix,
             asset=load_probe_assets()[0], deadline_seconds=h.probe_e2e_deadline_seconds,
             poll_seconds=h.probe_e2e_poll_seconds, run_location=h.probe_run_location,
         )  # fmt: skip

@@ -1,6 +1,7 @@
 """Re-queue poisoned and failed blobs.
 
-``python -m shared.replay [--poison] [--failed] [--dry-run] [--settings local.settings.json]``
+``python -m shared.replay [--poison] [--failed] [--dry-run] [--settings local.settings.json]
+[--stack STATE_DIR]``
 
 Sources of work:
 
@@ -19,6 +20,13 @@ message and the failed document removed, so an interrupted replay loses nothing.
 An operator tool run from a checkout (locally or against Azure), never by the Functions host.
 It needs ``azure-storage-queue`` for ``--poison``. Settings come from the environment, or from
 a ``local.settings.json`` given with ``--settings``.
+
+``UseDevelopmentStorage=true`` names no stack: it means whatever Azurite listens on the default
+ports, which on a machine with two local stacks may be the wrong one. So replay never uses it
+as it is: it asks the checkout's stack CLI (``python -m devstack [--state-dir D] status
+--json``, ``D`` from ``--stack``) and talks to that stack's storage, or refuses (exit 2) when
+no stack is running there. ``--stack`` with an explicit connection string refuses too unless the
+string is that stack's.
 """
 
 from __future__ import annotations
@@ -29,23 +37,29 @@ import binascii
 import contextlib
 import json
 import os
+import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from shared.errors import StorageError
+from shared.naming import printable
 from shared.results import DocumentStore, ResultRepository, normalize_etag
-from shared.settings import Settings, StorageConnection
+from shared.settings import STORAGE_CONNECTION, Settings, StorageConnection
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueClient
 
 POISON_QUEUE = "webjobs-blobtrigger-poison"
+#: The checkout replay runs from: where ``python -m devstack`` resolves.
+_CHECKOUT: Final = Path(__file__).resolve().parents[1]
+#: Exit code of a refused configuration (argparse uses the same for bad arguments).
+EXIT_CONFIG: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +296,71 @@ def _queue_client(storage: StorageConnection) -> QueueClient:
     return QueueClient(account_url, POISON_QUEUE, credential=credential)
 
 
+class ReplayConfigError(Exception):
+    """Replay cannot tell which storage it would talk to; the message says what to do."""
+
+
+#: ``state_dir`` (``None``: the CLI's default) → the stack's ``status --json``, or ``None``.
+StackStatus = Callable[[str | None], Mapping[str, Any] | None]
+
+
+def is_development_storage(connection_string: str | None) -> bool:
+    """``UseDevelopmentStorage=true`` (any case and spacing, with or without a proxy URI)."""
+    normalized = "".join((connection_string or "").split()).lower()
+    return "usedevelopmentstorage=true" in normalized
+
+
+def devstack_status(state_dir: str | None) -> Mapping[str, Any] | None:
+    """What ``python -m devstack status --json`` of this checkout says; ``None`` when it
+    cannot say (no devstack here, or no JSON). A stopped stack is ``{"running": false}``."""
+    argv = [sys.executable, "-m", "devstack"]
+    if state_dir is not None:  # the CLI runs in the checkout: resolve against our own cwd
+        argv += ["--state-dir", str(Path(state_dir).resolve())]
+    argv += ["status", "--json"]
+    try:
+        run = subprocess.run(argv, cwd=_CHECKOUT, capture_output=True, text=True, timeout=60,
+                             check=False)  # fmt: skip
+        payload = json.loads(run.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def resolve_storage(
+    env: Mapping[str, str], *, stack_dir: str | None, status: StackStatus = devstack_status
+) -> tuple[dict[str, str], str | None]:
+    """The environment replay runs with, and which local stack it talks to (``None``: none).
+
+    Raises ``ReplayConfigError`` (see the module docstring). Never puts a connection string into
+    a message: endpoints only.
+    """
+    configured = env.get(STORAGE_CONNECTION)
+    development = is_development_storage(configured)
+    if not development and stack_dir is None:
+        return dict(env), None
+    where = f"--stack {stack_dir}" if stack_dir is not None else "this checkout's default stack"
+    named = (f"{STORAGE_CONNECTION}=UseDevelopmentStorage=true names no stack (it means any "
+             "Azurite on the default ports)") if development else f"--stack {stack_dir}"
+    payload = status(stack_dir)
+    if payload is None:
+        raise ReplayConfigError(
+            f"{named}, and `python -m devstack status --json` could not say which stack runs"
+            f" ({where}); run replay from a checkout, or set {STORAGE_CONNECTION} to an"
+            " explicit connection string (BlobEndpoint=…;QueueEndpoint=…)")
+    if not payload.get("running") or not payload.get("storage_connection_string"):
+        raise ReplayConfigError(
+            f"{named}, but no local stack is running ({where}); start it with `python -m"
+            " devstack up`, name the one you mean with --stack STATE_DIR, or set"
+            f" {STORAGE_CONNECTION} to an explicit connection string")
+    stack_storage = str(payload["storage_connection_string"])
+    if configured and not development and configured.strip() != stack_storage:
+        raise ReplayConfigError(
+            f"{STORAGE_CONNECTION} is not the storage of the stack named by --stack {stack_dir}"
+            f" (blob {payload.get('blob_endpoint')}); drop one of the two")
+    note = f"local stack {payload.get('state_dir')} (blob {payload.get('blob_endpoint')})"
+    return {**env, STORAGE_CONNECTION: stack_storage}, note
+
+
 def load_environment(settings_file: str | None) -> Mapping[str, str]:
     """``os.environ`` over the ``Values`` of a ``local.settings.json`` (env wins)."""
     values: dict[str, str] = {}
@@ -303,12 +382,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --failed: only this error class (repeatable)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="show what would be done")
     parser.add_argument("--settings", help="a local.settings.json whose Values to use")
+    parser.add_argument("--stack", metavar="STATE_DIR",
+                        help="the local stack to talk to (its devstack --state-dir); needed when"
+                             " two stacks run, used whenever storage is UseDevelopmentStorage")
     args = parser.parse_args(argv)
     both = not (args.poison or args.failed)
 
     from shared.results import BlobDocumentStore, blob_service_client
 
-    settings = Settings.from_env(load_environment(args.settings))
+    try:
+        env, stack_note = resolve_storage(load_environment(args.settings), stack_dir=args.stack,
+                                          status=devstack_status)
+    except ReplayConfigError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if stack_note is not None:
+        print(f"replay: using the {stack_note}", file=sys.stderr)
+    settings = Settings.from_env(env)
     service = blob_service_client(settings.storage)
     replayer = Replayer(
         settings=settings,
@@ -326,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for source in items:
         for item in source:
             counts[f"{item.origin}:{item.action}"] += 1
-            print(f"{item.origin:7} {item.action:13} {item.container}/{item.name}")
+            print(f"{item.origin:7} {item.action:13} {item.container}/{printable(item.name)}")
     prefix = "would be " if args.dry_run else ""
     summary = ", ".join(f"{key}={value}" for key, value in sorted(counts.items())) or "nothing"
     print(f"replay {prefix}done: {summary}")

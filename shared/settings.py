@@ -139,7 +139,6 @@ class TelemetrySettings:
     role_name: str | None = None
     storage_directory: str | None = None
     storage_retry_seconds: int = 60
-    synthetic_prefix: str | None = "synthetic/"
     poison_after_attempts: int = 5
     query_endpoint: str | None = None
     workspace_id: str | None = None
@@ -188,6 +187,7 @@ class HealthSettings:
     probe_max_retries: int = 0
     probe_e2e_deadline_seconds: float = 120.0
     probe_e2e_poll_seconds: float = 2.0
+    probe_e2e_prefix: str = "synthetic/probe/"
     probe_run_location: str = "local"
     lock_lease_seconds: int = 60
     quota_monthly_calls: int = F0_MONTHLY_CALLS
@@ -503,7 +503,6 @@ class _Parser:
                 "APPLICATIONINSIGHTS_CONNECTION_STRING must contain InstrumentationKey=…"
             )
             connection_string = None
-        prefix = self.env.get("TELEMETRY_SYNTHETIC_PREFIX")
         return TelemetrySettings(
             connection_string=connection_string,
             configured_by_worker=self.flag("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", False),
@@ -517,8 +516,6 @@ class _Parser:
             storage_retry_seconds=self.number(
                 "TELEMETRY_STORAGE_RETRY_SECONDS", int, d.storage_retry_seconds, 1, 86_400
             ),
-            # set but empty disables the prefix rule
-            synthetic_prefix=d.synthetic_prefix if prefix is None else (prefix.strip() or None),
             poison_after_attempts=self.number(
                 "TELEMETRY_POISON_AFTER_ATTEMPTS", int, d.poison_after_attempts, 1, 100
             ),
@@ -578,6 +575,7 @@ class _Parser:
                 "PROBE_E2E_DEADLINE_SECONDS", float, d.probe_e2e_deadline_seconds, 1, 3600),
             probe_e2e_poll_seconds=self.number(
                 "PROBE_E2E_POLL_SECONDS", float, d.probe_e2e_poll_seconds, 0.05, 60),
+            probe_e2e_prefix=self.folder("PROBE_E2E_PREFIX", d.probe_e2e_prefix),
             # REGION_NAME is set by App Service / Functions in Azure
             probe_run_location=self.text("PROBE_RUN_LOCATION") or self.text("REGION_NAME")
             or d.probe_run_location,
@@ -640,6 +638,18 @@ class _Parser:
             return default
         canonical = [_FEATURES_BY_LOWER[n.lower()] for n in names]
         return tuple(dict.fromkeys(canonical))
+
+    def folder(self, key: str, default: str) -> str:
+        """A blob-name prefix ending in ``/`` (added when missing), not starting with one."""
+        raw = self.text(key)
+        if raw is None:
+            return default
+        if raw.startswith("/") or any(not ch.isprintable() for ch in raw):
+            self.problems.append(
+                f"{key} must be a blob folder such as 'synthetic/probe/' (no leading '/', no"
+                f" control characters), got {raw!r}")
+            return default
+        return raw if raw.endswith("/") else raw + "/"
 
     def container(self, key: str, default: str) -> str:
         raw = self.text(key)

@@ -19,7 +19,8 @@ binding hands the function); unit tests use an in-memory fake. Never logs blob c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from shared.errors import InvalidImageError, StorageError
@@ -49,6 +50,8 @@ class SourceVersion:
     size: int
     content_type: str | None = None
     last_modified: str | None = None
+    #: the blob's user metadata (the end-to-end probe's marker lives here)
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 class SourceChanged(Exception):
@@ -118,6 +121,7 @@ class BlobClientSource:
             size=int(props.size or 0),
             content_type=settings.content_type if settings is not None else None,
             last_modified=modified.isoformat() if modified is not None else None,
+            metadata={str(k): str(v) for k, v in (props.metadata or {}).items()},
         )
 
     def read(self, etag: str | None, limit: int) -> bytes:

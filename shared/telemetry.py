@@ -20,7 +20,9 @@ What goes where (Log Analytics table in brackets; see docs/telemetry.md):
   listener thread does the OpenTelemetry translation.
 
 Synthetic traffic (probes) carries the semconv ``user_agent.synthetic.type = test``; the exporter
-turns it into the ``SyntheticSource`` column, which every KPI query in ``queries/`` excludes.
+turns it into the ``SyntheticSource`` column, which every KPI query in ``queries/`` excludes. A
+blob is synthetic only when it carries the probe's marker metadata (``PROBE_BLOB_MARKER``), never
+because of its name: a user's upload anywhere, the probe's folder included, counts in the KPIs.
 
 Must never: raise into business code (failures are logged and swallowed here), put OCR text,
 image bytes, keys or connection strings into any attribute, event or log, or put a blob name
@@ -73,6 +75,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.errors import classify
+from shared.naming import printable
 from shared.settings import secret_values
 
 if TYPE_CHECKING:
@@ -146,6 +149,9 @@ ATTR_QUOTA_LIMIT: Final = "quota.limit"
 
 #: Semconv value marking synthetic traffic; the exporter maps it to ``SyntheticSource``.
 SYNTHETIC_TYPE_TEST: Final = "test"
+#: Blob metadata the end-to-end probe sets on every blob it uploads (value: the probe's name).
+#: Letters only: metadata names must be identifiers, and some proxies drop headers with ``_``.
+PROBE_BLOB_MARKER: Final = "visionopsprobe"
 
 # Exporter contract (azure-monitor-opentelemetry-exporter): log-record attributes that turn a
 # log record into an AppEvents / AppAvailabilityResults row instead of an AppTraces row.
@@ -279,7 +285,6 @@ def _ai_duration(ms: float) -> str:
 class _State:
     mode: Mode = Mode.UNCONFIGURED
     hash_blob_names: bool = False
-    synthetic_prefix: str | None = None
     poison_after: int = 5
     secrets: tuple[str, ...] = ()
     shutdown_timeout_s: float = 5.0
@@ -307,7 +312,6 @@ def configure(settings: Settings | None) -> Mode:
             return _STATE.mode
         t = settings.telemetry
         _STATE.hash_blob_names = t.hash_blob_names
-        _STATE.synthetic_prefix = t.synthetic_prefix
         _STATE.poison_after = t.poison_after_attempts
         _STATE.secrets = secret_values(settings)
         _STATE.shutdown_timeout_s = t.shutdown_timeout_s
@@ -414,10 +418,17 @@ def _redact(message: str) -> str:
         if secret in out:
             out = out.replace(secret, "***")
     current = _CURRENT.get()
-    if current is not None and current.blob_name and _STATE.hash_blob_names:
-        label = current.blob_label
-        if current.blob_name in out:
-            out = out.replace(current.blob_name, label)
+    if current is not None and current.blob_name:
+        name = current.blob_name
+        escaped = printable(name)
+        if _STATE.hash_blob_names:
+            # callers log the escaped form; the longer first, as it may contain the other
+            for form in sorted({name, escaped}, key=len, reverse=True):
+                if form in out:
+                    out = out.replace(form, current.blob_label)
+        elif escaped is not name and name in out:
+            # A caller that logged the invocation's name verbatim: never a forged line here.
+            out = out.replace(name, escaped)
     return out
 
 
@@ -817,6 +828,13 @@ class Invocation:
     def set_attributes(self, attributes: Mapping[str, object]) -> None:
         self.span.set_attributes(_clean(attributes))
 
+    @_safe
+    def mark_synthetic(self) -> None:
+        """Synthetic after all (the blob's marker is known once its properties are read): the
+        request span and everything recorded in it from now on carry the synthetic marker."""
+        self.synthetic = True
+        self.span.set_attribute(USER_AGENT_SYNTHETIC_TYPE, SYNTHETIC_TYPE_TEST)
+
 
 _CURRENT: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar(
     "visionops_invocation", default=None
@@ -827,10 +845,10 @@ def current_invocation() -> Invocation | None:
     return _CURRENT.get()
 
 
-def is_synthetic_blob(name: str) -> bool:
-    """Blobs under ``TELEMETRY_SYNTHETIC_PREFIX`` (probe uploads) are synthetic traffic."""
-    prefix = _STATE.synthetic_prefix
-    return prefix is not None and prefix != "" and name.startswith(prefix)
+def is_synthetic_blob(metadata: Mapping[str, str] | None) -> bool:
+    """Whether a blob's metadata carries the probe's marker (names are case-insensitive)."""
+    return any(key.lower() == PROBE_BLOB_MARKER and bool(value)
+               for key, value in (metadata or {}).items())
 
 
 @contextlib.contextmanager
@@ -842,7 +860,7 @@ def invocation(
     trace_parent: str | None = None,
     trace_state: str | None = None,
     blob: tuple[str, str] | None = None,
-    synthetic: bool | None = None,
+    synthetic: bool = False,
 ) -> Iterator[Invocation]:
     """The request span around one invocation (AppRequests); exceptions pass through unchanged.
 
@@ -851,8 +869,6 @@ def invocation(
     ``pipeline.outcome=failed`` with its class, and is recorded (AppExceptions).
     """
     container, name = blob if blob is not None else (None, None)
-    if synthetic is None:
-        synthetic = name is not None and is_synthetic_blob(name)
     inv, token, scope = _start_invocation(
         function_name, trigger=trigger, invocation_id=invocation_id, trace_parent=trace_parent,
         trace_state=trace_state, container=container, name=name, synthetic=synthetic)
@@ -1045,6 +1061,8 @@ class TelemetryObserver:
         instruments().image_bytes_in.record(source.size)
         current = _CURRENT.get()
         if current is not None:
+            if is_synthetic_blob(source.metadata):
+                current.mark_synthetic()
             current.set_attributes({ATTR_BYTES_IN: source.size, ATTR_SOURCE_ETAG: source.etag})
 
     @_safe
@@ -1181,6 +1199,7 @@ __all__ = [
     "EVENT_ANALYZED",
     "EVENT_POISONED",
     "EVENT_REJECTED",
+    "PROBE_BLOB_MARKER",
     "Instruments",
     "Invocation",
     "LogQueue",

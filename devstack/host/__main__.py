@@ -5,6 +5,10 @@ within ``--shutdown-timeout``, then the app's telemetry is flushed within
 ``--telemetry-flush-timeout``); 1 when invocations were still running at that deadline (they are
 abandoned, as the Functions host abandons them, and the process exits without waiting for
 them); 2 for a configuration error (bad settings, unresolvable ``%SETTING%``, port in use).
+
+The log is one entry per record: only a record starts a line at column 0; the rest of a
+multi-line record (a traceback) is indented and control characters are escaped, so nothing a
+function logs or raises (a blob name with a newline in an exception message) can forge an entry.
 """
 
 from __future__ import annotations
@@ -18,8 +22,21 @@ from pathlib import Path
 
 from devstack.host.host import Host, HostOptions
 from devstack.host.settings import HostConfigError
+from shared.naming import printable
 
 log = logging.getLogger("devstack.host")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: What starts every line of a record after its first.
+CONTINUATION = "    "
+
+
+class OneEntryFormatter(logging.Formatter):
+    """Every record is exactly one entry of the log (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = super().format(record).splitlines() or [""]
+        return f"\n{CONTINUATION}".join(printable(line) for line in lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,8 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneEntryFormatter(LOG_FORMAT))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # The storage SDK logs every request at INFO; the host's own lines are what matter here.
     logging.getLogger("azure").setLevel(logging.WARNING)
     options = HostOptions(

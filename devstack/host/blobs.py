@@ -44,6 +44,7 @@ from devstack.host.storage import (
     blob_service,
     queue_service,
 )
+from shared.naming import printable
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient
@@ -388,11 +389,11 @@ class BlobTriggerListener:
             self._infra_failures[candidate.key] = failures
             if failures < self._threshold:
                 log.exception("Processing blob '%s' for '%s' failed (%d of %d); it will be retried",
-                              candidate.path, candidate.binding.spec.name, failures,
+                              printable(candidate.path), candidate.binding.spec.name, failures,
                               self._threshold)
             else:
                 log.exception("Processing blob '%s' for '%s' failed %d times before an attempt "
-                              "could be recorded; giving up on it", candidate.path,
+                              "could be recorded; giving up on it", printable(candidate.path),
                               candidate.binding.spec.name, failures)
                 await self._poison_unreachable(candidate)
         finally:
@@ -408,7 +409,8 @@ class BlobTriggerListener:
         try:
             await self._io(_send_poison, candidate.binding.connection, body)
         except Exception:  # the queue being down too must not end the listener
-            log.exception("Poison message for blob '%s' could not be written", candidate.path)
+            log.exception("Poison message for blob '%s' could not be written",
+                          printable(candidate.path))
 
     def _receipt_client(self, candidate: _Candidate) -> BlobClient:
         name = receipt_blob_name(self._host_id, candidate.binding.spec.function_id,
@@ -471,7 +473,7 @@ class BlobTriggerListener:
             blob = await self._io(self._download, candidate)
             if blob is None:
                 log.info("Blob '%s' was deleted or overwritten before '%s' ran; the receipt is "
-                         "completed", candidate.path, spec.name)
+                         "completed", printable(candidate.path), spec.name)
                 await self._complete(candidate, receipt, lease, metadata)
                 return
             attempts += 1
@@ -485,8 +487,8 @@ class BlobTriggerListener:
             if attempts >= self._threshold:
                 await self._poison(candidate, receipt, lease, metadata)
                 return
-            log.warning("Blob '%s' failed in '%s' (attempt %d of %d); retrying", candidate.path,
-                        spec.name, attempts, self._threshold)
+            log.warning("Blob '%s' failed in '%s' (attempt %d of %d); retrying",
+                        printable(candidate.path), spec.name, attempts, self._threshold)
 
     def _download(self, candidate: _Candidate) -> tuple[bytes | None, Any, str] | None:
         """This ETag's content and properties, or None if the blob is gone or was overwritten.
@@ -518,7 +520,7 @@ class BlobTriggerListener:
             metadata=dict(props.metadata or {}), binding_data=candidate.binding_data)
         return await self._invoker.invoke(
             spec, {spec.trigger_param: argument},
-            reason=f"New blob detected(LogsAndContainerScan): {candidate.path}")
+            reason=f"New blob detected(LogsAndContainerScan): {printable(candidate.path)}")
 
     async def _complete(self, candidate: _Candidate, receipt: BlobClient, lease: BlobLeaseClient,
                         metadata: dict[str, str]) -> None:
@@ -533,7 +535,7 @@ class BlobTriggerListener:
                               candidate.binding.pattern.container, candidate.name, candidate.etag)
         await self._io(_send_poison, candidate.binding.connection, body)
         log.error("Blob '%s' failed %d times in '%s': message put on queue '%s'",
-                  candidate.path, self._threshold, spec.name, POISON_QUEUE)
+                  printable(candidate.path), self._threshold, spec.name, POISON_QUEUE)
         await self._complete(candidate, receipt, lease, metadata)
 
     # -- admin and shutdown -------------------------------------------------------------------

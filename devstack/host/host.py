@@ -58,6 +58,7 @@ from devstack.host.timers import (
     time_zone,
     timer_state,
 )
+from shared.naming import printable
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,8 @@ class Host:
         elif spec.trigger_type == BLOB_TRIGGER and self.blob_listener is not None:
             outcome = await self.blob_listener.invoke_path(spec, payload)
             if outcome is None:
-                log.warning("Admin invocation of '%s': blob '%s' not found", spec.name, payload)
+                log.warning("Admin invocation of '%s': blob '%s' not found", spec.name,
+                            printable(payload))
 
     # -- running ------------------------------------------------------------------------------
 
@@ -360,10 +362,10 @@ class Host:
             if spec.trigger_type == HTTP_TRIGGER:
                 methods = ",".join(spec.trigger.get("methods") or ["GET", "POST"])
                 route = spec.trigger.get("route") or spec.name
-                lines.append(f"\t{spec.name}: [{methods}] "
+                lines.append(f"  {spec.name}: [{methods}] "
                              f"http://{self.options.bind}:{self.options.port}{prefix}/{route}")
             else:
-                lines.append(f"\t{spec.name}: {spec.trigger_type}")
+                lines.append(f"  {spec.name}: {spec.trigger_type}")
         log.info("Host started (id %s, version %s) on http://%s:%d\nFunctions:\n%s",
                  self.host_id, HOST_VERSION, self.options.bind, self.options.port,
                  "\n".join(lines))

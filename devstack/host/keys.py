@@ -3,6 +3,10 @@
 Like the real host: a request passes a key as the ``code`` query parameter or the
 ``x-functions-key`` header; a function key satisfies FUNCTION level, the master key satisfies every
 level (and is the only key for ADMIN level and the ``/admin`` API). Keys are never logged.
+
+Keys are compared as UTF-8 bytes in constant time: ``hmac.compare_digest`` refuses a ``str`` with
+non-ASCII characters (a ``TypeError``, i.e. a 500 for ``code=%C3%A9``), and a presented key is
+whatever the caller sent. Every malformed key is simply a key that matches nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class HostKeys:
         return keys
 
     def is_master(self, presented: str | None) -> bool:
-        return bool(presented) and hmac.compare_digest(str(presented), self.master_key)
+        return bool(presented) and _same_key(str(presented), self.master_key)
 
     def authorizes(self, level: str, presented: str | None) -> bool:
         """Whether ``presented`` satisfies ``level`` (anonymous, function or admin)."""
@@ -62,5 +66,11 @@ class HostKeys:
         if self.is_master(presented):
             return True
         if level == FUNCTION:
-            return any(hmac.compare_digest(presented, key) for key in self.function_keys.values())
+            return any(_same_key(presented, key) for key in self.function_keys.values())
         return False
+
+
+def _same_key(presented: str, key: str) -> bool:
+    # surrogatepass: a lone surrogate (from an undecodable escape) is still bytes, never an error.
+    return hmac.compare_digest(presented.encode("utf-8", "surrogatepass"),
+                               key.encode("utf-8", "surrogatepass"))

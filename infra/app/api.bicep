@@ -81,8 +81,6 @@ var appSettings = {
   // Empty = the exporter's default temp folder (writable on Flex Consumption).
   TELEMETRY_STORAGE_DIRECTORY: ''
   TELEMETRY_STORAGE_RETRY_SECONDS: '60'
-  // Probe uploads (synthetic traffic, excluded from user KPIs) live under this prefix.
-  TELEMETRY_SYNTHETIC_PREFIX: 'synthetic/'
   // Same as host.json extensions.blobs.poisonBlobThreshold.
   TELEMETRY_POISON_AFTER_ATTEMPTS: '5'
   // What a killed instance can lose: the spans/logs of the last second, the metrics of the
@@ -132,6 +130,9 @@ var appSettings = {
   PROBE_MAX_RETRIES: '0'
   PROBE_E2E_DEADLINE_SECONDS: '120'
   PROBE_E2E_POLL_SECONDS: '2'
+  // Reserved for the e2e probe's uploads; only blobs carrying its metadata marker are synthetic
+  // traffic or ever deleted by it, so a user's upload here still counts and stays.
+  PROBE_E2E_PREFIX: 'synthetic/probe/'
   PROBE_RUN_LOCATION: location
   HEALTH_LOCK_LEASE_SECONDS: '60'
   QUOTA_MONTHLY_CALLS: string(quotaMonthlyCalls)

@@ -62,5 +62,5 @@ def run_analysis(source: SourceBlob, context: func.Context) -> None:
         trace_parent=trace_context.trace_parent if trace_context is not None else None,
         trace_state=trace_context.trace_state if trace_context is not None else None,
         blob=(source.container, source.name),
-    ):
+    ):  # synthetic or not is known once the pipeline read the blob's marker (on_started)
         process_blob(source, get_pipeline_deps())

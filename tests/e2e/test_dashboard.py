@@ -2,7 +2,9 @@
 
 On a populated stack — real images analysed through the host (real exporter telemetry) plus an
 hour of synthetic history injected into the Monitor emulator — the dashboard must render every
-chart with data points, fetch nothing but our own origin, and leave a screenshot in artifacts/.
+chart with data points, fetch nothing but our own origin, run under a CSP without
+'unsafe-inline' that reports no violation while the page works and does refuse an injected
+inline handler, and leave a screenshot in artifacts/.
 Chromium is a system package (``apt-get install -y chromium``); the test fails, never skips,
 when it is missing.
 """
@@ -75,7 +77,15 @@ def test_dashboard_renders_every_chart_with_data(populated: PipelineStack) -> No
                          capture_output=True, text=True, timeout=180, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["errors"] == []
+    assert result["errors"] == []  # console errors include every CSP refusal chromium logs
+    assert result["csp"] and "unsafe-inline" not in result["csp"], result["csp"]
+    assert "script-src 'sha256-" in result["csp"] and "style-src 'sha256-" in result["csp"]
+    assert result["violations"] == []
+    assert result["banner"] not in ("rgba(0, 0, 0, 0)", "transparent")  # the style block applied
+    # the control: an inline handler injected after rendering is refused, and reported
+    assert result["probe_ran"] is False
+    assert [v["directive"] for v in result["probe_violations"]][:1] in (
+        ["script-src"], ["script-src-attr"]), result["probe_violations"]
     for chart in CHARTS:
         info = result["charts"][chart]
         assert info["points"] > 0 and info["marks"] > 0, (chart, info)

@@ -7,7 +7,8 @@ repo's ``function_app.py``), driven only through storage uploads and the emulato
   ends with a complete result document;
 * every bad input ends in ``failed/`` with its own reason, after one host attempt, without a
   Vision call and without a poison message;
-* odd blob names get the safe document paths ``shared.naming.result_path`` promises;
+* odd blob names get the safe document paths ``shared.naming.result_path`` promises, and a
+  name with control characters forges no line in the host log or AppTraces;
 * an overwrite (new ETag) is analysed again; a poisoned blob comes back with ``shared.replay``;
 * a host restart with its receipts gone re-triggers every blob, and the pipeline's own ETag
   check makes that cost no Vision call at all.
@@ -18,7 +19,11 @@ The tests build on each other's uploads and run in file order.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,14 +32,18 @@ from pipeline_fixtures import (
     FAILED,
     IMAGES,
     POISON_THRESHOLD,
+    REPO_ROOT,
     RESULTS,
     Document,
     PipelineStack,
     run_replay,
+    wait_for,
 )
 
+from shared.logsquery import LogsQueryRunner
 from shared.naming import result_path
 from shared.preprocessing import MAX_IMAGE_BYTES
+from shared.settings import Settings
 from tests import images
 
 pytestmark = pytest.mark.integration
@@ -244,6 +253,77 @@ def test_odd_names_get_safe_result_paths(
         paths.add(path)
     assert len(paths) == len(ODD_NAMES)  # no two names share a document
     assert result_path("plain/x..y_ok-name.png") == "plain/x..y_ok-name.png.json"
+
+
+#: What the host writes for a finished invocation, behind a newline in a blob name.
+FORGED = "Executed 'Functions.analyze_image' (Succeeded, Id=FAKE, Duration=1ms)"
+
+
+def test_a_name_with_control_characters_forges_no_log_line(stack: PipelineStack) -> None:
+    # A newline only: with CR and ESC in names Azurite stored the blobs but then answered 500
+    # to every listing of the container. The unit tests cover the other control characters.
+    good = f"odd/forged\n{FORGED}.png"
+    bad = f"odd/forged-bad\n{FORGED}.png"  # rejected: the app logs its name too
+    uploaded = stack.upload_all([(good, images.png_alpha()), (bad, b"not an image at all")])
+    assert {good, bad} <= set(stack.image_names())  # the names reached storage unchanged
+    stack.wait_processed(uploaded, timeout=PROCESS_TIMEOUT)
+    found = stack.documents(uploaded)
+    assert [(d.container, d.body["source"]["name"]) for d in found[good]] == [(RESULTS, good)]
+    assert [(d.container, d.body["source"]["name"]) for d in found[bad]] == [(FAILED, bad)]
+
+    # the host log: every line naming the hostile blobs carries the escaped name, none starts
+    # a forged entry; the host wrote at least its "Executing" line for each, the app its warning
+    lines = [line for line in stack.host_log().splitlines() if "Id=FAKE" in line]
+    assert len(lines) >= 3, lines
+    escaped = ("odd/forged\\nExecuted", "odd/forged-bad\\nExecuted")
+    assert all(any(e in line for e in escaped) for line in lines), lines
+    assert any("rejected" in line for line in lines), lines
+
+    # AppTraces: the rows naming them, escaped
+    ep = stack.endpoints
+    runner = LogsQueryRunner.from_settings(Settings.from_env({
+        **stack.app_environment(), "LOGS_QUERY_ENDPOINT": str(ep["query_endpoint"]),
+        "LOGS_WORKSPACE_ID": str(ep["workspace_id"])}))
+    messages: list[str] = []
+
+    def traced() -> bool:
+        result = runner._client.query_workspace(  # ad-hoc: the rows that mention the names
+            str(ep["workspace_id"]),
+            'AppTraces | where Message contains "Id=FAKE" | project Message',
+            timespan=timedelta(hours=1), enforce_https=False)
+        messages[:] = [str(row[0]) for row in result.tables[0].rows]
+        # the app's warning about the rejected blob; the host's own lines reach AppTraces only
+        # once the first invocation has configured telemetry, so they may or may not be there
+        return any("rejected" in m for m in messages)
+
+    wait_for(traced, timeout=60, interval=0.5, what="AppTraces rows naming the hostile blobs")
+    assert all("\n" not in m for m in messages), messages
+    assert all(any(e in m for e in escaped) for m in messages), messages
+
+
+def test_replay_with_development_storage_needs_the_stack_it_means(
+    stack: PipelineStack, tmp_path: Path
+) -> None:
+    """This stack runs on free ports, so UseDevelopmentStorage=true (the default ports) is
+    not it: replay refuses unless --stack names a running stack, and then talks to that one."""
+    env = {**stack.app_environment(), "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+
+    def replay(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shared.replay", "--failed", "--dry-run",
+                               *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+
+    refused = replay("--stack", str(tmp_path / "no-stack-here"))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "no local stack is running" in refused.stderr and refused.stdout == ""
+    used = replay("--stack", str(stack.state_dir))
+    assert used.returncode == 0, used.stderr
+    assert f"using the local stack {stack.state_dir.resolve()}" in used.stderr
+    assert str(stack.endpoints["blob_endpoint"]) in used.stderr
+    # the stack's failed/ documents (the bad inputs above) were read: it was this stack
+    assert "replay would be done: failed:" in used.stdout, used.stdout
+    # replay's own output names blobs escaped too (the hostile names above are in failed/)
+    assert not [line for line in used.stdout.splitlines() if line.startswith("Executed")]
 
 
 def test_backslash_is_a_slash_in_blob_storage(stack: PipelineStack) -> None:

@@ -24,9 +24,10 @@ import pytest
 
 from devstack import procs
 from shared.logsquery import LogsQueryRunner
-from shared.probes import E2E_FOLDER, load_probe_results
+from shared.probes import load_probe_results
 from shared.quota import load_quota_status
 from shared.settings import Settings
+from tests import images
 from tests.integration.pipeline_fixtures import (
     BASE_SETTINGS,
     IMAGES,
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.integration
 
 NEVER = "0 0 0 1 1 *"  # 1 January: the tests run timers through the admin endpoint instead
 LOCATION = "it-local"
+PROBE_FOLDER = "synthetic/probe/"
 DEADLINE = 120.0
 SETTINGS = {
     **BASE_SETTINGS,
@@ -52,7 +54,7 @@ SETTINGS = {
     "PROBE_RUN_LOCATION": LOCATION,
     "STATUS_CONTAINER": "status",
     "QUOTA_WARN_THRESHOLDS": "0.8,0.95",
-    "TELEMETRY_SYNTHETIC_PREFIX": "synthetic/",
+    "PROBE_E2E_PREFIX": PROBE_FOLDER,
 }
 # The synthetic month fed to the Monitor emulator (see test_quota_forecast_…).
 QUOTA_CALLS, THROTTLED, PEAK = 1200, 60, 3
@@ -219,15 +221,52 @@ def test_healthy_vision_probe_reports_success_with_a_plausible_duration(
     assert kept.success and kept.run_location == LOCATION
 
 
-def test_healthy_e2e_probe_proves_the_pipeline_and_cleans_up(stack: PipelineStack) -> None:
+def request_rows(stack: PipelineStack) -> list[dict[str, Any]]:
+    """The analyze_image requests of blobs under the probe folder: name, synthetic or not."""
+    runner = LogsQueryRunner.from_settings(app_settings(stack))
+    found = runner._client.query_workspace(  # ad-hoc: per-blob rows no named query needs
+        str(stack.endpoints["workspace_id"]),
+        'AppRequests | where Name == "analyze_image" '
+        '| extend Blob = tostring(Properties["faas.document.name"]) '
+        f'| where Blob startswith "{PROBE_FOLDER}" | project Blob, SyntheticSource',
+        timespan=timedelta(hours=2), enforce_https=False)
+    return [{"Blob": b, "SyntheticSource": s} for b, s in found.tables[0].rows]
+
+
+def test_healthy_e2e_probe_proves_the_pipeline_and_spares_user_data(
+    stack: PipelineStack,
+) -> None:
+    """A user's blob in the probe's folder (analysed before the run, so the sweep meets it)
+    survives the run with its document and counts as user traffic; the probe's own is gone."""
+    user = f"{PROBE_FOLDER}customer-upload-{uuid.uuid4().hex[:8]}.png"
+    user_etag = stack.upload(user, images.png_alpha())
+    stack.wait_processed({user: user_etag}, timeout=DEADLINE)
+    assert [d.container for d in stack.documents({user: user_etag})[user]] == [RESULTS]
+
     row = next_row(stack, "pipeline-e2e", lambda: run_timer(stack, "e2e_probe"),
                    timeout=DEADLINE + 60)
     assert row["Success"] is True, row["Message"]
     assert 0 < row["DurationMs"] < 150_000
-    prefix = f"synthetic/{E2E_FOLDER}"
-    assert not list(stack.container(IMAGES).list_blob_names(name_starts_with=prefix))
-    assert not list(stack.container(RESULTS).list_blob_names(name_starts_with=prefix))
+    assert list(stack.container(IMAGES).list_blob_names(name_starts_with=PROBE_FOLDER)) == [user]
+    assert stack.upload_etag(user) == user_etag  # the same version, untouched
+    [doc] = stack.documents({user: user_etag})[user]
+    assert doc.container == RESULTS and doc.body["source"]["name"] == user
+    assert list(stack.container(RESULTS).list_blob_names(name_starts_with=PROBE_FOLDER)) == [
+        doc.path]
     assert load_probe_results(app_settings(stack))["pipeline-e2e"].success
+
+    # KPIs tell the two apart by the probe's marker, not by the folder both share
+    rows: list[dict[str, Any]] = []
+
+    def both_ingested() -> bool:
+        rows[:] = request_rows(stack)
+        return any(r["Blob"] == user for r in rows) and any(r["Blob"] != user for r in rows)
+
+    wait_for(both_ingested, timeout=60, interval=0.5, what="the requests of both blobs")
+    mine = [r for r in rows if r["Blob"] == user]
+    probes = [r for r in rows if r["Blob"] != user]
+    assert len(mine) == 1 and not mine[0]["SyntheticSource"], mine
+    assert probes and all(r["SyntheticSource"] for r in probes), probes
 
 
 # --------------------------------------------------------------------------- faults

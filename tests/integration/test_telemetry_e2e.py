@@ -2,7 +2,8 @@
 emulator, and the named queries read back through LogsQueryClient (shared.logsquery).
 
 The mix: 40 good images (some with printed words, so OCR text exists), 7 invalid ones, 2
-synthetic (probe) uploads, then 5 images the Vision emulator throttles once (429 + Retry-After)
+synthetic uploads (carrying the probe's marker metadata), 1 user upload in the probe's folder
+(no marker: user traffic), then 5 images the Vision emulator throttles once (429 + Retry-After)
 before they succeed. Every expectation is computed from ground truth outside telemetry (result
 documents and the emulator's own call statistics). Then an exporter outage: the Monitor emulator
 is stopped while images flow, restarted on the same port, and nothing may be missing. Last, the
@@ -44,6 +45,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 WORDS = ["QUOKKA", "ZEPHYR", "MARMOT", "JACKAL", "WOMBAT", "PELICAN", "NARWHAL", "OCELOT"]
 GOOD, INVALID, SYNTHETIC, THROTTLED = 40, 7, 2, 5
+#: Marked as the probe's (the marker, not the name, makes them synthetic) …
+MARKED = frozenset(f"synthetic/probe-{i}.png" for i in range(SYNTHETIC))
+#: … and a user's upload in the probe's folder, which counts like any other.
+USER_IN_PROBE_FOLDER = "synthetic/probe/customer-upload-0.png"
 HOUR = timedelta(hours=1)
 MONTH = timedelta(days=31)
 
@@ -172,11 +177,13 @@ def mix(stack: Stack) -> dict[str, Any]:
     for i in range(GOOD):
         text = f"{WORDS[i % len(WORDS)]} {i:02d}" if i % 5 == 0 else None
         uploads[f"good/{i:03d}.png"] = png(i, text)
+    uploads[USER_IN_PROBE_FOLDER] = png(GOOD)
     uploads.update(invalid_images())
-    for i in range(SYNTHETIC):
-        uploads[f"synthetic/probe-{i}.png"] = png(100 + i)
+    for i, name in enumerate(sorted(MARKED)):
+        uploads[name] = png(100 + i)
     for name, data in uploads.items():
-        images.upload_blob(name, data)
+        marker = {telemetry.PROBE_BLOB_MARKER: "pipeline-e2e"} if name in MARKED else None
+        images.upload_blob(name, data, metadata=marker)
     stack.wait_for_documents(set(uploads))
     organic_429 = blocked(stack)
 
@@ -200,7 +207,7 @@ def mix(stack: Stack) -> dict[str, Any]:
 
 def kpi(docs: dict[str, Any]) -> dict[str, Any]:
     """What happened, from the documents alone."""
-    real = {n: d for n, d in docs.items() if not n.startswith("synthetic/")}
+    real = {n: d for n, d in docs.items() if n not in MARKED}
     analysed = [d for d in real.values() if d["outcome"] == "analyzed"]
     rejected = [d for d in real.values() if d["outcome"] == "rejected"]
     return {
@@ -228,7 +235,7 @@ def test_queries_match_what_happened(stack: Stack, mix: dict[str, Any]) -> None:
     truth = kpi(mix["docs"])
     assert mix["organic_429"] == 0  # every 429 below was injected for the throttled five
     assert (truth["invocations"], truth["analysed"], truth["rejected"]) == (
-        GOOD + INVALID + THROTTLED, GOOD + THROTTLED, INVALID)
+        GOOD + 1 + INVALID + THROTTLED, GOOD + 1 + THROTTLED, INVALID)
     assert truth["throttled_images"] == THROTTLED
     throttles = mix["stats"]["by_status"].get("429", 0)
 
@@ -279,7 +286,7 @@ def test_queries_match_what_happened(stack: Stack, mix: dict[str, Any]) -> None:
     assert latency["invocation"]["Count"] == truth["analysed"]
     assert latency["vision_call"]["Count"] == truth["analysed"]
     totals = sorted(d["timings_ms"]["total"] for n, d in mix["docs"].items()
-                    if d["outcome"] == "analyzed" and not n.startswith("synthetic/"))
+                    if d["outcome"] == "analyzed" and n not in MARKED)
     inv = latency["invocation"]
     assert inv["P50Ms"] <= inv["P95Ms"] <= inv["P99Ms"] <= inv["MaxMs"]
     # the request span wraps the pipeline's own total (plus the adapter's few ms)

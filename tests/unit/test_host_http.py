@@ -87,3 +87,52 @@ def test_admin_api_needs_the_master_key(client: tuple[TestClient, Host]) -> None
                      params={"code": host.keys.master_key}).status_code == 400
     assert http.post("/admin/functions/tick", json={"input": ""},
                      params={"code": host.keys.master_key}).status_code == 202
+
+
+MALFORMED_KEYS = [
+    pytest.param("é", id="non-ascii"),
+    pytest.param("\udcff", id="lone-surrogate"),
+    pytest.param("", id="empty"),
+    pytest.param("k" * 100_000, id="very-long"),
+    pytest.param("a\nb\r\x00\x1b[31m", id="control-chars"),
+]
+
+
+@pytest.mark.parametrize("presented", MALFORMED_KEYS)
+def test_malformed_keys_match_nothing(tmp_path: Path, presented: str) -> None:
+    keys = HostKeys.load_or_create(tmp_path)
+    assert keys.is_master(presented) is False
+    assert keys.authorizes("function", presented) is False
+    assert keys.authorizes("admin", presented) is False
+    assert keys.authorizes("anonymous", presented) is True
+
+
+def test_non_ascii_master_and_function_keys_compare_as_bytes() -> None:
+    keys = HostKeys(master_key="clé-maître", function_keys={"default": "ключ"})
+    assert keys.is_master("clé-maître")
+    assert not keys.is_master("cle-maitre")
+    assert keys.authorizes("function", "ключ")
+    assert not keys.authorizes("function", "ключ!")
+    assert not keys.authorizes("admin", "ключ")
+
+
+@pytest.mark.parametrize("raw_query", [
+    "code=%C3%A9",            # é, the reported 500
+    "code=%FF%FE",            # not UTF-8 at all
+    "code=",                  # empty
+    "code=" + "k" * 8000,     # very long
+    "code=a%0Ab%0D%00%1B",    # control characters
+])
+def test_malformed_keys_are_401_on_every_route(client: tuple[TestClient, Host],
+                                                raw_query: str) -> None:
+    http, _ = client
+    for path in ("/api/items/1", "/api/admin-only", "/admin/host/status", "/admin/functions"):
+        response = http.get(f"{path}?{raw_query}")
+        assert response.status_code == 401, (path, raw_query, response.status_code)
+
+
+def test_non_ascii_header_key_is_401(client: tuple[TestClient, Host]) -> None:
+    http, _ = client
+    # Header bytes outside ASCII reach the app decoded as latin-1: still a key, still no match.
+    response = http.get("/api/items/1", headers={"x-functions-key": "é".encode()})
+    assert response.status_code == 401

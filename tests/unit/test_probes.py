@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from shared.errors import (
     ConfigError,
     InvalidImageError,
     OperationTimeoutError,
+    StorageError,
     ThrottledError,
     TransientError,
 )
@@ -43,6 +44,7 @@ from shared.probes import (
 )
 from shared.results import ResultRepository
 from shared.settings import Settings
+from shared.telemetry import PROBE_BLOB_MARKER, is_synthetic_blob
 from shared.vision import AttemptHook, VisionResult
 from tests.fakes import MemoryStore
 
@@ -207,19 +209,31 @@ class FakeImages:
     outcome: str = "analyzed"
     answer: dict[str, Any] = field(default_factory=payload)
     uploaded: dict[str, tuple[str, float]] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     count: int = 0
 
-    def upload(self, container: str, name: str, data: bytes) -> str:
+    def upload(self, container: str, name: str, data: bytes, metadata: Mapping[str, str]) -> str:
+        assert name not in self.uploaded, "the probe never overwrites a blob"
+        return self.put(name, metadata)
+
+    def put(self, name: str, metadata: Mapping[str, str], at: float | None = None) -> str:
+        """Any upload (the probe's or a user's): a new ETag, metadata replaced."""
         self.count += 1
         etag = f'"0x{self.count}"'
-        self.uploaded[name] = (etag, self.ticker.t)
+        self.uploaded[name] = (etag, self.ticker.t if at is None else at)
+        self.metadata[name] = dict(metadata)
         return etag
 
-    def delete(self, container: str, name: str) -> bool:
-        return self.uploaded.pop(name, None) is not None
+    def delete_version(self, container: str, name: str, etag: str) -> bool:
+        if name not in self.uploaded or self.uploaded[name][0] != etag:
+            return False
+        del self.uploaded[name]
+        del self.metadata[name]
+        return True
 
-    def list_names(self, container: str, prefix: str) -> list[str]:
-        return [n for n in self.uploaded if n.startswith(prefix)]
+    def list_marked(self, container: str, prefix: str) -> list[tuple[str, str]]:
+        return [(n, etag) for n, (etag, _) in self.uploaded.items()
+                if n.startswith(prefix) and is_synthetic_blob(self.metadata[n])]
 
     def run_pipeline(self) -> None:
         for name, (etag, at) in list(self.uploaded.items()):
@@ -244,7 +258,7 @@ def e2e_setup(**images: Any) -> tuple[E2EProbe, FakeImages, MemoryStore, Ticker]
         fake.run_pipeline()
 
     probe = E2EProbe(blobs=fake, repository=repo, images_container="images",
-                     prefix="synthetic/", asset=ASSET, deadline_seconds=10, poll_seconds=1,
+                     prefix="synthetic/probe/", asset=ASSET, deadline_seconds=10, poll_seconds=1,
                      run_location="here", clock=ticker.clock, sleep=sleep, now=lambda: NOW,
                      new_id=lambda: "run1")
     return probe, fake, store, ticker
@@ -257,6 +271,21 @@ def test_e2e_probe_waits_for_the_document_checks_it_and_cleans_up() -> None:
     assert result.name == E2E_PROBE and result.duration_ms == 3000.0
     assert ticker.sleeps == [1, 1, 1]  # polled with the injected sleep, no real wait
     assert fake.uploaded == {} and store.blobs == {}  # blob and document removed
+    assert fake.count == 1
+
+
+def test_e2e_probe_marks_its_blob() -> None:
+    probe, fake, _, _ = e2e_setup(delay=60)
+    seen: list[dict[str, str]] = []
+    original = fake.delete_version
+
+    def spy(container: str, name: str, etag: str) -> bool:
+        seen.append(dict(fake.metadata[name]))
+        return original(container, name, etag)
+
+    fake.delete_version = spy  # type: ignore[method-assign]
+    run_e2e_probe(probe)
+    assert seen == [{PROBE_BLOB_MARKER: E2E_PROBE}]
 
 
 def test_e2e_probe_ignores_a_document_of_another_etag() -> None:
@@ -280,14 +309,55 @@ def test_e2e_probe_failures(images: dict[str, Any], failure: ProbeFailure, text:
     assert fake.uploaded == {} and store.blobs == {}  # cleaned up on failure too
 
 
-def test_e2e_probe_sweeps_leftovers_of_a_crashed_run() -> None:
+def test_e2e_probe_sweeps_only_its_own_marked_leftovers() -> None:
     probe, fake, store, _ = e2e_setup()
-    fake.uploaded["synthetic/probe/old.png"] = ('"0xold"', -100.0)
-    store.write("results", result_path("synthetic/probe/old.png"), b"{}", {})
-    fake.uploaded["user/photo.png"] = ('"0xuser"', -100.0)
+    repo = probe.repository
+    old = "synthetic/probe/old.png"  # a crashed probe run's blob and document
+    old_etag = fake.put(old, {PROBE_BLOB_MARKER: E2E_PROBE}, at=-100.0)
+    repo.write_result("images", old, old_etag, {"outcome": "analyzed"})
+    # user uploads under the reserved folder (and elsewhere), each with its result document
+    users = ["synthetic/probe/customer-upload-1.jpg", "synthetic/other.jpg", "user/photo.png"]
+    for name in users:
+        repo.write_result("images", name, fake.put(name, {"owner": "customer"}, at=-100.0),
+                          {"outcome": "analyzed"})
     assert run_e2e_probe(probe).success
-    assert list(fake.uploaded) == ["user/photo.png"]  # only the probe's folder is swept
-    assert not [path for _, path in store.blobs if path.startswith("synthetic/")]
+    assert sorted(fake.uploaded) == sorted(users)  # only the marked blob was swept
+    assert sorted(path for _, path in store.blobs) == sorted(result_path(n) for n in users)
+
+
+def test_e2e_probe_never_deletes_a_version_it_did_not_write() -> None:
+    """A user overwrites a marked leftover (the marker goes with the old version): the new
+    version and its document stay, whatever the probe's sweep finds in its listing."""
+    probe, fake, _, _ = e2e_setup()
+    repo = probe.repository
+    name = "synthetic/probe/reused.png"
+    probe_etag = fake.put(name, {PROBE_BLOB_MARKER: E2E_PROBE}, at=-100.0)
+    repo.write_result("images", name, probe_etag, {"outcome": "analyzed"})
+    listed = fake.list_marked("images", probe.prefix)
+    user_etag = fake.put(name, {}, at=-50.0)  # between the listing and the delete
+    repo.write_result("images", name, user_etag, {"outcome": "analyzed"})
+    fake.list_marked = lambda container, prefix: listed  # type: ignore[method-assign]
+    assert run_e2e_probe(probe).success
+    assert fake.uploaded[name][0] == user_etag
+    assert repo.find_current("images", name, user_etag) is not None
+
+
+def test_e2e_probe_leaves_its_blob_for_the_sweep_when_document_cleanup_fails() -> None:
+    probe, fake, store, _ = e2e_setup()
+    original = store.delete
+
+    def failing(container: str, path: str) -> bool:
+        if container == "results":  # the probe's clean-up (the pipeline deletes in failed/)
+            raise StorageError("storage down", reason="storage_delete")
+        return original(container, path)
+
+    store.delete = failing  # type: ignore[method-assign]
+    assert run_e2e_probe(probe).success
+    assert list(fake.uploaded) == ["synthetic/probe/run1.png"]  # still marked, still there
+    store.delete = original  # type: ignore[method-assign]
+    probe2 = replace(probe, new_id=lambda: "run2")
+    assert run_e2e_probe(probe2).success
+    assert fake.uploaded == {} and store.blobs == {}  # the next run's sweep finished the job
 
 
 # --------------------------------------------------------------------------- timers and locks

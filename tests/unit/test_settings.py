@@ -203,3 +203,20 @@ def test_secret_values_cover_every_secret_setting() -> None:
         assert expected in values
     assert list(values) == sorted(values, key=len, reverse=True)  # longest first: no partials
     assert "a" not in values  # short values would redact ordinary words
+
+
+@pytest.mark.parametrize(("raw", "folder"), [
+    (None, "synthetic/probe/"),
+    ("probes/e2e/", "probes/e2e/"),
+    ("probes", "probes/"),  # a folder, so a sibling such as 'probes-of-mine/' is not inside
+])
+def test_probe_e2e_prefix_is_a_folder(raw: str | None, folder: str) -> None:
+    env = BASE if raw is None else {**BASE, "PROBE_E2E_PREFIX": raw}
+    assert Settings.from_env(env).health.probe_e2e_prefix == folder
+
+
+@pytest.mark.parametrize("raw", ["/probes/", "pro\nbes/"])
+def test_bad_probe_e2e_prefix_is_reported(raw: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**BASE, "PROBE_E2E_PREFIX": raw})
+    assert [p for p in info.value.problems if p.startswith("PROBE_E2E_PREFIX")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -343,6 +345,40 @@ def test_dashboard_is_self_contained() -> None:
     assert "fetch(`status?" in html
     for chart in ("latency", "success", "throughput", "availability", "quota", "errors"):
         assert f'data-chart="{chart}"' in html
+
+
+def test_dashboard_csp_allows_only_the_pages_own_inline_blocks_by_hash() -> None:
+    response = status_bp.dashboard(http("dashboard"))
+    html = response.get_body().decode()
+    policy = dict(d.split(" ", 1) for d in response.headers["Content-Security-Policy"].split("; "))
+    assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
+    assert "unsafe-hashes" not in response.headers["Content-Security-Policy"]
+    code = re.sub(r"<!--.*?-->", "", html, flags=re.DOTALL)
+    blocks = re.findall(r"<(script|style)>(.*?)</\1>", code, re.DOTALL)
+    assert sorted(kind for kind, _ in blocks) == ["script", "style"]
+    for kind, body in blocks:
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        assert policy[f"{kind}-src"] == f"'sha256-{digest}'"
+    # what the policy would block must not be in the page: no other script or style element,
+    # no style or on… attributes, no javascript: URL (in markup or in generated markup)
+    assert len(re.findall(r"<script\b", code)) == 1 and len(re.findall(r"<style\b", code)) == 1
+    assert not re.search(r"\sstyle\s*=", code)
+    assert not re.search(r"\son[a-z]+\s*=", code, re.IGNORECASE)
+    assert "javascript:" not in html.lower()
+
+
+def test_csp_of_a_page_follows_its_bytes() -> None:
+    from shared.dashboard import content_security_policy
+
+    one = content_security_policy("<style>a{}</style><script>go()</script>")
+    other = content_security_policy("<style>a{}</style><script>go();</script>")
+    assert one != other and "style-src" in one
+    assert one.split("; ")[2] == other.split("; ")[2]  # same style, same style-src
+    commented = content_security_policy(
+        "<!-- a <style> here --><style>a{}</style><script>go()</script>")
+    assert commented == one  # a tag named in a comment is not a block
+    bare = content_security_policy("<p>no code</p>")
+    assert "script-src 'none'" in bare and "style-src 'none'" in bare
 
 
 def test_function_app_registers_the_status_functions() -> None:

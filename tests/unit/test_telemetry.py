@@ -96,7 +96,6 @@ def clean() -> Iterator[None]:
         root.setLevel(previous)
         t._STATE.hash_blob_names = False
         t._STATE.secrets = ()
-        t._STATE.synthetic_prefix = "synthetic/"
 
 
 def spans() -> dict[str, list[ReadableSpan]]:
@@ -225,9 +224,11 @@ def test_sdk_and_exporter_loggers_never_become_telemetry() -> None:
 
 
 def test_synthetic_blobs_are_tagged_everywhere() -> None:
-    probe = BlobInput(container="images", name="synthetic/probe.png", data=b"x")
+    probe = BlobInput(container="images", name="anywhere/probe.png", data=b"x",
+                      metadata={t.PROBE_BLOB_MARKER: "pipeline-e2e"})
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE,
-                      blob=("images", probe.name)) as inv:
+                      blob=("images", probe.name),
+                      synthetic=t.is_synthetic_blob(probe.metadata)) as inv:
         assert inv.synthetic
         observer = t.TelemetryObserver("http://v")
         observer.on_vision_attempt(probe, attempt(1, 200))
@@ -237,6 +238,36 @@ def test_synthetic_blobs_are_tagged_everywhere() -> None:
         assert span.attributes["user_agent.synthetic.type"] == "test"
     [event] = logs()
     assert event.attributes["user_agent.synthetic.type"] == "test"
+
+
+@pytest.mark.parametrize(("metadata", "synthetic"), [
+    ({"visionopsprobe": "pipeline-e2e"}, True),
+    ({"VisionOpsProbe": "pipeline-e2e"}, True),  # metadata names are case-insensitive
+    ({"visionopsprobe": ""}, False),
+    ({"owner": "customer"}, False),
+    ({}, False),
+    (None, False),
+])
+def test_only_the_probe_marker_makes_a_blob_synthetic(
+    metadata: dict[str, str] | None, synthetic: bool
+) -> None:
+    assert t.is_synthetic_blob(metadata) is synthetic
+
+
+def test_a_user_blob_under_the_probe_folder_counts_as_user_traffic() -> None:
+    user = BlobInput(container="images", name="synthetic/probe/customer-upload-1.jpg", data=b"x",
+                     metadata={"owner": "customer"})
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", user.name),
+                      synthetic=t.is_synthetic_blob(user.metadata)) as inv:
+        assert not inv.synthetic
+        t.TelemetryObserver("http://v").on_outcome(user, analysed())
+    finished = SPANS.get_finished_spans()
+    assert finished
+    for span in finished:
+        assert span.attributes is not None
+        assert "user_agent.synthetic.type" not in span.attributes
+    [event] = logs()
+    assert "user_agent.synthetic.type" not in event.attributes
 
 
 def test_track_availability_carries_the_exporter_contract() -> None:
