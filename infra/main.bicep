@@ -86,6 +86,12 @@ param quotaMonthlyCalls int = visionSkuName == 'F0' ? 5000 : 1000000
 @description('Version reported by /api/status; the deploy workflow passes the commit.')
 param appVersion string = 'dev'
 
+@description('Flex Consumption rolling updates (preview): drain instances in batches on every code or config update instead of restarting them all.')
+param rollingUpdates bool = true
+
+@description('Platform health check path; empty on Flex Consumption (see docs/deploy.md#health-check-path).')
+param healthCheckPath string = ''
+
 param resourceGroupName string = ''
 param functionAppName string = ''
 param storageAccountName string = ''
@@ -248,6 +254,8 @@ module api 'app/api.bicep' = {
     statusContainer: containers.status
     quotaMonthlyCalls: quotaMonthlyCalls
     appVersion: appVersion
+    rollingUpdates: rollingUpdates
+    healthCheckPath: healthCheckPath
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }
