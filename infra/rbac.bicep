@@ -102,6 +102,12 @@ var userAssignments = [
     role: roles.logAnalyticsReader
     what: 'run queries/*.kql against the workspace'
   }
+  {
+    // The deploy workflow's deployment markers (custom event `deployment`), Entra-authenticated.
+    scope: applicationInsights.id
+    role: roles.monitoringMetricsPublisher
+    what: 'deployment markers'
+  }
 ]
 
 module appRoles 'br/public:avm/ptn/authorization/resource-role-assignment:0.1.2' = [

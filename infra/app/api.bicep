@@ -28,8 +28,8 @@ param statusContainer string
 @description('Calls per month the quota check measures against: F0\'s free volume, or your S1 budget.')
 param quotaMonthlyCalls int = 5000
 
-@description('Version shown by /api/status (APP_VERSION); CI passes the commit.')
-param appVersion string = 'dev'
+@description('APP_VERSION override; empty = the version stamped into the deployed package (shared/version.txt), so the version shown is the code that runs.')
+param appVersion string = ''
 param maximumInstanceCount int = 10
 param instanceMemoryMB int = 2048
 

@@ -463,3 +463,28 @@ def test_poison_attempts_match_host_json() -> None:
     host = json.loads((REPO / "host.json").read_text())
     threshold = host["extensions"]["blobs"]["poisonBlobThreshold"]
     assert bicep_app_settings()["TELEMETRY_POISON_AFTER_ATTEMPTS"] == f"'{threshold}'"
+
+
+def test_deploy_workflow_builds_once_previews_gates_and_rolls_back() -> None:
+    deploy = (WORKFLOWS / "deploy.yml").read_text()
+    steps = [line for workflow, line in _workflow_run_lines() if workflow == "deploy.yml"]
+    release = [line.split()[1] for line in steps if line.startswith("./scripts/release")]
+    # In this order: one package, the what-if, provision, deploy that package, gate, outcome.
+    assert release == ["package", "preview", "provision", "deploy", "verify", "promote",
+                       "rollback"]
+    assert "actions/upload-artifact" in deploy and "actions/download-artifact" in deploy
+    assert "if: failure() && steps.gate.outcome == 'failure'" in deploy
+    script = (REPO / "scripts" / "release").read_text()
+    assert "azd provision --preview" in script
+    assert "azd deploy api --from-package" in script
+    assert "python -m devstack.gate verify" in script.replace('"$python"', "python")
+    assert "last-good.json" in script
+
+
+def test_rolling_updates_are_on_by_default_and_reach_the_site() -> None:
+    api = API_BICEP.read_text()
+    assert "param rollingUpdates bool = true" in api
+    assert "type: rollingUpdates ? 'RollingUpdate' : 'Recreate'" in api
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["rollingUpdates"]["value"] == "${ROLLING_UPDATES=true}"
+    assert "rollingUpdates: rollingUpdates" in MAIN_BICEP.read_text()
