@@ -1,7 +1,9 @@
 """The local Azure stack: Azurite, the Vision emulator and the local Functions host.
 
 ``up`` starts what is not running, waits until every part answers and records what it started
-in ``<state>/stack.json``; ``down`` stops exactly those process groups and nothing else.
+in ``<state>/stack.json``; ``down`` stops exactly those process groups and nothing else. With
+``front`` the host listens on a private port behind ``devstack.front`` on the functions port, so
+``python -m devstack rollout`` can replace the host without clients changing address.
 Everything binds to 127.0.0.1 and keeps its state under one git-ignored folder.
 """
 
@@ -48,6 +50,7 @@ class StackOptions:
     vision_tier: str = "S1"
     vision_tps: int = 10
     start_host: bool = True
+    front: bool = False
     timeout: float = 120.0
 
 
@@ -59,6 +62,11 @@ class StackState:
     vision_key: str
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     started_at: float = 0.0
+
+    @property
+    def host_port(self) -> int:
+        """Where the host itself listens: the functions port, or a private one behind the front."""
+        return self.ports.get("host", self.ports["functions"])
 
     @property
     def azurite(self) -> AzuriteConfig:
@@ -147,7 +155,9 @@ def component_health(state: StackState) -> dict[str, bool]:
         "monitor": procs.http_ok(f"http://{base}:{state.ports['monitor']}/healthz"),
     }
     if "host" in state.processes:
-        health["host"] = procs.http_ok(f"http://{base}:{state.ports['functions']}/")
+        health["host"] = procs.http_ok(f"http://{base}:{state.host_port}/")
+    if "front" in state.processes:
+        health["front"] = procs.http_ok(f"http://{base}:{state.ports['functions']}/.front/status")
     return health
 
 
@@ -198,30 +208,57 @@ def up(opts: StackOptions, report: Callable[[str], None] = print) -> StackState:
                timeout=opts.timeout, report=report)
 
         if opts.start_host:
-            endpoints = state.endpoints(state_dir)
-            # Environment wins over local.settings.json in the host: point the app at this stack.
-            env = dict(os.environ)
-            env.update({
-                "AzureWebJobsStorage": endpoints["storage_connection_string"],
-                "VISION_ENDPOINT": endpoints["vision_endpoint"],
-                "VISION_KEY": opts.vision_key,
-                "APPLICATIONINSIGHTS_CONNECTION_STRING":
-                    endpoints["applicationinsights_connection_string"],
-                "LOGS_QUERY_ENDPOINT": endpoints["query_endpoint"],
-                "LOGS_WORKSPACE_ID": endpoints["workspace_id"],
-            })
-            host_argv = [python, "-m", "devstack.host", "--script-root", str(opts.script_root),
-                         "--port", str(state.ports["functions"]),
-                         "--state-dir", str(state_dir / "host")]
-            _start(state, state_dir, "host", host_argv, logs, env=env,
-                   ready=lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{state.ports['functions']}/"),
+            if opts.front:
+                state.ports["host"] = procs.free_port()
+            env = host_environment(state, state_dir, opts.vision_key, dict(os.environ))
+            _start(state, state_dir, "host",
+                   host_argv(opts.script_root, state.host_port, state_dir), logs, env=env,
+                   ready=lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{state.host_port}/"),
                    timeout=opts.timeout, report=report)
+            if opts.front:
+                from devstack.front import write_backend
+
+                write_backend(state_dir, f"http://{procs.LOOPBACK}:{state.host_port}")
+                _start(state, state_dir, "front",
+                       [python, "-m", "devstack.front", "--port", str(state.ports["functions"]),
+                        "--state-dir", str(state_dir)], logs, env=None,
+                       ready=lambda: procs.http_ok(
+                           f"http://{procs.LOOPBACK}:{state.ports['functions']}/.front/status"),
+                       timeout=opts.timeout, report=report)
     except BaseException:
         report("start-up failed; stopping what was started (see the logs under "
                f"{logs})")
         down(state_dir, report=report)
         raise
     return state
+
+
+def host_environment(state: StackState, state_dir: Path, vision_key: str,
+                     base: dict[str, str]) -> dict[str, str]:
+    """``base`` plus what points the app at this stack (the host lets the environment win over
+    local.settings.json)."""
+    endpoints = state.endpoints(state_dir)
+    return {**base,
+            "AzureWebJobsStorage": endpoints["storage_connection_string"],
+            "VISION_ENDPOINT": endpoints["vision_endpoint"],
+            "VISION_KEY": vision_key,
+            "APPLICATIONINSIGHTS_CONNECTION_STRING":
+                endpoints["applicationinsights_connection_string"],
+            "LOGS_QUERY_ENDPOINT": endpoints["query_endpoint"],
+            "LOGS_WORKSPACE_ID": endpoints["workspace_id"]}
+
+
+def host_argv(script_root: Path, port: int, state_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "devstack.host", "--script-root", str(script_root),
+            "--port", str(port), "--state-dir", str(state_dir / "host")]
+
+
+def start_process(state: StackState, state_dir: Path, name: str, argv: list[str], *,
+                  env: dict[str, str] | None, ready: Callable[[], bool], timeout: float,
+                  report: Callable[[str], None] = print) -> None:
+    """Start one more recorded process (the rollout's new host) and wait until it is ready."""
+    _start(state, state_dir, name, argv, state_dir / "logs", env=env, ready=ready,
+           timeout=timeout, report=report)
 
 
 def _start(
