@@ -14,8 +14,8 @@ through the front, the test rolls out:
 Then: 0 images lost (each has a completed receipt and a result document), 0 duplicated (one
 receipt per blob, one attempt, one document), 0 failed HTTP requests, the stopped host's own log
 says it finished every in-flight invocation, ``v2`` keeps serving after both rejections, and the
-deployment markers are in the telemetry. Bounded: ≤ 40 images, loopback only, every wait polls
-with a deadline.
+deployment markers are in the telemetry and in the status series the dashboard draws.
+Bounded: ≤ 40 images, loopback only, every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -205,3 +205,9 @@ def test_rollout_under_load_promotes_a_good_version_and_rejects_broken_ones(
             ("v3-broken", "started"), ("v3-broken", "rolled_back"),
             ("v4-unhealthy", "started"), ("v4-unhealthy", "rolled_back"),
         ]
+        # …and the status series the dashboard draws them from.
+        history = httpx.get(f"{stack.endpoints['functions_url']}/api/status", timeout=60,
+                            params={"code": stack.endpoints["function_key"], "history": "1",
+                                    "window": "15m"}).json()
+        shown = [(m["version"], m["outcome"]) for m in history["series"]["deployments"]]
+        assert ("v2", "promoted") in shown and ("v3-broken", "rolled_back") in shown, shown
