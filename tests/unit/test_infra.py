@@ -394,7 +394,7 @@ def _workflow_run_lines() -> list[tuple[str, str]]:
 def test_workflows_reference_only_existing_commands() -> None:
     lines = _workflow_run_lines()
     assert lines
-    allowed_tools = {"azd", "az", "python", "python3", "pip", "echo", "cat", "test", "sleep"}
+    allowed_tools = {"azd", "az", "python", "python3", "pip", "echo", "cat", "test"}
     for workflow, line in lines:
         first = line.split()[0]
         if first.startswith(("./", "scripts/", "infra/", ".ci/")):
