@@ -56,11 +56,14 @@ class RolloutResult:
     new_pid: int
     #: the stopped host's own log says it finished every in-flight invocation, then stopped
     stopped_cleanly: bool
+    #: invocations the stopped host was running when it got SIGTERM (it finished them)
+    in_flight_at_stop: int
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "promoted": self.promoted,
                 "verdict": self.verdict.to_json(), "old_pid": self.old_pid,
-                "new_pid": self.new_pid, "stopped_cleanly": self.stopped_cleanly}
+                "new_pid": self.new_pid, "stopped_cleanly": self.stopped_cleanly,
+                "in_flight_at_stop": self.in_flight_at_stop}
 
 
 def host_environment_of(pid: int) -> dict[str, str]:
@@ -123,6 +126,7 @@ def rollout(state_dir: Path, version: str, *, script_root: Path | None = None,
     if verdict.decision is gate.Decision.PROMOTE:
         write_backend(state_dir, new_url)
         _wait_front_drained(front_url, new_url, old_url, drain_timeout_s)
+        in_flight = _active_invocations(old_url, keys["master_key"])
         clean = _stop(old_pid, Path(old["log"]), drain_timeout_s)
         record = state.processes.pop(name)
         state.processes["host"] = record  # same position in start order: `down` stops it
@@ -130,17 +134,18 @@ def rollout(state_dir: Path, version: str, *, script_root: Path | None = None,
         stack.save_state(state_dir, state)
         _marker(connection, version, "promoted", previous, report)
         report(f"rollout: {version} is live on {new_url}; old host {old_pid} stopped "
-               + ("after finishing its invocations" if clean else "WITHOUT a clean drain"))
-        return RolloutResult(version, True, verdict, old_pid, new_pid, clean)
+               + (f"after finishing its {in_flight} in-flight invocations" if clean
+                  else "WITHOUT a clean drain"))
+        return RolloutResult(version, True, verdict, old_pid, new_pid, clean, in_flight)
 
-    new_log = Path(state.processes.get(name, {}).get("log", state_dir / "logs" / f"{name}.log"))
-    clean = _stop(new_pid, new_log, drain_timeout_s) if new_pid else False
+    in_flight = _active_invocations(new_url, keys["master_key"]) if started else 0
+    clean = new_pid > 0 and _stop(new_pid, state_dir / "logs" / f"{name}.log", drain_timeout_s)
     state.processes.pop(name, None)
     stack.save_state(state_dir, state)
     _marker(connection, version, "rolled_back", previous, report)
     report(f"rollout: {version} rejected; {previous or 'the old version'} keeps serving "
            f"on pid {old_pid}")
-    return RolloutResult(version, False, verdict, old_pid, new_pid, clean)
+    return RolloutResult(version, False, verdict, old_pid, new_pid, clean, in_flight)
 
 
 def _new_host_environment(old_pid: int, old_url: str, master_key: str,
@@ -176,6 +181,14 @@ def _gate(version: str, url: str, pid: int, keys: Mapping[str, str], *, watch_s:
     return gate.run_gate(policy, poll,
                          request_probe=gate.admin_invoker(url, keys["master_key"], "e2e_probe"),
                          interval_s=interval_s, on_observation=show)
+
+
+def _active_invocations(url: str, master_key: str) -> int:
+    try:
+        status = _get_json(f"{url}/admin/host/status", {"x-functions-key": master_key})
+    except OSError:
+        return 0  # the host is already gone: nothing of it can be in flight
+    return int(status.get("local", {}).get("activeInvocations", 0))
 
 
 def _wait_front_drained(front_url: str, new_url: str, old_url: str, timeout: float) -> None:

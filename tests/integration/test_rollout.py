@@ -161,7 +161,8 @@ def test_rollout_under_load_promotes_a_good_version_and_rejects_broken_ones(
             assert len(load.uploaded) > before, "no image streamed in during the swap"
             assert good["promoted"] is True and good["verdict"]["decision"] == "promote"
             assert good["verdict"]["checks"]["probe"]["success"] is True
-            assert good["stopped_cleanly"] is True, "the old host did not finish its invocations"
+            assert good["stopped_cleanly"] is True, "the old host did not drain"
+            print(f"v1 host had {good['in_flight_at_stop']} invocations in flight at SIGTERM")
             wait_for(lambda: load.versions["v2"] > 3, timeout=30, interval=0.2,
                      what="clients served by v2")
 
@@ -198,6 +199,8 @@ def test_rollout_under_load_promotes_a_good_version_and_rejects_broken_ones(
         assert {name: [d.container for d in docs] for name, docs in documents.items()} == {
             name: ["results"] for name in uploaded}
         assert stack.poison_messages() == []
+        print(f"{len(uploaded)} images, each processed once; HTTP answers {dict(load.codes)}; "
+              f"versions seen {dict(load.versions)}")
 
         # The deployment markers reached the telemetry, in order.
         assert _markers(stack) == [
