@@ -295,11 +295,25 @@ def _require_flags(body: object, flags: Sequence[str], site: _Site) -> None:
             site.find("security-missing", f"{flag} must be set explicitly")
 
 
+#: Expressions whose operands are still object literals we declare: ``union(a, b)`` and
+#: ``cond ? a : b`` (the flags inside them are checked like any other).
+_OBJECT_COMBINERS = {("function", "union"), ("operator", "conditional")}
+
+
 def _walk(node: object) -> Iterator[tuple[str, object]]:
-    """Every ``key: value`` pair of an object literal, at any depth (not into expressions)."""
+    """Every ``key: value`` pair of an object literal, at any depth: through ``union()`` and
+    ``?:`` into their object operands, never into other expressions."""
     if isinstance(node, dict):
-        if "operator" in node or "function" in node:
-            return  # an expression, not an object literal
+        for kind in ("function", "operator"):
+            expression = node.get(kind)
+            if not isinstance(expression, dict):
+                continue
+            if (kind, expression.get("type")) in _OBJECT_COMBINERS:
+                operands = expression.get("parameters") or expression.get("operands") or {}
+                for name, operand in operands.items():
+                    if name != "condition":
+                        yield from _walk(operand)
+            return  # an expression: only a combiner's object operands are declarations
         for key, value in node.items():
             if isinstance(key, str) and key.startswith("__"):
                 continue

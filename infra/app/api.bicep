@@ -195,13 +195,16 @@ module api 'br/public:avm/res/web/site:0.22.0' = {
       }
     }
     httpsOnly: true
-    siteConfig: {
-      alwaysOn: false
-      minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
-      http20Enabled: true
-      healthCheckPath: !empty(healthCheckPath) ? healthCheckPath : null
-    }
+    // healthCheckPath only when set (a typed string property takes no null).
+    siteConfig: union(
+      {
+        alwaysOn: false
+        minTlsVersion: '1.2'
+        ftpsState: 'Disabled'
+        http20Enabled: true
+      },
+      empty(healthCheckPath) ? {} : { healthCheckPath: healthCheckPath }
+    )
     // Deployments authenticate with Entra ID (azd, OIDC); basic publishing credentials are off.
     basicPublishingCredentialsPolicies: [
       {

@@ -179,3 +179,10 @@ def test_checkov_report_that_scanned_resources_passes(tmp_path: Path) -> None:
     assert infracheck.main(["checkov-summary", str(tmp_path)]) == 0
     (tmp_path / "results_json.json").write_text(json.dumps(_checkov()))
     assert infracheck.main(["checkov-summary", str(tmp_path)]) == 1
+
+
+def test_flags_inside_union_and_conditional_objects_are_checked(infra_copy: Path) -> None:
+    # api.bicep builds siteConfig with union(); the TLS and FTPS flags inside still count.
+    _seed(infra_copy, "app/api.bicep", "ftpsState: 'Disabled'", "ftpsState: 'AllAllowed'")
+    report = infracheck.check(infra_copy)
+    assert any("ftpsState is 'AllAllowed'" in f.message for f in report.findings)
