@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
 
     logs = sub.add_parser("logs", help="print the last lines of a component's log")
-    logs.add_argument("component", nargs="?", choices=["azurite", "vision", "monitor", "host"])
+    logs.add_argument("component", nargs="?",
+                      choices=["azurite", "vision", "monitor", "host", "front"])
     logs.add_argument("-n", "--lines", type=int, default=40)
     return parser
 
@@ -182,9 +183,13 @@ def _status(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _logs(args: argparse.Namespace, state_dir: Path) -> int:
-    names = [args.component] if args.component else ["azurite", "vision", "monitor", "host"]
+    names = [args.component] if args.component else ["azurite", "vision", "monitor", "host",
+                                                      "front"]
+    state = stack.load_state(state_dir)
     for name in names:
-        path = state_dir / "logs" / f"{name}.log"
+        # After a rollout the host's log is the new host's own file, recorded in the state.
+        recorded = state.processes.get(name, {}).get("log") if state is not None else None
+        path = Path(recorded) if recorded else state_dir / "logs" / f"{name}.log"
         if not path.exists():
             continue
         print(f"==> {path} <==")
