@@ -1,4 +1,5 @@
-"""``python -m devstack up|down|status|logs``: run the local Azure stack by hand or from scripts."""
+"""``python -m devstack up|down|status|logs|rollout``: run the local Azure stack by hand or from
+scripts, and rehearse a rolling deploy on it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-host", action="store_true", help="storage and emulators only")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each part")
     up.add_argument("--json", action="store_true", help="print the endpoints as JSON")
+    up.add_argument("--front", action="store_true",
+                    help="put the host behind a local front door on the functions port, so "
+                         "`rollout` can replace it without clients changing address")
 
     run = sub.add_parser("run", help="the main job: start the stack, upload samples/, show "
                          "them being analysed, keep running until Ctrl-C")
@@ -40,11 +44,24 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("down", help="stop exactly what `up` started")
 
+    roll = sub.add_parser("rollout", help="replace the running host with a new version if it "
+                          "passes the deploy gate, else keep the old one (needs `up --front`)")
+    roll.add_argument("--version", required=True, help="APP_VERSION of the new host")
+    roll.add_argument("--script-root", type=Path, default=None,
+                      help="the new version's app folder (default: the running host's)")
+    roll.add_argument("--watch-seconds", type=float, default=20.0,
+                      help="how long the gate watches the new host's alerts")
+    roll.add_argument("--startup-seconds", type=float, default=60.0)
+    roll.add_argument("--probe-seconds", type=float, default=90.0,
+                      help="how long the gate waits for the requested e2e probe run")
+    roll.add_argument("--json", action="store_true", help="print the result as JSON")
+
     status = sub.add_parser("status", help="endpoints and health of the running stack")
     status.add_argument("--json", action="store_true")
 
     logs = sub.add_parser("logs", help="print the last lines of a component's log")
-    logs.add_argument("component", nargs="?", choices=["azurite", "vision", "monitor", "host"])
+    logs.add_argument("component", nargs="?",
+                      choices=["azurite", "vision", "monitor", "host", "front"])
     logs.add_argument("-n", "--lines", type=int, default=40)
     return parser
 
@@ -54,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir: Path = args.state_dir.resolve()
     commands: dict[str, Callable[[argparse.Namespace, Path], int]] = {
         "up": _up, "run": _run, "down": _down, "status": _status, "logs": _logs,
+        "rollout": _rollout,
     }
     return commands[args.command](args, state_dir)
 
@@ -69,6 +87,22 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
     except procs.StartupError as exc:
         print(f"devstack run failed: {exc}", file=sys.stderr)
         return 1
+
+
+def _rollout(args: argparse.Namespace, state_dir: Path) -> int:
+    from devstack.rollout import RolloutError, rollout
+
+    report = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    try:
+        result = rollout(state_dir, args.version, script_root=args.script_root,
+                         watch_s=args.watch_seconds, startup_s=args.startup_seconds,
+                         probe_s=args.probe_seconds, report=report)
+    except RolloutError as exc:
+        print(f"devstack rollout: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    return 0 if result.promoted and result.stopped_cleanly else 1
 
 
 def _down(_args: argparse.Namespace, state_dir: Path) -> int:
@@ -87,6 +121,7 @@ def _up(args: argparse.Namespace, state_dir: Path) -> int:
         vision_tier=args.vision_tier,
         vision_tps=args.vision_tps,
         start_host=not args.no_host,
+        front=args.front,
         timeout=args.timeout,
     )
     try:
@@ -148,9 +183,13 @@ def _status(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _logs(args: argparse.Namespace, state_dir: Path) -> int:
-    names = [args.component] if args.component else ["azurite", "vision", "monitor", "host"]
+    names = [args.component] if args.component else ["azurite", "vision", "monitor", "host",
+                                                      "front"]
+    state = stack.load_state(state_dir)
     for name in names:
-        path = state_dir / "logs" / f"{name}.log"
+        # After a rollout the host's log is the new host's own file, recorded in the state.
+        recorded = state.processes.get(name, {}).get("log") if state is not None else None
+        path = Path(recorded) if recorded else state_dir / "logs" / f"{name}.log"
         if not path.exists():
             continue
         print(f"==> {path} <==")

@@ -1,10 +1,10 @@
 """Renders the Azure Workbook (``infra/workbook/visionops.workbook.json``) from ``queries/*.kql``.
 
-The workbook shows what the status page shows — latency, success rate, throughput, availability,
-quota, errors, throttling — with the very same query files, so a query fixed once is fixed in the
-status endpoint, the alerts and the workbook. Binned queries get the workbook's time grain
-(``{TimeRange:grain}``) for their ``binSize`` parameter. Independent of ``shared``: it reads the
-files only.
+The workbook shows what the status page shows — deployment markers, latency, success rate,
+throughput, availability, quota, errors, throttling — with the very same query files, so a query
+fixed once is fixed in the status endpoint, the alerts and the workbook. Binned queries get the
+workbook's time grain (``{TimeRange:grain}``) for their ``binSize`` parameter. Independent of
+``shared``: it reads the files only.
 
 The workbook's queries use the workspace tables (AppRequests …): deploy it with the Log
 Analytics workspace as its ``sourceId``.
@@ -45,6 +45,11 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
+    # Workbook charts have no annotations: the deployment markers get their own chart on the
+    # same time range, one point per marker and version, full width above the others.
+    Panel("deployments", "Deployments (markers: one point per deployment event, by version)",
+          "status_series_deployments", "timechart", (("binSize", GRAIN),),
+          "bin_start, version, markers = 1", width="100"),
     Panel("latency", "Latency p50 / p95 (ms)", "status_series_requests", "timechart",
           (("binSize", GRAIN),), "bin_start, p50_ms, p95_ms"),
     Panel("success-rate", "Success rate (share of invocations)", "status_series_requests",

@@ -1,7 +1,9 @@
 """The local Azure stack: Azurite, the Vision emulator and the local Functions host.
 
 ``up`` starts what is not running, waits until every part answers and records what it started
-in ``<state>/stack.json``; ``down`` stops exactly those process groups and nothing else.
+in ``<state>/stack.json``; ``down`` stops exactly those process groups and nothing else. With
+``front`` the host listens on a private port behind ``devstack.front`` on the functions port, so
+``python -m devstack rollout`` can replace the host without clients changing address.
 Everything binds to 127.0.0.1 and keeps its state under one git-ignored folder.
 """
 
@@ -44,6 +46,11 @@ CONTAINERS = ["images", "results", "failed", "azure-webjobs-hosts"]
 QUEUES = ["webjobs-blobtrigger-poison"]
 
 
+#: the host's own bounds on a graceful stop (in-flight invocations, then the telemetry flush)
+HOST_SHUTDOWN_TIMEOUT = 30.0
+HOST_TELEMETRY_FLUSH_TIMEOUT = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class StackOptions:
     state_dir: Path = DEFAULT_STATE_DIR
@@ -53,10 +60,11 @@ class StackOptions:
     vision_tier: str = "S1"
     vision_tps: int = 10
     start_host: bool = True
+    front: bool = False
     timeout: float = 120.0
     #: the host's bound for in-flight invocations, then for the telemetry flush, on a stop
-    host_shutdown_timeout: float = 30.0
-    host_telemetry_flush_timeout: float = 5.0
+    host_shutdown_timeout: float = HOST_SHUTDOWN_TIMEOUT
+    host_telemetry_flush_timeout: float = HOST_TELEMETRY_FLUSH_TIMEOUT
 
     @property
     def host_stop_timeout(self) -> float:
@@ -72,6 +80,11 @@ class StackState:
     vision_key: str
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     started_at: float = 0.0
+
+    @property
+    def host_port(self) -> int:
+        """Where the host itself listens: the functions port, or a private one behind the front."""
+        return self.ports.get("host", self.ports["functions"])
 
     @property
     def azurite(self) -> AzuriteConfig:
@@ -160,7 +173,9 @@ def component_health(state: StackState) -> dict[str, bool]:
         "monitor": procs.http_ok(f"http://{base}:{state.ports['monitor']}/healthz"),
     }
     if "host" in state.processes:
-        health["host"] = procs.http_ok(f"http://{base}:{state.ports['functions']}/")
+        health["host"] = procs.http_ok(f"http://{base}:{state.host_port}/")
+    if "front" in state.processes:
+        health["front"] = procs.http_ok(f"http://{base}:{state.ports['functions']}/.front/status")
     return health
 
 
@@ -211,15 +226,25 @@ def up(opts: StackOptions, report: Callable[[str], None] = print) -> StackState:
                timeout=opts.timeout, report=report)
 
         if opts.start_host:
-            host_argv = [python, "-m", "devstack.host", "--script-root", str(opts.script_root),
-                         "--port", str(state.ports["functions"]),
-                         "--state-dir", str(state_dir / "host"),
-                         "--shutdown-timeout", str(opts.host_shutdown_timeout),
-                         "--telemetry-flush-timeout", str(opts.host_telemetry_flush_timeout)]
-            _start(state, state_dir, "host", host_argv, logs,
-                   env=host_environment(state.endpoints(state_dir), os.environ),
-                   ready=lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{state.ports['functions']}/"),
+            if opts.front:
+                state.ports["host"] = procs.free_port()
+            env = host_environment(state.endpoints(state_dir), dict(os.environ))
+            argv = host_argv(opts.script_root, state.host_port, state_dir,
+                             shutdown_timeout=opts.host_shutdown_timeout,
+                             flush_timeout=opts.host_telemetry_flush_timeout)
+            _start(state, state_dir, "host", argv, logs, env=env,
+                   ready=lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{state.host_port}/"),
                    timeout=opts.timeout, report=report, stop_timeout=opts.host_stop_timeout)
+            if opts.front:
+                from devstack.front import write_backend
+
+                write_backend(state_dir, f"http://{procs.LOOPBACK}:{state.host_port}")
+                _start(state, state_dir, "front",
+                       [python, "-m", "devstack.front", "--port", str(state.ports["functions"]),
+                        "--state-dir", str(state_dir)], logs, env=None,
+                       ready=lambda: procs.http_ok(
+                           f"http://{procs.LOOPBACK}:{state.ports['functions']}/.front/status"),
+                       timeout=opts.timeout, report=report)
     except BaseException:
         report("start-up failed; stopping what was started (see the logs under "
                f"{logs})")
@@ -242,6 +267,25 @@ def host_environment(endpoints: Mapping[str, Any], base: Mapping[str, str]) -> d
         "LOGS_WORKSPACE_ID": str(endpoints["workspace_id"]),
     })
     return env
+
+
+def host_argv(script_root: Path, port: int, state_dir: Path, *,
+              shutdown_timeout: float = HOST_SHUTDOWN_TIMEOUT,
+              flush_timeout: float = HOST_TELEMETRY_FLUSH_TIMEOUT) -> list[str]:
+    return [sys.executable, "-m", "devstack.host", "--script-root", str(script_root),
+            "--port", str(port), "--state-dir", str(state_dir / "host"),
+            "--shutdown-timeout", str(shutdown_timeout),
+            "--telemetry-flush-timeout", str(flush_timeout)]
+
+
+def start_process(state: StackState, state_dir: Path, name: str, argv: list[str], *,
+                  env: dict[str, str] | None, ready: Callable[[], bool], timeout: float,
+                  report: Callable[[str], None] = print) -> None:
+    """Start one more recorded process (the rollout's new host) and wait until it is ready."""
+    _start(state, state_dir, name, argv, state_dir / "logs", env=env, ready=ready,
+           timeout=timeout, report=report,
+           stop_timeout=StackOptions().host_stop_timeout if name.startswith("host")
+           else STOP_TIMEOUT)
 
 
 def _start(

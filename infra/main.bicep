@@ -83,8 +83,14 @@ param visionSuccessRateThreshold int = 99
 @description('Monthly call volume the quota check compares against: F0\'s free 5,000, or a budget for S1.')
 param quotaMonthlyCalls int = visionSkuName == 'F0' ? 5000 : 1000000
 
-@description('Version reported by /api/status; the deploy workflow passes the commit.')
-param appVersion string = 'dev'
+@description('APP_VERSION override; empty = the version stamped into the package by scripts/release (what the deploy workflow uses).')
+param appVersion string = ''
+
+@description('Flex Consumption rolling updates (preview): drain instances in batches on every code or config update instead of restarting them all.')
+param rollingUpdates bool = true
+
+@description('Platform health check path; empty on Flex Consumption (see docs/deploy.md#health-check-path).')
+param healthCheckPath string = ''
 
 param resourceGroupName string = ''
 param functionAppName string = ''
@@ -109,6 +115,8 @@ var containers = {
   status: 'status'
   // Event Grid parks BlobCreated events here when the app cannot take them for 24 h.
   deadLetter: 'eventgrid-deadletter'
+  // Every promoted package (<version>.zip) and last-good.json: what a rollback redeploys.
+  releases: 'releases'
 }
 // The blob trigger's poison queue; the host would create it, creating it here lets alerts and
 // replay rely on it from the first minute.
@@ -161,6 +169,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
         { name: containers.failed, publicAccess: 'None' }
         { name: containers.status, publicAccess: 'None' }
         { name: containers.deadLetter, publicAccess: 'None' }
+        { name: containers.releases, publicAccess: 'None' }
       ]
     }
     queueServices: {
@@ -248,6 +257,8 @@ module api 'app/api.bicep' = {
     statusContainer: containers.status
     quotaMonthlyCalls: quotaMonthlyCalls
     appVersion: appVersion
+    rollingUpdates: rollingUpdates
+    healthCheckPath: healthCheckPath
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }
@@ -321,4 +332,7 @@ output VISION_ENDPOINT string = vision.outputs.endpoint
 output VISION_ACCOUNT_NAME string = vision.outputs.name
 output LOGS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsCustomerId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+// Where the deploy workflow sends its deployment markers (Entra auth; local auth is disabled).
+output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.applicationInsightsConnectionString
+output RELEASES_CONTAINER string = containers.releases
 output ACTION_GROUP_ID string = alerts.outputs.actionGroupId

@@ -102,6 +102,12 @@ var userAssignments = [
     role: roles.logAnalyticsReader
     what: 'run queries/*.kql against the workspace'
   }
+  {
+    // The deploy workflow's deployment markers (custom event `deployment`), Entra-authenticated.
+    scope: applicationInsights.id
+    role: roles.monitoringMetricsPublisher
+    what: 'deployment markers'
+  }
 ]
 
 module appRoles 'br/public:avm/ptn/authorization/resource-role-assignment:0.1.2' = [
@@ -117,8 +123,10 @@ module appRoles 'br/public:avm/ptn/authorization/resource-role-assignment:0.1.2'
   }
 ]
 
+// No operator principal = an empty loop (same effect as a filtered loop, in the subset of Bicep
+// that scripts/infra-scan's parser reads).
 module userRoles 'br/public:avm/ptn/authorization/resource-role-assignment:0.1.2' = [
-  for a in userAssignments: if (!empty(userPrincipalId)) {
+  for a in (empty(userPrincipalId) ? [] : userAssignments): {
     name: 'user-${uniqueString(a.scope, a.role, userPrincipalId)}'
     params: {
       resourceId: a.scope

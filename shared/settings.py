@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -489,7 +490,7 @@ class _Parser:
             freshness_max_age_s=self.number(
                 "STATUS_FRESHNESS_MAX_AGE_SECONDS", int, d.freshness_max_age_s, 10, 86_400
             ),
-            app_version=self.text("APP_VERSION") or d.app_version,
+            app_version=self.text("APP_VERSION") or packaged_version() or d.app_version,
         )
 
     # --- end of status, alerts and dashboards ------------------------------------------------
@@ -684,6 +685,20 @@ class _Parser:
             queue_service_uri=queue_uri,
             client_id=self.text(f"{prefix}__clientId"),
         )
+
+
+#: Written into the package by ``scripts/release package``: the version travels with the code,
+#: so a rollback to an older package reports the older version without a config change.
+VERSION_FILE = Path(__file__).resolve().parent / "version.txt"
+
+
+@functools.cache
+def packaged_version() -> str:
+    """The version stamped into the deployed package, or "" when running from a checkout."""
+    try:
+        return VERSION_FILE.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
 
 
 @functools.cache

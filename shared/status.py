@@ -84,6 +84,7 @@ Q_QUOTA: Final = "status_quota"
 Q_SERIES_REQUESTS: Final = "status_series_requests"
 Q_SERIES_VISION: Final = "status_series_vision"
 Q_SERIES_AVAILABILITY: Final = "status_series_availability"
+Q_SERIES_DEPLOYMENTS: Final = "status_series_deployments"
 
 
 # --------------------------------------------------------------------------- the batch seam
@@ -208,6 +209,7 @@ def plan(
             BatchQuery(Q_SERIES_REQUESTS, binned, history.span),
             BatchQuery(Q_SERIES_VISION, binned, history.span),
             BatchQuery(Q_SERIES_AVAILABILITY, binned, history.span),
+            BatchQuery(Q_SERIES_DEPLOYMENTS, binned, history.span),
         ]
     return requests, rules
 
@@ -431,6 +433,11 @@ def _series(w: Window, rows: RowsOf) -> dict[str, Any]:
                           "passed": _int(r.get("passed")),
                           "availability_pct": _num(r.get("availability_pct"))}
                          for r in rows(Q_SERIES_AVAILABILITY)],
+        # Deployment markers (the deploy workflow, python -m devstack rollout) for the charts.
+        "deployments": [{"time": _iso(r.get("at")), "version": str(r.get("version") or ""),
+                         "kind": str(r.get("deploy_kind") or ""),
+                         "outcome": str(r.get("outcome") or "")}
+                        for r in rows(Q_SERIES_DEPLOYMENTS)],
     }
 
 

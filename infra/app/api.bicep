@@ -28,15 +28,23 @@ param statusContainer string
 @description('Calls per month the quota check measures against: F0\'s free volume, or your S1 budget.')
 param quotaMonthlyCalls int = 5000
 
-@description('Version shown by /api/status (APP_VERSION); CI passes the commit.')
-param appVersion string = 'dev'
+@description('APP_VERSION override; empty = the version stamped into the deployed package (shared/version.txt), so the version shown is the code that runs.')
+param appVersion string = ''
 param maximumInstanceCount int = 10
 param instanceMemoryMB int = 2048
+
+@description('Flex Consumption site update strategy: RollingUpdate (preview) drains instances in batches so in-flight executions finish; Recreate restarts every instance at once. See docs/deploy.md#rolling-updates.')
+param rollingUpdates bool = true
+
+@description('Path the platform health check calls; empty = no platform health check (see docs/deploy.md#health-check-path).')
+param healthCheckPath string = ''
 
 @description('Hash blob names in telemetry (TELEMETRY_HASH_BLOB_NAMES).')
 param telemetryHashBlobNames bool = false
 
 @description('Log Analytics query API endpoint (LOGS_QUERY_ENDPOINT); the public cloud one by default.')
+// environment() has no Log Analytics query endpoint; sovereign clouds pass theirs.
+#disable-next-line no-hardcoded-env-urls
 param logsQueryEndpoint string = 'https://api.loganalytics.io'
 
 // azd deploys the `api` service from azure.yaml to the app carrying this tag.
@@ -196,14 +204,24 @@ module api 'br/public:avm/res/web/site:0.22.0' = {
         name: 'python'
         version: '3.11'
       }
+      // RollingUpdate takes effect from the update after the one that sets it, and only
+      // where the resource API knows it (2023-12-01 on; web/site 0.22.0 types this object from
+      // Microsoft.Web/sites@2025-03-01, which scripts/infra-scan checks).
+      siteUpdateStrategy: {
+        type: rollingUpdates ? 'RollingUpdate' : 'Recreate'
+      }
     }
     httpsOnly: true
-    siteConfig: {
-      alwaysOn: false
-      minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
-      http20Enabled: true
-    }
+    // healthCheckPath only when set (a typed string property takes no null).
+    siteConfig: union(
+      {
+        alwaysOn: false
+        minTlsVersion: '1.2'
+        ftpsState: 'Disabled'
+        http20Enabled: true
+      },
+      empty(healthCheckPath) ? {} : { healthCheckPath: healthCheckPath }
+    )
     // Deployments authenticate with Entra ID (azd, OIDC); basic publishing credentials are off.
     basicPublishingCredentialsPolicies: [
       {

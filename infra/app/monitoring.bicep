@@ -44,3 +44,4 @@ output logAnalyticsId string = logAnalytics.outputs.resourceId
 output logAnalyticsCustomerId string = workspace.properties.customerId
 output applicationInsightsName string = applicationInsights.outputs.name
 output applicationInsightsId string = applicationInsights.outputs.resourceId
+output applicationInsightsConnectionString string = applicationInsights.outputs.connectionString

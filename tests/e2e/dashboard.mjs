@@ -40,7 +40,8 @@ try {
   out.charts = await page.$$eval("svg[data-chart]", (svgs) => Object.fromEntries(svgs.map((s) => [
     s.dataset.chart,
     { points: Number(s.dataset.points),
-      marks: s.querySelectorAll("circle[data-value], rect[data-value]").length },
+      marks: s.querySelectorAll("circle[data-value], rect[data-value]").length,
+      deployments: [...s.querySelectorAll("line[data-marker]")].map((l) => l.dataset.marker) },
   ])));
   out.banner = await page.$eval("#banner", (b) => getComputedStyle(b).backgroundColor);
   await page.screenshot({ path: screenshot, fullPage: true });

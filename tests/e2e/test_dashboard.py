@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devstack import gate
 from tests.e2e import telemetry_gen as gen
 from tests.integration.pipeline_fixtures import BASE_SETTINGS, PipelineStack
 
@@ -59,6 +60,12 @@ def populated(stack: PipelineStack) -> PipelineStack:
                             reason="server_error") for i in range(2)]
     base = str(stack.endpoints["ingestion_endpoint"]).rstrip("/")
     assert gen.MonitorEmulator(base).post(history) == len(history)
+    # A deployment marker 40 minutes ago, sent the way the deploy workflow and the local
+    # rollout send it.
+    connection = str(stack.endpoints["applicationinsights_connection_string"])
+    gate.send_marker(connection, gate.marker_envelope(
+        connection, "e2e-v2", kind="deploy", outcome="promoted", previous="e2e",
+        now=now - timedelta(minutes=40)))
     return stack
 
 
@@ -90,6 +97,9 @@ def test_dashboard_renders_every_chart_with_data(populated: PipelineStack) -> No
         info = result["charts"][chart]
         assert info["points"] > 0 and info["marks"] > 0, (chart, info)
     assert result["charts"]["latency"]["points"] >= 10  # an hour of 2-minute bins
+    # The deployment marker is drawn on every time chart.
+    for chart in ("latency", "success", "throughput", "availability"):
+        assert result["charts"][chart]["deployments"] == ["e2e-v2"], (chart, result["charts"])
     origin = urlsplit(functions_url).netloc
     assert all(urlsplit(u).netloc == origin for u in result["requests"]), result["requests"]
     assert any("/api/status?" in u for u in result["requests"])

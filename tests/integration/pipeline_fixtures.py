@@ -176,6 +176,8 @@ class PipelineStack:
     #: timers switched off in this stack (the probe tests want theirs on: pass ``()``)
     disabled: tuple[str, ...] = DISABLED_FUNCTIONS
     endpoints: dict[str, Any] = field(default_factory=dict)
+    #: extra ``devstack up`` arguments (the rollout test wants ``--front``)
+    up_args: tuple[str, ...] = ()
     _service: BlobServiceClient | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -191,7 +193,7 @@ class PipelineStack:
 
     def up(self) -> None:
         started = self._devstack("up", "--auto-ports", "--json", "--vision-tps",
-                                 str(self.vision_tps))  # fmt: skip
+                                 str(self.vision_tps), *self.up_args)  # fmt: skip
         if started.returncode != 0:
             self.down()
             raise StackError(f"devstack up failed:\n{started.stderr[-4000:]}")

@@ -220,3 +220,24 @@ def test_bad_probe_e2e_prefix_is_reported(raw: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({**BASE, "PROBE_E2E_PREFIX": raw})
     assert [p for p in info.value.problems if p.startswith("PROBE_E2E_PREFIX")]
+
+
+def test_app_version_falls_back_to_the_version_stamped_into_the_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import settings as settings_module
+
+    stamped = tmp_path / "version.txt"
+    stamped.write_text("abc123\n", encoding="utf-8")
+    monkeypatch.setattr(settings_module, "VERSION_FILE", stamped)
+    settings_module.packaged_version.cache_clear()
+    try:
+        base = {"VISION_ENDPOINT": "https://x.cognitiveservices.azure.com",
+                "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+        assert Settings.from_env(base).monitoring.app_version == "abc123"
+        # An explicit APP_VERSION still wins (the local stack and tests set one).
+        assert Settings.from_env({**base, "APP_VERSION": "v9"}).monitoring.app_version == "v9"
+        stamped.unlink()
+        settings_module.packaged_version.cache_clear()
+        assert Settings.from_env(base).monitoring.app_version == "dev"
+    finally:
+        settings_module.packaged_version.cache_clear()
