@@ -24,7 +24,7 @@ class FakeOcr:
     """Stands in for rapidocr: one fixed line, so these tests stay fast."""
 
     def lines(self, rgb: np.ndarray) -> list[Line]:
-        return [(((5.0, 5.0), (45.0, 5.0), (45.0, 15.0), (5.0, 15.0)), "ok go", 0.9)]
+        return [Line(((5.0, 5.0), (45.0, 5.0), (45.0, 15.0), (5.0, 15.0)), "ok go", 0.9)]
 
 
 def fast_analyzer(config: VisionConfig) -> Analyzer:
