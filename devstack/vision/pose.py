@@ -222,11 +222,12 @@ def roi_transform(keypoints: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]
     if radius < 1.0:
         return None
     side = 2.0 * radius * ROI_SCALE
-    # Angle that turns the hip->radius-point vector to "straight up" in the crop.
+    # Angle that turns the hip->radius-point vector to "straight up" in the crop (MediaPipe's
+    # target angle of 90 degrees); image y grows downwards, hence the sign of the y term.
     rotation = math.pi / 2 - math.atan2(-(top_y - hip_y), top_x - hip_x)
     cos, sin = math.cos(rotation), math.sin(rotation)
     factor = LANDMARK_SIZE / side
-    matrix = np.array([[cos * factor, -sin * factor, 0.0], [sin * factor, cos * factor, 0.0]])
+    matrix = np.array([[cos * factor, sin * factor, 0.0], [-sin * factor, cos * factor, 0.0]])
     matrix[:, 2] = np.array([LANDMARK_SIZE / 2] * 2) - matrix[:, :2] @ np.array([hip_x, hip_y])
     return matrix
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from devstack.vision import pose as pose_module
 from devstack.vision.ocr import (
     Glyph,
     Line,
@@ -31,7 +32,13 @@ from devstack.vision.people import (
     hog_confidence,
     person_from_face,
 )
-from devstack.vision.pose import PoseDetector
+from devstack.vision.pose import (
+    PoseDetector,
+    PoseModelMissing,
+    anchors,
+    decode_detections,
+    roi_transform,
+)
 from devstack.vision.smartcrops import (
     crop_for_ratio,
     importance_map,
@@ -367,3 +374,48 @@ def test_png_roundtrip_helper_is_valid() -> None:
     buffer = io.BytesIO()
     Image.fromarray(salient_square_on_the_right()).save(buffer, "PNG")
     assert buffer.getvalue().startswith(b"\x89PNG")
+
+
+# --- BlazePose stages -------------------------------------------------------------------------
+def test_anchor_layout_matches_the_detector_output() -> None:
+    centres = anchors()
+    assert centres.shape == (2254, 2)  # 28x28x2 + 14x14x2 + 7x7x6, the model's output rows
+    assert centres[0] == pytest.approx((0.5 / 28, 0.5 / 28))
+    assert centres[-1] == pytest.approx((6.5 / 7, 6.5 / 7))
+
+
+def test_decode_merges_overlapping_candidates_by_score() -> None:
+    anchor_xy = np.array([[0.5, 0.5], [0.5, 0.5], [0.1, 0.1]])
+    raw = np.zeros((3, 12), dtype=np.float32)
+    raw[:, 2:4] = 22.4  # boxes 0.1 wide
+    raw[1, 4] = 22.4  # the second candidate's hip keypoint 0.1 further right
+    logits = np.array([3.0, 3.0, -5.0], dtype=np.float32)  # third below the score floor
+    (found,) = decode_detections(raw, logits, anchor_xy)
+    score, values = found
+    assert score == pytest.approx(1 / (1 + np.exp(-3.0)))
+    assert values[4] == pytest.approx(0.55)  # score-weighted mean of 0.5 and 0.6
+
+
+def test_roi_puts_the_hips_in_the_centre_and_the_body_upright() -> None:
+    keypoints = np.array([[200.0, 300.0], [200.0, 200.0], [0, 0], [0, 0]])  # radius point above
+    matrix = roi_transform(keypoints)
+    assert matrix is not None
+    hip = matrix @ np.array([200.0, 300.0, 1.0])
+    top = matrix @ np.array([200.0, 200.0, 1.0])
+    assert hip == pytest.approx((128, 128))
+    assert top[0] == pytest.approx(128) and top[1] == pytest.approx(128 - 256 / 2.5)
+    tilted = roi_transform(np.array([[200.0, 300.0], [300.0, 300.0], [0, 0], [0, 0]]))
+    assert tilted is not None
+    assert tilted @ np.array([300.0, 300.0, 1.0]) == pytest.approx(top)  # rotated to upright
+    assert roi_transform(np.zeros((4, 2))) is None
+
+
+def test_missing_model_files_are_reported_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pose_module, "_MODEL_FILES", {"detector": Path("no/such.tflite")})
+    with pytest.raises(PoseModelMissing, match=r"requirements-nodeps\.txt"):
+        pose_module.model_paths()
+
+
+def test_blazepose_ignores_a_cat_and_empty_scenes() -> None:
+    for name in ("chelsea.png", "rocket.jpg", "dock-sign.png"):
+        assert all(p.confidence < 0.5 for p in pose_detector().detect(rgb(SAMPLES / name)))
