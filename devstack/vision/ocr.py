@@ -20,7 +20,8 @@ that closer to the service's lines and words, without inventing anything:
   split from its neighbour only by the recogniser's space, inside one segment, ends half way
   between the neighbouring characters), sliced out of the line quadrilateral (top and bottom
   edges interpolated separately, so slanted lines stay slanted). A word's confidence is the mean
-  of its characters' recognition confidences. When rapidocr reports no character positions
+  of its characters' recognition confidences, reported with three decimals rounded down and at
+  most 0.999. When rapidocr reports no character positions
   (it did not for a line), the line is split on its spaces by character offsets and each word
   gets the line's score.
 
@@ -29,6 +30,7 @@ The engine is loaded once and, because each call mutates engine state, used unde
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ MAX_GAP_IN_HEIGHTS = 1.5
 MIN_WORD_GAP = 0.2
 #: ... and at least this many times the line's median gap between ink runs (mostly letter gaps).
 GAP_TO_LETTER_GAP = 2.0
+MAX_REPORTED_CONFIDENCE = 0.999
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +394,15 @@ def split_words(line: Line, segments: Sequence[tuple[float, float]]) -> list[Wor
     return words
 
 
+def reported_confidence(value: float) -> float:
+    """Three decimals like the service, rounded down and below certainty.
+
+    Recogniser probabilities saturate at 0.9999+; the service reports words below 1 (its own
+    SDK tests assert ``0 < confidence < 1``), so 0.9999 is reported as 0.999, never 1.0.
+    """
+    return min(MAX_REPORTED_CONFIDENCE, math.floor(max(0.0, value) * 1000) / 1000)
+
+
 def _polygon(quad: Quad, sx: float, sy: float) -> list[dict[str, int]]:
     return [{"x": round(x * sx), "y": round(y * sy)} for x, y in quad]
 
@@ -421,7 +433,7 @@ def read_result(
                     {
                         "text": w.text,
                         "boundingPolygon": _polygon(w.quad, scale_x, scale_y),
-                        "confidence": round(w.confidence, 3),
+                        "confidence": reported_confidence(w.confidence),
                     }
                     for w in words
                 ],

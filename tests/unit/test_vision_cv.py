@@ -18,6 +18,7 @@ from devstack.vision.ocr import (
     group_boxes,
     merged_quad,
     read_result,
+    reported_confidence,
     split_words,
     word_quads,
     word_segments,
@@ -84,11 +85,17 @@ def test_read_result_without_glyphs_splits_on_spaces_with_the_line_score() -> No
     line = result["blocks"][0]["lines"][0]
     assert line["boundingPolygon"][0] == {"x": 20, "y": 30}
     assert [w["text"] for w in line["words"]] == ["hi", "there"]
-    assert {w["confidence"] for w in line["words"]} == {0.988}
+    assert {w["confidence"] for w in line["words"]} == {0.987}  # 3 decimals, rounded down
     assert read_result(None, [], scale_x=1, scale_y=1) == {"blocks": []}
 
 
 LINE_QUAD = ((0.0, 0.0), (100.0, 0.0), (100.0, 10.0), (0.0, 10.0))
+
+
+def test_reported_confidence_stays_below_certainty() -> None:
+    assert [reported_confidence(v) for v in (1.0, 0.99996, 0.9876, -0.1)] == [
+        0.999, 0.999, 0.987, 0.0
+    ]
 
 
 def test_split_words_follows_ink_segments_and_scores_each_word() -> None:
@@ -203,7 +210,7 @@ def test_bundled_samples_read_as_separate_words(
     assert [[text for text, _ in line] for line in lines] == expected
     confidences = [c for line in lines for _, c in line]
     assert len(confidences) == sum(len(line) for line in expected)
-    assert all(0.5 < c <= 1.0 for c in confidences)
+    assert all(0.5 < c < 1.0 for c in confidences)
     assert len(set(confidences)) > 1  # each word is scored on its own characters
 
 
@@ -211,7 +218,7 @@ def test_sdk_sample_reads_the_documented_lines_and_words(ocr: OcrEngine) -> None
     lines = read_words(ocr, rgb(sdk_sample.sample_jpg()))
     assert [" ".join(t for t, _ in line) for line in lines] == list(sdk_sample.DOCUMENTED_LINES)
     assert [[t for t, _ in line] for line in lines][2] == ["123", "456"]
-    assert all(c >= 0.95 for line in lines for _, c in line)  # the service: ~0.99 per word
+    assert all(0.95 <= c < 1.0 for line in lines for _, c in line)  # the service: ~0.99
 
 
 @pytest.mark.parametrize("name", ["rocket.jpg", "chelsea.png"])
