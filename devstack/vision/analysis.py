@@ -18,7 +18,7 @@ from devstack.vision.ocr import OcrEngine, read_result
 from devstack.vision.params import AnalyzeParams
 from devstack.vision.people import PeopleDetector, people_result
 from devstack.vision.pose import PoseDetector
-from devstack.vision.smartcrops import smart_crops_result
+from devstack.vision.smartcrops import Subject, smart_crops_result
 
 
 class Analyzer:
@@ -42,18 +42,25 @@ class Analyzer:
         if "read" in params.features:
             lines = self.ocr.lines(image.pixels)
             result["readResult"] = read_result(image.pixels, lines, scale_x=sx, scale_y=sy)
+        subjects: list[Subject] | None = None
         if "people" in params.features:
             found = self.people.detect(image.pixels)
             result["peopleResult"] = people_result(
                 found, scale_x=sx, scale_y=sy, width=image.width, height=image.height
             )
-        if "smartCrops" in params.features:
-            small, factor = imaging.downscaled(image.pixels, self._detect_max_side)
             subjects = [
-                (x * factor, y * factor, w * factor, h * factor, person.confidence)
-                for person in self.pose.detect(small)
-                for x, y, w, h in [person.box]
+                (p.box.x, p.box.y, p.box.w, p.box.h, p.confidence)
+                for p in found
+                if p.source == "pose"
             ]
+        if "smartCrops" in params.features:
+            if subjects is None:  # BlazePose alone: the crops' subjects, ~30 ms
+                small, factor = imaging.downscaled(image.pixels, self._detect_max_side)
+                subjects = [
+                    (x * factor, y * factor, w * factor, h * factor, person.confidence)
+                    for person in self.pose.detect(small)
+                    for x, y, w, h in [person.box]
+                ]
             result["smartCropsResult"] = smart_crops_result(
                 image.pixels, image.width, image.height, params.aspect_ratios, subjects
             )

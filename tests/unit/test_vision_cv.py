@@ -11,6 +11,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from devstack.vision import pose as pose_module
+from devstack.vision.analysis import Analyzer
+from devstack.vision.config import VisionConfig
 from devstack.vision.ocr import (
     Glyph,
     Line,
@@ -23,6 +25,7 @@ from devstack.vision.ocr import (
     word_quads,
     word_segments,
 )
+from devstack.vision.params import AnalyzeParams
 from devstack.vision.people import (
     HOG_MIDPOINT,
     Box,
@@ -426,3 +429,21 @@ def test_missing_model_files_are_reported_with_the_fix(monkeypatch: pytest.Monke
 def test_blazepose_ignores_a_cat_and_empty_scenes() -> None:
     for name in ("chelsea.png", "rocket.jpg", "dock-sign.png"):
         assert all(p.confidence < 0.5 for p in pose_detector().detect(rgb(SAMPLES / name)))
+
+
+def test_crops_are_the_same_whether_people_are_requested_or_not() -> None:
+    analyzer = Analyzer(VisionConfig(key="k"), ocr=None)
+    try:
+        data = sdk_sample.sample_jpg().read_bytes()
+        alone = analyzer.analyze_sync(
+            data, AnalyzeParams("2024-02-01", ("smartCrops",), aspect_ratios=(0.9,))
+        )
+        both = analyzer.analyze_sync(
+            data, AnalyzeParams("2024-02-01", ("people", "smartCrops"), aspect_ratios=(0.9,))
+        )
+    finally:
+        analyzer.close()
+    assert both["smartCropsResult"] == alone["smartCropsResult"]
+    (crop,) = alone["smartCropsResult"]["values"]
+    box = tuple(crop["boundingBox"][k] for k in "xywh")
+    assert sdk_sample.iou(box, sdk_sample.DOCUMENTED_CROP_0_9) >= 0.7  # type: ignore[arg-type]
