@@ -14,8 +14,9 @@ that closer to the service's lines and words, without inventing anything:
   is cut out of the image (perspective-rectified), binarised (Otsu; the minority class is ink)
   and projected onto its length; ink-free runs clearly wider than the line's letter gaps
   separate words (see ``word_segments`` for the rule). Each recognised character is assigned to
-  the ink segment at its position, and a new word starts where the segment changes or where the
-  recogniser itself emitted a space. Text of a line is its words joined by single spaces.
+  the ink segment at its position (bounded by the recogniser's spaces, see ``_space_bounds``),
+  and a new word starts where the segment changes or where the recogniser itself emitted a
+  space. Text of a line is its words joined by single spaces.
 * **Word boxes and confidences.** A word's box is its segments' extent along the line (a word
   split from its neighbour only by the recogniser's space, inside one segment, ends half way
   between the neighbouring characters), sliced out of the line quadrilateral (top and bottom
@@ -30,6 +31,7 @@ The engine is loaded once and, because each call mutates engine state, used unde
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -176,9 +178,11 @@ class OcrEngine:
         return found
 
     def recognise(self, rgb: npt.NDArray[np.uint8], quad: Quad) -> Line | None:
-        """Recognition only, treating the crop ``rgb`` (cut around ``quad``) as one line."""
+        """Recognition only, treating the region of ``rgb`` around ``quad`` as one line."""
+        height, width = rgb.shape[:2]
+        x0, y0, x1, y1 = _crop_bounds(quad, width, height)
         with self._lock:
-            results, _elapsed = self._engine.text_rec([_bgr(rgb)], True)
+            results, _elapsed = self._engine.text_rec([_bgr(rgb[y0:y1, x0:x1])], True)
         if not results:
             return None
         text, score = str(results[0][0]), float(results[0][1])
@@ -190,12 +194,11 @@ class OcrEngine:
             columns, conf_list = float(info[0]), list(info[4])
             positions = [c for word_cols in info[2] for c in word_cols]
             if len(positions) == len(conf_list) == len(text) and columns > 0:
-                # The crop spans the quad plus a margin: map crop fractions to quad positions.
-                crop_x0, crop_w = _crop_span(rgb.shape[1], quad)
+                # Column fractions are of the crop (the quad plus a margin): map them to the quad.
                 glyphs = tuple(
                     Glyph(
                         char,
-                        position_on(quad, (crop_x0 + (col + 0.5) / columns * crop_w, _mid_y(quad))),
+                        position_on(quad, (x0 + (col + 0.5) / columns * (x1 - x0), _mid_y(quad))),
                         float(conf),
                     )
                     for char, col, conf in zip(text, positions, conf_list, strict=True)
@@ -210,7 +213,7 @@ class OcrEngine:
                 lines.append(group[0])
                 continue
             quad = merged_quad(group)
-            second_pass = self.recognise(_crop(rgb, quad), quad)
+            second_pass = self.recognise(rgb, quad)
             lines.append(second_pass if second_pass is not None else _joined(group, quad))
         return lines
 
@@ -226,18 +229,6 @@ def _crop_bounds(quad: Quad, width: int, height: int) -> tuple[int, int, int, in
     x0, x1 = max(0, int(min(xs) - pad)), min(width, int(max(xs) + pad) + 1)
     y0, y1 = max(0, int(min(ys) - pad)), min(height, int(max(ys) + pad) + 1)
     return x0, y0, x1, y1
-
-
-def _crop(rgb: npt.NDArray[np.uint8], quad: Quad) -> npt.NDArray[np.uint8]:
-    height, width = rgb.shape[:2]
-    x0, y0, x1, y1 = _crop_bounds(quad, width, height)
-    return rgb[y0:y1, x0:x1]
-
-
-def _crop_span(crop_width: int, quad: Quad) -> tuple[float, float]:
-    xs, ys = [x for x, _ in quad], [y for _, y in quad]
-    pad = 0.1 * (max(ys) - min(ys))
-    return float(max(0, int(min(xs) - pad))), float(crop_width)
 
 
 def _mid_y(quad: Quad) -> float:
@@ -354,23 +345,62 @@ def _segment_of(position: float, segments: Sequence[tuple[float, float]]) -> int
     )
 
 
+def _space_bounds(
+    glyphs: Sequence[Glyph], segments: Sequence[tuple[float, float]]
+) -> list[tuple[int, int]]:
+    """Per glyph, the segments it may belong to, given the recogniser's spaces.
+
+    A recognised space claims the nearest gap between segments (each gap at most once, left to
+    right) if it lies within 1.5 character pitches: characters before it stay left of that gap,
+    characters after it right of it. This keeps a character whose read position strays a few
+    pixels across a gap on its own side of the space.
+    """
+    last = len(segments) - 1
+    bounds = [(0, last)] * len(glyphs)
+    if last == 0:
+        return bounds
+    gaps = [(segments[i][1] + segments[i + 1][0]) / 2 for i in range(last)]
+    positions = [g.position for g in glyphs if g.char.strip()]
+    steps = [b - a for a, b in itertools.pairwise(positions) if b > a]
+    pitch = float(np.median(steps)) if steps else 1.0
+    claimed = -1
+    for index, glyph in enumerate(glyphs):
+        if glyph.char.strip():
+            continue
+        free = range(claimed + 1, len(gaps))
+        if not free:
+            break
+        gap = min(free, key=lambda i: abs(gaps[i] - glyph.position))
+        if abs(gaps[gap] - glyph.position) > 1.5 * pitch:
+            continue
+        for before in range(index):
+            low, high = bounds[before]
+            bounds[before] = (low, min(high, gap))
+        for after in range(index + 1, len(glyphs)):
+            bounds[after] = (max(bounds[after][0], gap + 1), bounds[after][1])
+        claimed = gap
+    return bounds
+
+
 def split_words(line: Line, segments: Sequence[tuple[float, float]]) -> list[Word]:
     """The line's words, from its glyphs and the ink segments along it (see the docstring)."""
     if not line.glyphs:
         return [Word(text, wquad, line.score) for text, wquad in word_quads(line.quad, line.text)]
     if not segments:  # no ink found: split on the recogniser's spaces only
         segments = [(0.0, 1.0)]
+    bounds = _space_bounds(line.glyphs, segments)
     runs: list[tuple[list[Glyph], int, int]] = []  # glyphs, first and last segment index
     current: list[Glyph] = []
     current_segment = -1
     last_segment = 0
-    for glyph in line.glyphs:
+    for glyph, (lowest, highest) in zip(line.glyphs, bounds, strict=True):
         if not glyph.char.strip():
             if current:
                 runs.append((current, current_segment, last_segment))
             current = []
             continue
-        segment = max(_segment_of(glyph.position, segments), last_segment)
+        nearest = min(max(_segment_of(glyph.position, segments), lowest), highest)
+        segment = max(nearest, last_segment)
         if current and segment != last_segment:
             runs.append((current, current_segment, last_segment))
             current = []

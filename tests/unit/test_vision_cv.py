@@ -95,6 +95,27 @@ def test_read_result_without_glyphs_splits_on_spaces_with_the_line_score() -> No
 LINE_QUAD = ((0.0, 0.0), (100.0, 0.0), (100.0, 10.0), (0.0, 10.0))
 
 
+def test_a_character_read_across_a_gap_stays_on_its_side_of_the_space() -> None:
+    # "ab cd": the recogniser placed "b" a little past the gap, in the "cd" ink.
+    chars = (Glyph("a", 0.1, 1.0), Glyph("b", 0.45, 1.0), Glyph(" ", 0.5, 1.0),
+             Glyph("c", 0.6, 1.0), Glyph("d", 0.8, 1.0))
+    words = split_words(Line(LINE_QUAD, "ab cd", 0.9, chars), [(0.05, 0.4), (0.44, 0.9)])
+    assert [w.text for w in words] == ["ab", "cd"]
+
+
+def test_recognition_only_pass_splits_words_like_the_full_pass(ocr: OcrEngine) -> None:
+    # The second pass (merged lines) reads positions from the recogniser's columns alone.
+    pixels = rgb(SAMPLES / "dock-sign.png")
+    detected = ocr.boxes(pixels)
+    assert len(detected) == 4
+    for line in detected:
+        again = ocr.recognise(pixels, line.quad)
+        assert again is not None and again.glyphs
+        first = read_result(pixels, [line], scale_x=1, scale_y=1)["blocks"][0]["lines"][0]
+        second = read_result(pixels, [again], scale_x=1, scale_y=1)["blocks"][0]["lines"][0]
+        assert [w["text"] for w in second["words"]] == [w["text"] for w in first["words"]]
+
+
 def test_reported_confidence_stays_below_certainty() -> None:
     assert [reported_confidence(v) for v in (1.0, 0.99996, 0.9876, -0.1)] == [
         0.999, 0.999, 0.987, 0.0
