@@ -9,7 +9,12 @@ their own: ``limits``, ``faults``, ``params``, ``imaging`` and ``analysis`` make
 
 Auth: ``Ocp-Apim-Subscription-Key`` must equal the configured key; ``Authorization: Bearer <t>``
 is accepted for any non-empty token (there is no Entra ID locally, so tokens are not validated).
-The admin API requires the key header.
+The admin API requires the key header. A 401 carries the gateway's ``WWW-Authenticate``
+challenge with the realm ``<scheme>://<host>/computervision`` of the request.
+
+Every HTTP response, errors and dropped connections included, carries the gateway's headers:
+a fresh ``apim-request-id`` (a UUID, what support asks for) and ``X-Content-Type-Options:
+nosniff`` (:class:`GatewayHeaders`).
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ import contextlib
 import hmac
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devstack.vision import errors, intake, params
 from devstack.vision.analysis import Analyzer
@@ -62,6 +69,36 @@ class DropConnection(Response):
             }
         )
         raise ConnectionDropped("fault injection: connection dropped")
+
+
+class GatewayHeaders:
+    """ASGI middleware adding the API gateway's per-response headers to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = str(uuid.uuid4()).encode()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    *message.get("headers", []),
+                    (b"apim-request-id", request_id),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def realm(request: Request) -> str:
+    """The gateway's auth realm: the API's base URL as the client addressed it."""
+    return f"{request.url.scheme}://{request.url.netloc}/computervision"
 
 
 def error_response(error: VisionError) -> JSONResponse:
@@ -101,11 +138,13 @@ class Emulator:
             if scheme.lower() == "bearer" and token.strip():
                 return
         missing = matches is None and "authorization" not in request.headers
-        raise errors.unauthorized(missing=missing)
+        raise errors.unauthorized(missing=missing, realm=realm(request))
 
     def authorize_admin(self, request: Request) -> None:
         if self._key_matches(request) is not True:
-            raise errors.unauthorized(missing=self._key_matches(request) is None)
+            raise errors.unauthorized(
+                missing=self._key_matches(request) is None, realm=realm(request)
+            )
 
     # --- analyze ----------------------------------------------------------------------------
     async def analyze(self, request: Request) -> Response:
@@ -319,6 +358,6 @@ def create_app(
         Route("/admin/stats", admin(emulator.get_stats), methods=["GET"]),
         Route("/admin/stats/reset", admin(emulator.reset_stats), methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(GatewayHeaders)])
     app.state.emulator = emulator
     return app

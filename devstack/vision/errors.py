@@ -97,9 +97,11 @@ def resource_not_found() -> VisionError:
     return VisionError(404, "404", "Resource not found")
 
 
-def unauthorized(*, missing: bool) -> VisionError:
-    # Cognitive Services gateway wording; code is the string "401". WWW-Authenticate as observed
-    # in MicrosoftLearning/mslearn-ai-vision issue 21.
+def unauthorized(*, missing: bool, realm: str) -> VisionError:
+    # Cognitive Services gateway wording; code is the string "401". The gateway's challenge
+    # names the API's base URL as realm, as in a real 401 of the analyze operation
+    # (MicrosoftLearning/mslearn-ai-vision issue 21): AzureApiManagementKey
+    # realm="https://<resource>/computervision",name="Ocp-Apim-Subscription-Key",type="header".
     if missing:
         message = (
             "Access denied due to missing subscription key. Make sure to include subscription "
@@ -111,15 +113,10 @@ def unauthorized(*, missing: bool) -> VisionError:
             "provide a valid key for an active subscription and use a correct regional API "
             "endpoint for your resource."
         )
-    return VisionError(
-        401,
-        "401",
-        message,
-        headers={
-            "WWW-Authenticate": 'AzureApiManagementKey name="Ocp-Apim-Subscription-Key", '
-            'type="header"'
-        },
+    challenge = (
+        f'AzureApiManagementKey realm="{realm}",name="Ocp-Apim-Subscription-Key",type="header"'
     )
+    return VisionError(401, "401", message, headers={"WWW-Authenticate": challenge})
 
 
 def retry_after_header(seconds: float) -> dict[str, str]:

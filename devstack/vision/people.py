@@ -1,23 +1,29 @@
-"""The ``people`` feature: person boxes with a confidence, from two classic OpenCV detectors.
+"""The ``people`` feature: person boxes with a confidence, from three offline detectors.
 
-1. **HOG full-body detector** (Dalal-Triggs, OpenCV's default people SVM): finds upright,
-   mostly-visible bodies. Its score is the SVM decision value ("weight"); OpenCV accepts anything
-   above 0, which gives many false boxes on textured scenes (printed text, fences, foliage
-   score up to ~1.2). We map it with a logistic calibrated so that a decision value of 1.3
-   means 50 %: ``sigmoid(3 * (w - 1.3))`` (1.0 -> 29 %, 1.5 -> 65 %, 2.0 -> 89 %). This is a
-   hand-set calibration, not a learned one.
-2. **Haar frontal-face cascade** (Viola-Jones): finds people whose body is cut off (portraits,
-   head-and-shoulders shots) where HOG cannot work. A face is turned into a *person* box with
-   adult body proportions: 3 face-widths wide centred on the face, from 0.35 face-heights above
-   the face box down to 8 face-heights below its top (a standing adult is ~7.5 heads tall, the
-   cascade box is a little smaller than the head), clipped to the image. Its confidence
-   combines the cascade's two signals: the number of overlapping raw detections supporting the
-   face (``detectMultiScale2`` neighbour count *n*; true faces collect dozens, noise one to
-   three) and the final-stage margin (``detectMultiScale3`` level
-   weight *lw*): ``(1 - exp(-n / 10)) * sigmoid(lw)``.
+1. **BlazePose** (see ``pose``): a neural person detector plus a landmark model that confirms
+   the person and segments them. Its box is the segmentation's extent and its confidence
+   ``detector score x presence``, both straight from the models. It finds seated, partly hidden
+   and masked people that the classic detectors below miss, but only people large enough for a
+   224 px view of the whole image (roughly a tenth of the image height or more).
+2. **HOG full-body detector** (Dalal-Triggs, OpenCV's default people SVM): finds upright,
+   mostly-visible bodies, also small ones. Its score is the SVM decision value ("weight");
+   OpenCV accepts anything above 0, which gives many false boxes on textured scenes (printed
+   text, fences, foliage score up to ~1.2). We map it with a logistic calibrated so that a
+   decision value of 1.3 means 50 %: ``sigmoid(3 * (w - 1.3))`` (1.0 -> 29 %, 1.5 -> 65 %,
+   2.0 -> 89 %). This is a hand-set calibration, not a learned one.
+3. **Haar frontal-face cascade** (Viola-Jones): finds small faces of people whose body is cut
+   off. A face is turned into a *person* box with adult body proportions: 3 face-widths wide
+   centred on the face, from 0.35 face-heights above the face box down to 8 face-heights below
+   its top (a standing adult is ~7.5 heads tall, the cascade box is a little smaller than the
+   head), clipped to the image. Its confidence combines the cascade's two signals: the number of
+   overlapping raw detections supporting the face (``detectMultiScale2`` neighbour count *n*;
+   true faces collect dozens, noise one to three) and the final-stage margin
+   (``detectMultiScale3`` level weight *lw*): ``(1 - exp(-n / 10)) * sigmoid(lw)``.
 
 A face whose centre lies in the upper third of a HOG body box is the same person: the two are
-fused (HOG box, noisy-or of both confidences). Remaining boxes go through non-maximum suppression
+fused (HOG box, noisy-or of both confidences). A HOG or face candidate that overlaps a BlazePose
+person (IoU >= 0.5, or a face centre inside its box) is that person and is dropped: the
+landmark model has already judged it. Remaining boxes go through non-maximum suppression
 (IoU 0.5). Low-confidence people are returned too, as the service does, down to a 0.1 floor.
 Detection runs on a copy downscaled to ``max_side``; boxes are scaled back to the original image.
 """
@@ -31,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from devstack.vision.pose import PoseDetector
 
 MIN_REPORTED_CONFIDENCE = 0.1
 #: HOG decision value mapped to 50 % (text on a plain sign scores ~1.2; see the docstring).
@@ -60,7 +68,7 @@ class Box:
 class Person:
     box: Box
     confidence: float
-    source: str  # "hog", "face" or "hog+face"; for tests and docs, not returned
+    source: str  # "pose", "hog", "face" or "hog+face"; for tests and docs, not returned
 
 
 def sigmoid(value: float) -> float:
@@ -84,9 +92,25 @@ def person_from_face(face: Box, image_w: int, image_h: int) -> Box:
     return Box(left, top, right - left, bottom - top)
 
 
-def fuse_and_suppress(hog: list[Person], faces: list[tuple[Box, Person]]) -> list[Person]:
-    """Fuse faces into HOG bodies that contain them, then NMS; highest confidence first."""
-    people: list[Person] = []
+def _inside(x: float, y: float, box: Box) -> bool:
+    return box.x <= x <= box.x + box.w and box.y <= y <= box.y + box.h
+
+
+def fuse_and_suppress(
+    hog: list[Person], faces: list[tuple[Box, Person]], pose: tuple[Person, ...] = ()
+) -> list[Person]:
+    """Fuse faces into HOG bodies that contain them, defer to BlazePose, then NMS.
+
+    Highest confidence first.
+    """
+    hog = [h for h in hog if all(h.box.iou(p.box) < NMS_IOU for p in pose)]
+    faces = [
+        (face, person)
+        for face, person in faces
+        if not any(_inside(face.x + face.w / 2, face.y + face.h / 2, p.box) for p in pose)
+        and all(person.box.iou(p.box) < NMS_IOU for p in pose)
+    ]
+    people: list[Person] = list(pose)
     used_faces: set[int] = set()
     for body in hog:
         b, merged = body.box, body
@@ -110,10 +134,14 @@ def fuse_and_suppress(hog: list[Person], faces: list[tuple[Box, Person]]) -> lis
 
 
 class PeopleDetector:
-    """Thread-safe: OpenCV detector objects are kept per worker thread."""
+    """Thread-safe: OpenCV detector objects are kept per worker thread.
 
-    def __init__(self, max_side: int = 1024) -> None:
+    ``pose`` is the BlazePose stage; tests of the classic stages alone pass ``None``.
+    """
+
+    def __init__(self, max_side: int = 1024, *, pose: PoseDetector | None) -> None:
         self.max_side = max_side
+        self.pose = pose
         self._local = threading.local()
 
     def _detectors(self) -> tuple[Any, Any]:
@@ -163,7 +191,11 @@ class PeopleDetector:
             face = Box(*(float(v) for v in rect)).scaled(factor)
             confidence = face_confidence(int(count), margin)
             faces.append((face, Person(person_from_face(face, width, height), confidence, "face")))
-        return fuse_and_suppress(hog_people, faces)
+        pose_people = tuple(
+            Person(Box(*found.box).scaled(factor), found.confidence, "pose")
+            for found in (self.pose.detect(small) if self.pose is not None else [])
+        )
+        return fuse_and_suppress(hog_people, faces, pose_people)
 
 
 def _nearest_margin(key: tuple[int, ...], margins: dict[tuple[int, ...], float]) -> float:

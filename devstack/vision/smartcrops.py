@@ -1,21 +1,30 @@
 """The ``smartCrops`` feature: crops that keep the visually important part of the image.
 
-Importance is a spectral-residual saliency map (Hou & Zhang, CVPR 2007): on a small grey copy,
-the log-amplitude spectrum minus its local average keeps what is *unexpected* in the image; back
-in the spatial domain (with the original phase) and blurred, it highlights salient regions.
+The service documents its crops as keeping the important regions "with priority given to
+detected faces". Importance here has two parts, on a grid whose longer side is 96 cells:
 
-* For each requested aspect ratio r (width / height), the crop is the largest r-shaped window that
-  fits the image, slid along the free axis to the position holding the most saliency (integral
-  sums, so every position is evaluated exactly).
-* Without requested ratios the service picks one ratio between 0.5 and 2.0; we take the shape of
-  the region holding the central 80 % of saliency mass on each axis, clamp its ratio to
-  0.5..2.0 and crop as above.
+* **Subjects**: each person found by BlazePose (see ``pose``) adds ``SUBJECT_WEIGHT x
+  confidence x`` the image's whole saliency mass, spread evenly over their box, so a window
+  holding a person of confidence 0.5 or more outweighs any window without one.
+* **Saliency**: a spectral-residual map (Hou & Zhang, CVPR 2007): on a small grey copy, the
+  log-amplitude spectrum minus its local average keeps what is *unexpected* in the image; back
+  in the spatial domain (with the original phase) and blurred, it highlights salient regions.
 
-``aspectRatio`` in the result is the ratio of the returned box, rounded to two decimals.
+For each requested aspect ratio r (width / height) the crop is the largest r-shaped window that
+fits the image, slid along the free axis. Every position is scored exactly (prefix sums); of the
+positions within 2 % (of the total importance) of the best, the one whose centre is nearest the
+importance centroid wins, so a crop that can hold the subject with room to spare centres it
+rather than pushing it against an edge. Without requested ratios the service picks one ratio
+between 0.5 and 2.0; we take the shape of the region holding the central 80 % of importance on
+each axis, clamp its ratio to 0.5..2.0 and crop as above.
+
+``aspectRatio`` echoes the requested ratio (as the service does); for the chosen default ratio it
+is the returned box's ratio. Both are rounded to two decimals.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +32,13 @@ import numpy.typing as npt
 
 SALIENCY_SIDE = 96
 DEFAULT_MIN_RATIO, DEFAULT_MAX_RATIO = 0.5, 2.0
+#: Positions scoring within this share of the total importance of the best one count as ties.
+TIE_SHARE = 0.02
+#: A subject's mass in units of the image's total saliency, per unit of confidence.
+SUBJECT_WEIGHT = 2.0
+
+#: (x, y, w, h, confidence) of a subject, in the pixel space of the analysed copy.
+Subject = tuple[float, float, float, float, float]
 
 
 def saliency_map(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
@@ -42,28 +58,51 @@ def saliency_map(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
     return np.asarray(sal / peak if peak > 0 else np.ones_like(sal), dtype=np.float64)
 
 
+def importance_map(
+    sal: npt.NDArray[np.float64], subjects: Sequence[Subject], width: int, height: int
+) -> npt.NDArray[np.float64]:
+    """Saliency plus subject mass, on the saliency grid; ``subjects`` in width x height pixels."""
+    rows, cols = sal.shape
+    total = float(sal.sum()) or 1.0
+    importance = sal.copy()
+    for x, y, w, h, confidence in subjects:
+        c0, c1 = int(x * cols / width), int(np.ceil((x + w) * cols / width))
+        r0, r1 = int(y * rows / height), int(np.ceil((y + h) * rows / height))
+        c0, r0 = max(0, c0), max(0, r0)
+        c1, r1 = min(cols, max(c1, c0 + 1)), min(rows, max(r1, r0 + 1))
+        mass = SUBJECT_WEIGHT * confidence * total
+        importance[r0:r1, c0:c1] += mass / ((r1 - r0) * (c1 - c0))
+    return importance
+
+
 def _best_offset(profile: npt.NDArray[np.float64], window: int) -> int:
-    """Start index of the ``window``-long run of ``profile`` with the largest sum."""
+    """Start of the ``window``-long run of ``profile`` to crop: near-best sum, nearest centroid."""
     if window >= len(profile):
         return 0
     sums = np.convolve(profile, np.ones(window), mode="valid")
-    return int(np.argmax(sums))
+    total = float(profile.sum())
+    if total <= 0:
+        return (len(profile) - window) // 2
+    centroid = float(np.arange(len(profile)) @ profile) / total
+    near_best = np.flatnonzero(sums >= sums.max() - TIE_SHARE * total)
+    centres = near_best + (window - 1) / 2
+    return int(near_best[np.argmin(np.abs(centres - centroid))])
 
 
 def crop_for_ratio(
-    sal: npt.NDArray[np.float64], width: int, height: int, ratio: float
+    importance: npt.NDArray[np.float64], width: int, height: int, ratio: float
 ) -> dict[str, int]:
-    """Largest box of ``ratio`` inside width x height, placed on the most saliency."""
-    sh, sw = sal.shape
+    """Largest box of ``ratio`` inside width x height, placed on the most importance."""
+    sh, sw = importance.shape
     if width / height > ratio:  # image wider than the crop: full height, slide horizontally
         crop_w, crop_h = max(1, min(width, round(height * ratio))), height
-        cols = sal.sum(axis=0)
+        cols = importance.sum(axis=0)
         window = max(1, round(crop_w * sw / width))
         x = round(_best_offset(cols, window) * width / sw)
         x = min(max(0, x), width - crop_w)
         return {"x": x, "y": 0, "w": crop_w, "h": crop_h}
     crop_w, crop_h = width, max(1, min(height, round(width / ratio)))
-    rows = sal.sum(axis=1)
+    rows = importance.sum(axis=1)
     window = max(1, round(crop_h * sh / height))
     y = round(_best_offset(rows, window) * height / sh)
     y = min(max(0, y), height - crop_h)
@@ -85,13 +124,23 @@ def default_ratio(sal: npt.NDArray[np.float64], width: int, height: int) -> floa
 
 
 def smart_crops_result(
-    rgb: npt.NDArray[np.uint8], width: int, height: int, ratios: tuple[float, ...]
+    rgb: npt.NDArray[np.uint8],
+    width: int,
+    height: int,
+    ratios: tuple[float, ...],
+    subjects: Sequence[Subject] = (),
 ) -> dict[str, Any]:
-    """The service's ``smartCropsResult`` in original-image coordinates."""
-    sal = saliency_map(rgb)
-    wanted = ratios or (default_ratio(sal, width, height),)
+    """The service's ``smartCropsResult`` in original-image coordinates.
+
+    ``subjects`` are in ``rgb``'s pixel space (the analysed copy).
+    """
+    work_h, work_w = rgb.shape[:2]
+    importance = importance_map(saliency_map(rgb), subjects, work_w, work_h)
     values = []
-    for ratio in wanted:
-        box = crop_for_ratio(sal, width, height, ratio)
+    for ratio in ratios:
+        box = crop_for_ratio(importance, width, height, ratio)
+        values.append({"aspectRatio": round(ratio, 2), "boundingBox": box})
+    if not ratios:
+        box = crop_for_ratio(importance, width, height, default_ratio(importance, width, height))
         values.append({"aspectRatio": round(box["w"] / box["h"], 2), "boundingBox": box})
     return {"values": values}

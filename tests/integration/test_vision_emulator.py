@@ -35,6 +35,8 @@ from azure.core.exceptions import (
 )
 from PIL import Image, ImageDraw, ImageFont
 
+from tests import sdk_sample
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -169,6 +171,32 @@ def test_people_on_the_astronaut_portrait(emulator: Emulator) -> None:
     assert [c.aspect_ratio for c in result.smart_crops.list] == [0.9, 1.33]
 
 
+def test_sdk_sample_against_the_documented_example(emulator: Emulator) -> None:
+    """The SDK's own sample.jpg through the unchanged SDK, compared with the REST spec example."""
+    responses: list[Any] = []
+    result = emulator.client().analyze(
+        sdk_sample.sample_jpg().read_bytes(),
+        [VisualFeatures.PEOPLE, VisualFeatures.SMART_CROPS, VisualFeatures.READ],
+        smart_crops_aspect_ratios=[0.9, 1.33],
+        raw_response_hook=responses.append,
+    )
+    assert result.people is not None and result.smart_crops is not None and result.read
+    confident = [p for p in result.people.list if p.confidence >= 0.5]
+    assert len(confident) == 1 and confident[0].confidence >= 0.8
+    b = confident[0].bounding_box
+    assert sdk_sample.iou((b.x, b.y, b.width, b.height), sdk_sample.DOCUMENTED_PERSON) >= 0.7
+    crops = [(c.bounding_box.x, c.bounding_box.y, c.bounding_box.width, c.bounding_box.height)
+             for c in result.smart_crops.list]
+    assert [c.aspect_ratio for c in result.smart_crops.list] == [0.9, 1.33]
+    assert sdk_sample.iou(crops[0], sdk_sample.DOCUMENTED_CROP_0_9) >= 0.7
+    assert sdk_sample.iou(crops[1], sdk_sample.DERIVED_CROP_1_33) >= 0.7
+    lines = [line for block in result.read.blocks for line in block.lines]
+    assert [line.text for line in lines] == list(sdk_sample.DOCUMENTED_LINES)
+    assert [w.text for w in lines[2].words] == ["123", "456"]
+    assert len(responses) == 1
+    assert responses[0].http_response.headers["apim-request-id"]
+
+
 def test_url_body_from_a_local_http_server(emulator: Emulator) -> None:
     payload = (SAMPLES / "rocket.jpg").read_bytes()
 
@@ -233,6 +261,10 @@ def test_wrong_key(emulator: Emulator) -> None:
         emulator.client(key="not-the-key").analyze(data, [VisualFeatures.READ])
     assert caught.value.status_code == 401
     assert caught.value.error is not None and caught.value.error.code == "401"
+    assert caught.value.response is not None
+    challenge = caught.value.response.headers["WWW-Authenticate"]
+    assert f'realm="{emulator.endpoint}/computervision"' in challenge
+    assert caught.value.response.headers["apim-request-id"]
 
 
 def test_caption_is_not_computable_locally(emulator: Emulator) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,7 +25,7 @@ class FakeOcr:
     """Stands in for rapidocr: one fixed line, so these tests stay fast."""
 
     def lines(self, rgb: np.ndarray) -> list[Line]:
-        return [(((5.0, 5.0), (45.0, 5.0), (45.0, 15.0), (5.0, 15.0)), "ok go", 0.9)]
+        return [Line(((5.0, 5.0), (45.0, 5.0), (45.0, 15.0), (5.0, 15.0)), "ok go", 0.9)]
 
 
 def fast_analyzer(config: VisionConfig) -> Analyzer:
@@ -88,6 +89,28 @@ def test_auth(client: TestClient) -> None:
     )
     assert bearer.status_code == 200
     assert client.get("/admin/stats", headers={"Authorization": "Bearer x"}).status_code == 401
+    challenge = (
+        'AzureApiManagementKey realm="http://testserver/computervision",'
+        'name="Ocp-Apim-Subscription-Key",type="header"'
+    )
+    assert wrong.headers["WWW-Authenticate"] == challenge
+    assert missing.headers["WWW-Authenticate"] == challenge
+
+
+def test_every_response_carries_a_fresh_apim_request_id(client: TestClient) -> None:
+    responses = [
+        client.get("/healthz"),
+        analyze(client),  # 200
+        analyze(client, "tags"),  # 400
+        client.post(ANALYZE, params={"api-version": "2024-02-01", "features": "read"}),  # 401
+        client.get("/no/such/route"),  # 404
+        client.get("/admin/stats", headers={"Ocp-Apim-Subscription-Key": KEY}),
+    ]
+    assert [r.status_code for r in responses] == [200, 200, 400, 401, 404, 200]
+    ids = [r.headers["apim-request-id"] for r in responses]
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+    assert len(set(ids)) == len(responses)
+    assert {r.headers["x-content-type-options"] for r in responses} == {"nosniff"}
 
 
 @pytest.mark.parametrize(
