@@ -368,7 +368,8 @@ def _rate(current: Mapping[str, float | None], ev: Evidence, policy: Policy,
         return _keep(t, now, q, "too few calls", evidence)
     share = throttled / calls
     ceiling = now if now is not None else tier_limit
-    if share > 0.05:
+    # a share alone is no evidence on a small window: one 429 in 16 calls is 6 %
+    if share > 0.05 and throttled >= max(3, policy.min_samples // 3):
         # the account answers 429 often: the limit is lower than the ceiling assumes
         return _move(t, now, t.one_step(ceiling, ceiling * (1 - share)), q,
                      {**evidence, "throttled_share": round(share, 4)},
