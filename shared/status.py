@@ -28,6 +28,7 @@ TTL per instance, or raise a stack trace to HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -280,7 +281,9 @@ def build_status(
     """One status report; raises ``StatusUnavailable`` when telemetry cannot be asked at all."""
     now = now or datetime.now(UTC)
     requests, rules = plan(settings)
-    answers, query_errors = _ask(runner, requests)
+    series_requests = series_plan(history) if history is not None else []
+    # one run_many for both, so the series' queries overlap the core's
+    answers, query_errors = _ask(runner, [*requests, *series_requests])
 
     def rows(key: str) -> list[dict[str, Any]]:
         answer = answers.get(key)
@@ -312,7 +315,7 @@ def build_status(
         alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings),
     )
     if history is not None:
-        report = replace(report, series=build_series(runner, history))
+        report = replace(report, series=_series(history, rows))
     return report
 
 
@@ -376,14 +379,21 @@ class StatusService:
     async def report(self, history: Window | None = None) -> Served:
         """The report (with ``history``'s series); raises ``StatusUnavailable`` or
         ``ReportPending`` when there is none to serve."""
-        core: Cached[Status] = await self._cache.aget("core", self._core)
-        parts: list[Cached[Any]] = [core]
+        core: Cached[Status]
+        parts: list[Cached[Any]]
+        if history is None:
+            core = await self._cache.aget("core", self._core)
+            parts = [core]
+        else:  # both at once: a cold series computes alongside a cold core
+            series: Cached[dict[str, Any]]
+            core, series = await asyncio.gather(
+                self._cache.aget("core", self._core),
+                self._cache.aget(f"series:{history.name}",
+                                 functools.partial(build_series, self._runner, history)))
+            parts = [core, series]
         body = core.value.to_json()
         if history is not None:
-            series: Cached[dict[str, Any]] = await self._cache.aget(
-                f"series:{history.name}", functools.partial(build_series, self._runner, history))
-            parts.append(series)
-            body["series"] = _jsonable(series.value)
+            body["series"] = _jsonable(parts[1].value)
         age = max(p.age_s for p in parts)
         stale = any(p.stale for p in parts)
         errors = [p.error for p in parts if p.error is not None]

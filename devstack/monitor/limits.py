@@ -114,7 +114,9 @@ class _Caller:
 class LimiterStats:
     """Counters since start (or the last reset), for tests and ``GET /admin/limits``."""
 
+    #: Requests admitted, and the queries they carried (a batch's items each count).
     admitted: int = 0
+    queries: int = 0
     queued: int = 0
     throttled: dict[str, int] = field(default_factory=dict)
     max_running: int = 0
@@ -209,6 +211,7 @@ class QueryLimiter:
         else:
             caller.running += 1
         self.stats.admitted += 1
+        self.stats.queries += max(1, cost)
         self.stats.max_running = max(self.stats.max_running, caller.running)
         try:
             yield

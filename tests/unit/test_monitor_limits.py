@@ -56,6 +56,7 @@ def test_a_batch_costs_each_of_its_queries() -> None:
     async def main() -> None:
         async with limiter.admit("Bearer a", cost=4):
             pass
+        assert (limiter.stats.admitted, limiter.stats.queries) == (1, 4)
         with pytest.raises(Throttled):
             async with limiter.admit("Bearer a", cost=2):
                 pass
@@ -157,7 +158,7 @@ def test_the_app_answers_429_with_retry_after_and_reports_its_counts(tmp_path: P
                 ok = await c.post("/v1/$batch", json=batch, headers=auth)
                 assert ok.status_code == 200 and ok.json()["responses"][0]["status"] == 200
                 stats = (await c.get("/admin/limits")).json()["stats"]
-                assert stats["admitted"] == 3
+                assert (stats["admitted"], stats["queries"]) == (3, 3)
                 reset = await c.post("/admin/limits/stats/reset")
                 assert reset.json()["stats"]["admitted"] == 0
 
