@@ -259,6 +259,8 @@ def test_throttled_backend_serves_the_last_report_marked_stale(stack: PipelineSt
         assert seen["cache"]["stale"] is True and seen["cache"]["age_s"] > TTL
         assert seen["version"] == "load-1" and "windows" in seen
         throttled = limiter(stack)["stats"]["throttled"]
+        print(f"\nthrottled: {sum(codes.values())} status answers {dict(codes)}, the report"
+              f" {seen['cache']['age_s']:.0f} s old; the emulator refused {throttled}")
         # one refused attempt per TTL, not a storm: a handful in the wait above
         assert 1 <= sum(throttled.values()) <= 5, throttled
     finally:
