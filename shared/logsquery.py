@@ -18,6 +18,9 @@ differently from "a query is broken"): ``QueryBackendError`` (transport, 5xx) wi
 ``QueryThrottledError`` (429, with the service's ``Retry-After``) and ``QuerySkipped``,
 ``QueryAuthError``, ``QueryConfigError`` (workspace unknown / settings missing) and
 ``BadQueryError`` (the KQL is rejected; includes KQL the local engine cannot run).
+
+A little past 450 lines because it is one thing: the query files, their runner and the errors
+that runner raises are read together.
 """
 
 from __future__ import annotations

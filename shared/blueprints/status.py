@@ -50,12 +50,8 @@ async def status_response(
     from shared.logsquery import QueryError
     from shared.reportcache import ReportPending
     from shared.settings import SettingsError, get_settings
-    from shared.status import (
-        WINDOWS_BY_NAME,
-        StatusUnavailable,
-        get_status_service,
-        unavailable_from,
-    )
+    from shared.status import WINDOWS_BY_NAME, StatusUnavailable, unavailable_from
+    from shared.status_service import get_status_service
 
     now = datetime.now(UTC)
     try:

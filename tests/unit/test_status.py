@@ -16,6 +16,7 @@ import azure.functions as func
 import pytest
 
 from shared import status as status_mod
+from shared import status_service
 from shared.alerts import STATUS_QUERY_RULES, alert_rules
 from shared.blueprints import status as status_bp
 from shared.logsquery import (
@@ -30,12 +31,12 @@ from shared.reportcache import ReportCache
 from shared.settings import Settings
 from shared.status import (
     WINDOWS_BY_NAME,
-    StatusService,
     StatusUnavailable,
     build_status,
     plan,
     series_plan,
 )
+from shared.status_service import StatusService
 from tests.e2e.status_schema import SCHEMA, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -366,7 +367,7 @@ def wired(monkeypatch: pytest.MonkeyPatch, settings: Settings,
     cache: ReportCache[Any] = ReportCache(ttl_s=30, wait_s=5, clock=ticks)
     service = StatusService(settings, runner, cache=cache, quota_loader=lambda _s: None,
                             clock=lambda: NOW)
-    monkeypatch.setattr(status_mod, "get_status_service", lambda: service)
+    monkeypatch.setattr(status_service, "get_status_service", lambda: service)
     yield runner
     cache.shutdown()
 
@@ -453,7 +454,7 @@ def test_no_report_yet_and_a_slow_backend_is_a_fast_503_pending(
     cache: ReportCache[Any] = ReportCache(ttl_s=30, wait_s=0.05)
     service = StatusService(settings, Hung(healthy_answers()), cache=cache,
                             quota_loader=lambda _s: None, clock=lambda: NOW)
-    monkeypatch.setattr(status_mod, "get_status_service", lambda: service)
+    monkeypatch.setattr(status_service, "get_status_service", lambda: service)
     try:
         response = call(http("status"))
         assert response.status_code == 503
