@@ -5,12 +5,14 @@ it, the column it measures, how rows aggregate, the comparison, the window and f
 severity and its runbook section (``docs/runbook.md``). ``alert_rules(settings)`` builds them with
 the thresholds from app settings; the same objects feed
 
-* ``evaluate(rule, rows)`` — the status endpoint runs every rule's query over the rule's window
-  (all in the status batch) and reports the active ones;
+* ``evaluate(rule, rows)`` — the status endpoint evaluates every rule over the rule's window
+  and reports the active ones: all in one query, ``queries/status_alerts.kql``, whose
+  parameters ``status_query_params(rules)`` binds from the rules (a rule it does not cover runs
+  its own query);
 * ``render_alert_rules(settings)`` — the Bicep-relevant fields of one Azure Monitor scheduled query
   rule per alert (``infra/app/alerts.bicep`` consumes them).
 
-Must never: run a query itself (callers batch them), or hold a threshold anywhere but here.
+Must never: run a query itself (callers do), or hold a threshold anywhere but here.
 """
 
 from __future__ import annotations
@@ -166,6 +168,49 @@ def alert_rules(settings: Settings | MonitoringSettings | None = None) -> tuple[
                         short=timedelta(minutes=30), frequency=timedelta(minutes=5),
                         severity=Severity.WARNING, budget="5 % of a 30-day budget in 6 hours"),
     )
+
+
+# --------------------------------------------------------------------------- one scan for status
+
+#: The query that evaluates the rules below for the status page in one request.
+STATUS_QUERY = "status_alerts"
+#: Rules ``status_alerts.kql`` evaluates (its ``Rule`` column); any other rule runs its own query.
+STATUS_QUERY_RULES = frozenset({
+    "error-rate", "latency-p95", "probe-availability", "throttling", "quota-forecast",
+    "slo-burn-fast", "slo-burn-slow",
+})
+
+
+def status_query_params(rules: Sequence[AlertRule]) -> dict[str, ParamValue]:
+    """``status_alerts.kql``'s parameters, bound from the rules it covers (windows, minimums)."""
+    by = {r.name: r for r in rules}
+    params: dict[str, ParamValue] = {}
+    if "error-rate" in by:
+        params |= {"errorWindow": by["error-rate"].window,
+                   "errorMinRequests": by["error-rate"].params["minRequests"]}
+    if "latency-p95" in by:
+        params |= {"latencyWindow": by["latency-p95"].window,
+                   "latencyMinRequests": by["latency-p95"].params["minRequests"]}
+    if "probe-availability" in by:
+        params["probeWindow"] = by["probe-availability"].window
+    if "throttling" in by:
+        params |= {"throttleWindow": by["throttling"].window,
+                   "throttleMinCalls": by["throttling"].params["minCalls"]}
+    if "quota-forecast" in by:
+        params["quotaWindow"] = by["quota-forecast"].window
+    for speed in ("fast", "slow"):
+        rule = by.get(f"slo-burn-{speed}")
+        if rule is not None:
+            params |= {"slo": rule.params["slo"], f"{speed}Long": rule.params["longWindow"],
+                       f"{speed}Short": rule.params["shortWindow"],
+                       "burnMinRequests": rule.params["minRequests"]}
+    return params
+
+
+def status_query_window(rules: Sequence[AlertRule]) -> timedelta:
+    """The time range ``status_alerts`` needs: the longest window of the rules it covers."""
+    return max((r.window for r in rules if r.name in STATUS_QUERY_RULES),
+               default=timedelta(hours=1))
 
 
 # --------------------------------------------------------------------------- evaluation

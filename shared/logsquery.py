@@ -9,10 +9,18 @@ Credentials: Entra ID (``DefaultAzureCredential``: managed identity in Azure) fo
 workspaces; a dummy bearer token plus ``enforce_https=False`` **only** when the query endpoint
 is loopback (the devstack Monitor emulator). Nothing here logs a query result or a token.
 
+Several queries run as single ``query_workspace`` requests (``run_many``), a few at a time on
+the runner's own threads: the ``$batch`` operation (``query_batch``) is deprecated by Azure and
+is not used.
+
 Errors are classified for callers (the status function shows "telemetry backend unreachable"
-differently from "a query is broken"): ``QueryBackendError`` (transport, 5xx, throttling),
+differently from "a query is broken"): ``QueryBackendError`` (transport, 5xx) with its
+``QueryThrottledError`` (429, with the service's ``Retry-After``) and ``QuerySkipped``,
 ``QueryAuthError``, ``QueryConfigError`` (workspace unknown / settings missing) and
 ``BadQueryError`` (the KQL is rejected; includes KQL the local engine cannot run).
+
+A little past 450 lines because it is one thing: the query files, their runner and the errors
+that runner raises are read together.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import contextlib
 import functools
 import json
 import re
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,6 +69,20 @@ class QueryBackendError(QueryError):
     """The Log Analytics endpoint could not be reached or failed (transport, 5xx, 429)."""
 
 
+class QueryThrottledError(QueryBackendError):
+    """429: the caller is over Log Analytics' limits; ``retry_after_s`` is the service's hint."""
+
+    def __init__(self, message: str, *, query: str | None = None, code: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message, query=query, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class QuerySkipped(QueryBackendError):
+    """Not sent: an earlier query of the same ``run_many`` was throttled or could not reach
+    the backend."""
+
+
 class QueryAuthError(QueryError):
     """The credential was refused (401/403)."""
 
@@ -79,6 +103,8 @@ _BAD_QUERY_CODES = ("BadArgumentError", "SemanticError", "SyntaxError", "PathNot
 
 def classify_code(code: str | None, status: int | None) -> type[QueryError]:
     """Map a service error code / HTTP status to our error type."""
+    if status == 429:
+        return QueryThrottledError
     if code in _AUTH_CODES or status in (401, 403):
         return QueryAuthError
     if code == "WorkspaceNotFoundError" or status == 404:
@@ -210,12 +236,12 @@ class LocalTokenCredential:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchQuery:
-    """One item of a batch: a named query, its parameters, its own time range and answer key.
+class QuerySpec:
+    """One query of ``run_many``: a named query, its parameters, its time range and answer key.
 
-    ``key`` (the name of the answer in ``run_batch``'s result) defaults to ``name``; give one
-    when the same query runs more than once in a batch (e.g. once per window). ``timespan``
-    ``None`` means the batch call's timespan.
+    ``key`` (the name of the answer in ``run_many``'s result) defaults to ``name``; give one
+    when the same query runs more than once (e.g. once per window). ``timespan`` ``None`` means
+    the ``run_many`` call's timespan.
     """
 
     name: str
@@ -228,11 +254,19 @@ class BatchQuery:
             object.__setattr__(self, "key", self.name)
 
 
-BatchItem: TypeAlias = str | tuple[str, Mapping[str, ParamValue]] | BatchQuery
+QueryItem: TypeAlias = str | tuple[str, Mapping[str, ParamValue]] | QuerySpec
+
+#: Log Analytics runs at most 5 queries of one caller (identity) at once; more wait in its queue.
+SERVICE_MAX_CONCURRENT = 5
 
 
 class LogsQueryRunner:
-    """Runs named queries against one workspace; one instance per process is enough."""
+    """Runs named queries against one workspace; one instance per process is enough.
+
+    ``max_concurrency`` bounds the queries this process has in flight through ``run_many``
+    (its own threads, never the caller's): the service's limit is per identity, shared by
+    every instance and every other user of it, so one process should take only part of it.
+    """
 
     def __init__(
         self,
@@ -242,13 +276,19 @@ class LogsQueryRunner:
         loopback: bool = False,
         queries: Mapping[str, NamedQuery] | None = None,
         server_timeout_s: int | None = None,
+        max_concurrency: int = 3,
     ) -> None:
+        if not 1 <= max_concurrency <= SERVICE_MAX_CONCURRENT:
+            raise ValueError(f"max_concurrency must be 1..{SERVICE_MAX_CONCURRENT}")
         self._client = client
         self._workspace_id = workspace_id
         # azure-core refuses to send a bearer token over http unless told so, on each call.
         self._call_options: dict[str, Any] = {"enforce_https": False} if loopback else {}
         self._queries = queries if queries is not None else load_queries()
         self._server_timeout_s = server_timeout_s
+        self._max_concurrency = max_concurrency
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -257,6 +297,8 @@ class LogsQueryRunner:
         *,
         credential: TokenCredential | None = None,
         client_options: Mapping[str, Any] | None = None,
+        server_timeout_s: int | None = None,
+        max_concurrency: int = 3,
     ) -> LogsQueryRunner:
         """From ``LOGS_WORKSPACE_ID`` (+ ``LOGS_QUERY_ENDPOINT``); Entra ID unless loopback.
 
@@ -281,11 +323,16 @@ class LogsQueryRunner:
         if t.query_endpoint:
             options["endpoint"] = t.query_endpoint
         client = LogsQueryClient(credential, **options)
-        return cls(client, t.workspace_id, loopback=loopback)
+        return cls(client, t.workspace_id, loopback=loopback, server_timeout_s=server_timeout_s,
+                   max_concurrency=max_concurrency)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._queries)
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._max_concurrency
 
     def query(self, name: str) -> NamedQuery:
         try:
@@ -316,61 +363,57 @@ class LogsQueryRunner:
         tables = getattr(response, "tables", None) or getattr(response, "partial_data", None) or []
         return _to_result(name, tables, _error_text(partial) if partial is not None else None)
 
-    def run_batch(
-        self, items: Sequence[BatchItem], timespan: Timespan = timedelta(hours=1)
+    def run_many(
+        self, items: Sequence[QueryItem], timespan: Timespan = timedelta(hours=1)
     ) -> dict[str, QueryResult | QueryError]:
-        """Run several named queries in one round trip (``query_batch``).
+        """Run several named queries, each its own request, ``max_concurrency`` at a time.
 
-        An item is a query name, ``(name, params)`` or a ``BatchQuery`` (its own timespan and
-        key). Answers are keyed by the item's key (a plain item's key is its name; a key may
-        not appear twice). Each value is the query's result, or the ``QueryError`` for that
-        query alone. A failure of the whole round trip (backend unreachable, auth) raises
-        instead.
+        An item is a query name, ``(name, params)`` or a ``QuerySpec`` (its own timespan and
+        key). Answers are keyed by the item's key, in the items' order (a key may not appear
+        twice). Each value is the query's result or its own ``QueryError``. Once one query is
+        throttled, refused or cannot reach the backend, the ones not yet started are not sent
+        (``QuerySkipped``): the next would meet the same wall and only spend the budget.
         """
-        from azure.core.exceptions import AzureError, HttpResponseError
-        from azure.monitor.query import LogsBatchQuery, LogsQueryStatus
+        specs = [_query_spec(item) for item in items]
+        keys = [spec.key or spec.name for spec in specs]
+        if len(set(keys)) != len(keys):
+            twice = next(k for k in keys if keys.count(k) > 1)
+            raise ValueError(f"key {twice!r} appears twice in one run_many")
+        for spec in specs:
+            self.query(spec.name).render(spec.params)  # unknown names / parameters fail here
+        stop = threading.Event()
 
-        queries = [_batch_query(item) for item in items]
-        keys: list[str] = []
-        batch: list[LogsBatchQuery] = []
-        for q in queries:
-            key = q.key or q.name
-            if key in keys:
-                raise ValueError(f"key {key!r} appears twice in one batch")
-            keys.append(key)
-            span = q.timespan if q.timespan is not None else timespan
-            batch.append(LogsBatchQuery(self._workspace_id, self.query(q.name).render(q.params),
-                                        timespan=span))
-        try:
-            responses = self._client.query_batch(batch, **self._call_options)
-        except HttpResponseError as exc:
-            raise _from_http_error("batch", exc) from exc
-        except AzureError as exc:
-            raise QueryBackendError(f"batch: {type(exc).__name__}", query="batch") from exc
-        out: dict[str, QueryResult | QueryError] = {}
-        for key, q, response in zip(keys, queries, responses, strict=True):
-            name = q.name
-            status = getattr(response, "status", None)
-            if status == LogsQueryStatus.FAILURE:
-                code = getattr(response, "code", None)
-                kind = classify_code(code, None)
-                out[key] = kind(f"{name}: {code}: {getattr(response, 'message', '')}",
-                                query=name, code=code)
-            elif status == LogsQueryStatus.PARTIAL:
-                out[key] = _to_result(name, getattr(response, "partial_data", []) or [],
-                                      _error_text(getattr(response, "partial_error", None)))
-            else:
-                out[key] = _to_result(name, getattr(response, "tables", []) or [])
-        return out
+        def one(spec: QuerySpec) -> QueryResult | QueryError:
+            if stop.is_set():
+                return QuerySkipped(f"{spec.name}: not sent after an earlier query failed",
+                                    query=spec.name)
+            span = spec.timespan if spec.timespan is not None else timespan
+            try:
+                return self.run(spec.name, span, params=spec.params)
+            except BadQueryError as exc:
+                return exc
+            except QueryError as exc:
+                stop.set()
+                return exc
+
+        futures = [self._executor().submit(one, spec) for spec in specs]
+        return {key: future.result() for key, future in zip(keys, futures, strict=True)}
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._max_concurrency,
+                                                thread_name_prefix="logs-query")
+            return self._pool
 
 
-def _batch_query(item: BatchItem) -> BatchQuery:
-    if isinstance(item, BatchQuery):
+def _query_spec(item: QueryItem) -> QuerySpec:
+    if isinstance(item, QuerySpec):
         return item
     if isinstance(item, str):
-        return BatchQuery(item)
+        return QuerySpec(item)
     name, params = item
-    return BatchQuery(name, params)
+    return QuerySpec(name, params)
 
 
 def _error_text(error: Any) -> str:
@@ -381,15 +424,30 @@ def _from_http_error(name: str, exc: Any) -> QueryError:
     model = getattr(exc, "model", None)
     code = getattr(model, "code", None) or getattr(getattr(exc, "error", None), "code", None)
     message = getattr(model, "message", None) or getattr(exc, "message", None) or str(exc)
-    kind = classify_code(code, getattr(exc, "status_code", None))
-    return kind(f"{name}: {code or exc.status_code}: {message}", query=name, code=code)
+    status = getattr(exc, "status_code", None)
+    kind = classify_code(code, status)
+    text = f"{name}: {code or status}: {message}"
+    if kind is QueryThrottledError:
+        return QueryThrottledError(text, query=name, code=code,
+                                   retry_after_s=_retry_after(getattr(exc, "response", None)))
+    return kind(text, query=name, code=code)
+
+
+def _retry_after(response: Any) -> float | None:
+    """``Retry-After`` in seconds (the service sends a number; an HTTP date is ignored)."""
+    headers = getattr(response, "headers", None)
+    raw = headers.get("Retry-After") if headers is not None else None
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 else None
 
 
 __all__ = [
     "QUERIES_DIR",
+    "SERVICE_MAX_CONCURRENT",
     "BadQueryError",
-    "BatchItem",
-    "BatchQuery",
     "LocalTokenCredential",
     "LogsQueryRunner",
     "NamedQuery",
@@ -397,7 +455,11 @@ __all__ = [
     "QueryBackendError",
     "QueryConfigError",
     "QueryError",
+    "QueryItem",
     "QueryResult",
+    "QuerySkipped",
+    "QuerySpec",
+    "QueryThrottledError",
     "classify_code",
     "kql_literal",
     "load_queries",

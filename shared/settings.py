@@ -233,6 +233,14 @@ class MonitoringSettings:
     quota_forecast_threshold: float = 1.0
     freshness_max_age_s: int = 900
     app_version: str = "dev"
+    #: How long a computed report is served as fresh to every caller of one instance.
+    status_cache_ttl_s: float = 30.0
+    #: How long a request with no report to show waits for the one being computed.
+    status_wait_s: float = 1.5
+    #: Read timeout (and Log Analytics server timeout) of each status query.
+    status_query_timeout_s: float = 10.0
+    #: Status queries one instance runs at once (Log Analytics allows 5 per identity).
+    status_query_concurrency: int = 3
 
     @property
     def latency_threshold_ms(self) -> float:
@@ -491,6 +499,13 @@ class _Parser:
                 "STATUS_FRESHNESS_MAX_AGE_SECONDS", int, d.freshness_max_age_s, 10, 86_400
             ),
             app_version=self.text("APP_VERSION") or packaged_version() or d.app_version,
+            status_cache_ttl_s=self.number(
+                "STATUS_CACHE_TTL_SECONDS", float, d.status_cache_ttl_s, 1.0, 3600),
+            status_wait_s=self.number("STATUS_WAIT_SECONDS", float, d.status_wait_s, 0.0, 30),
+            status_query_timeout_s=self.number(
+                "STATUS_QUERY_TIMEOUT_SECONDS", float, d.status_query_timeout_s, 1.0, 180),
+            status_query_concurrency=self.number(
+                "STATUS_QUERY_CONCURRENCY", int, d.status_query_concurrency, 1, 5),
         )
 
     # --- end of status, alerts and dashboards ------------------------------------------------

@@ -1,20 +1,30 @@
 """The status report: KPIs per window, probes, quota, active alerts, freshness and configuration.
 
-``build_status(settings, runner, now=...)`` asks every telemetry question in **one**
-``query_batch`` round trip (the named queries in ``queries/``, one item per window, plus every
-alert rule of ``shared.alerts`` over its own window), then decides the overall state:
+``build_status(settings, runner, now=...)`` asks every telemetry question as single Log Analytics
+queries (``runner.run_many``: a few at a time, never the deprecated ``$batch``) — five for the
+core report (``plan``):
+
+* ``status_windows`` — every KPI of the three windows (15m, 1h, 24h) in one scan;
+* ``status_alerts`` — every alert rule of ``shared.alerts``, each over its own window, in one;
+* ``status_probes``, ``status_freshness``, ``status_quota``;
+
+and four more for a dashboard's ``history`` series. Then it decides the overall state:
 
 * ``unhealthy`` — an active alert of severity 0-1 (error rate, fast SLO burn, probe availability);
 * ``degraded`` — any other active alert, stale or missing telemetry, a probe whose last run
   failed, or a query that could not be answered;
 * ``healthy`` — none of that.
 
-When the telemetry backend cannot be reached (or refuses us), ``StatusUnavailable`` names the
-cause; the HTTP adapter turns it into a JSON 503. ``config`` carries tunables only: never a key,
-a connection string or an endpoint URL. ``Status.to_json()`` is documented by
-``docs/status.schema.json`` (see docs/status-api.md).
+When the telemetry backend cannot be asked (unreachable, throttled, refusing us),
+``StatusUnavailable`` names the cause; ``shared.status_service`` (the cache every caller of one
+instance shares) then serves the last good report marked stale, or the HTTP adapter answers a
+JSON 503. ``config`` carries tunables only: never a key, a connection string
+or an endpoint URL. ``Status.to_json()`` is documented by ``docs/status.schema.json`` (see
+docs/status-api.md).
 
-Must never: run more than one telemetry round trip per report, or raise a stack trace to HTTP.
+Must never: raise a stack trace to HTTP, or hide that a query failed. Past 450 lines because
+the report is one thing: its plan, the sections it maps and the state it decides belong
+together.
 """
 
 from __future__ import annotations
@@ -23,19 +33,32 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from shared.alerts import AlertRule, AlertState, alert_rules, evaluate, iso_duration, not_evaluated
+from shared.alerts import (
+    STATUS_QUERY,
+    STATUS_QUERY_RULES,
+    AlertRule,
+    AlertState,
+    alert_rules,
+    evaluate,
+    iso_duration,
+    not_evaluated,
+    status_query_params,
+    status_query_window,
+)
 from shared.logsquery import (
-    BatchQuery,
-    LogsQueryRunner,
+    BadQueryError,
     QueryAuthError,
     QueryConfigError,
     QueryError,
     QueryResult,
+    QuerySkipped,
+    QuerySpec,
+    QueryThrottledError,
 )
 
 if TYPE_CHECKING:
@@ -73,11 +96,8 @@ WINDOWS: Final = (
 WINDOWS_BY_NAME: Final = {w.name: w for w in WINDOWS}
 PROBES_WINDOW: Final = timedelta(hours=24)
 
-# Per-window KPI queries (owned by the telemetry queries in queries/) and the status-only ones.
-Q_SUCCESS: Final = "success_rate"
-Q_LATENCY: Final = "analysis_latency"
-Q_THROTTLE: Final = "throttle_rate"
-Q_ERRORS: Final = "error_breakdown"
+# The status queries (queries/status_*.kql).
+Q_WINDOWS: Final = "status_windows"
 Q_PROBES: Final = "status_probes"
 Q_FRESHNESS: Final = "status_freshness"
 Q_QUOTA: Final = "status_quota"
@@ -87,34 +107,25 @@ Q_SERIES_AVAILABILITY: Final = "status_series_availability"
 Q_SERIES_DEPLOYMENTS: Final = "status_series_deployments"
 
 
-# --------------------------------------------------------------------------- the batch seam
+# --------------------------------------------------------------------------- the query seam
 
-# A status page must answer quickly even when the backend does not: short timeouts, few retries
-# (azure-core's defaults would wait minutes).
+# A status page must answer quickly even when the backend does not: short timeouts and no
+# retries here (the report cache retries once per TTL; azure-core's defaults would wait minutes
+# and retry a 429 after its Retry-After).
 CLIENT_OPTIONS: Final[Mapping[str, Any]] = {
-    "connection_timeout": 5, "read_timeout": 30, "retry_total": 1,
+    "connection_timeout": 3, "read_timeout": 10, "retry_total": 0,
 }
 
 
-class BatchRunner(Protocol):
-    """Runs every query in one round trip (``LogsQueryRunner.run_batch``).
+class QueryRunner(Protocol):
+    """Runs named queries as single requests (``LogsQueryRunner.run_many``).
 
-    Returns each query's ``QueryResult`` or its own ``QueryError`` by key; raises a
-    ``QueryError`` when the round trip as a whole fails (backend unreachable, auth, workspace
-    unknown).
+    Returns each query's ``QueryResult`` or its own ``QueryError`` by key.
     """
 
-    def run_batch(
-        self, items: Sequence[BatchQuery]
+    def run_many(
+        self, items: Sequence[QuerySpec]
     ) -> Mapping[str, QueryResult | QueryError]: ...
-
-
-@functools.cache
-def get_batch_runner() -> LogsQueryRunner:
-    """The process's runner, built on first use from the app settings."""
-    from shared.settings import get_settings
-
-    return LogsQueryRunner.from_settings(get_settings(), client_options=CLIENT_OPTIONS)
 
 
 # --------------------------------------------------------------------------- errors
@@ -123,17 +134,26 @@ def get_batch_runner() -> LogsQueryRunner:
 class StatusUnavailable(Exception):
     """The report cannot be built; ``cause`` is a stable code, ``message`` says why."""
 
-    def __init__(self, cause: str, message: str) -> None:
+    def __init__(self, cause: str, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.cause = cause
         self.message = message
+        #: The backend's hint (a 429's Retry-After); the report cache waits at least this long.
+        self.retry_after_s = retry_after_s
 
     def to_json(self, *, now: datetime, version: str) -> dict[str, Any]:
         return {"state": "unknown", "checked_at": _iso(now), "version": version,
-                "error": {"cause": self.cause, "message": self.message}}
+                "error": self.error_json()}
+
+    def error_json(self) -> dict[str, Any]:
+        return {"cause": self.cause, "message": self.message}
 
 
 def unavailable_from(exc: QueryError) -> StatusUnavailable:
+    if isinstance(exc, QueryThrottledError):
+        return StatusUnavailable("telemetry_throttled",
+                                 "the telemetry backend (Log Analytics) throttled our queries: "
+                                 + str(exc), retry_after_s=exc.retry_after_s)
     if isinstance(exc, QueryAuthError):
         return StatusUnavailable("telemetry_auth_failed",
                                  "the telemetry backend refused our credential: " + str(exc))
@@ -188,38 +208,54 @@ class Status:
         return cleaned
 
 
-def plan(
-    settings: Settings, *, history: Window | None = None
-) -> tuple[list[BatchQuery], tuple[AlertRule, ...]]:
-    """Every query of one report (one batch), and the alert rules they evaluate."""
-    requests: list[BatchQuery] = []
-    for w in WINDOWS:
-        for query in (Q_SUCCESS, Q_LATENCY, Q_THROTTLE, Q_ERRORS):
-            requests.append(BatchQuery(query, timespan=w.span, key=f"{query}:{w.name}"))
-    requests += [
-        BatchQuery(Q_PROBES, timespan=PROBES_WINDOW),
-        BatchQuery(Q_FRESHNESS, timespan=timedelta(hours=24)),
-        BatchQuery(Q_QUOTA, timespan=timedelta(days=2)),
-    ]
+def plan(settings: Settings) -> tuple[list[QuerySpec], tuple[AlertRule, ...]]:
+    """Every query of the core report (five), and the alert rules they evaluate."""
     rules = alert_rules(settings)
-    requests += [BatchQuery(r.query, r.params, r.window, key=f"alert:{r.name}") for r in rules]
-    if history is not None:
-        binned = {"binSize": history.bin_size}
-        requests += [
-            BatchQuery(Q_SERIES_REQUESTS, binned, history.span),
-            BatchQuery(Q_SERIES_VISION, binned, history.span),
-            BatchQuery(Q_SERIES_AVAILABILITY, binned, history.span),
-            BatchQuery(Q_SERIES_DEPLOYMENTS, binned, history.span),
-        ]
+    requests = [
+        QuerySpec(Q_WINDOWS, timespan=max(w.span for w in WINDOWS)),
+        QuerySpec(STATUS_QUERY, status_query_params(rules), status_query_window(rules)),
+        QuerySpec(Q_PROBES, timespan=PROBES_WINDOW),
+        QuerySpec(Q_FRESHNESS, timespan=timedelta(hours=24)),
+        QuerySpec(Q_QUOTA, timespan=timedelta(days=2)),
+    ]
+    # A rule the shared scan does not cover is still evaluated, with its own query.
+    requests += [QuerySpec(r.query, r.params, r.window, key=f"alert:{r.name}")
+                 for r in rules if r.name not in STATUS_QUERY_RULES]
     return requests, rules
+
+
+def series_plan(history: Window) -> list[QuerySpec]:
+    """The three queries of one window's dashboard series."""
+    binned = {"binSize": history.bin_size}
+    return [QuerySpec(Q_SERIES_REQUESTS, binned, history.span),
+            QuerySpec(Q_SERIES_VISION, binned, history.span),
+            QuerySpec(Q_SERIES_AVAILABILITY, binned, history.span),
+            QuerySpec(Q_SERIES_DEPLOYMENTS, binned, history.span)]
 
 
 QuotaLoader = Callable[["Settings"], Any]
 
 
+def _ask(runner: QueryRunner, requests: Sequence[QuerySpec]
+         ) -> tuple[Mapping[str, QueryResult | QueryError], list[str]]:
+    """Every answer, and the errors of queries that failed on their own (bad KQL).
+
+    Raises ``StatusUnavailable`` when the backend failed us (unreachable, throttled, refused):
+    then the report would be wrong, not merely incomplete, and the cache keeps the last one.
+    """
+    answers = runner.run_many(requests)
+    backend = [a for a in answers.values()
+               if isinstance(a, QueryError) and not isinstance(a, BadQueryError | QuerySkipped)]
+    if backend:
+        logger.warning("status: telemetry query failed (%s)", type(backend[0]).__name__)
+        raise unavailable_from(backend[0]) from backend[0]
+    failed = [f"{key}: {a}" for key, a in answers.items() if isinstance(a, QueryError)]
+    return answers, failed
+
+
 def build_status(
     settings: Settings,
-    runner: BatchRunner,
+    runner: QueryRunner,
     *,
     now: datetime | None = None,
     history: Window | None = None,
@@ -227,43 +263,54 @@ def build_status(
 ) -> Status:
     """One status report; raises ``StatusUnavailable`` when telemetry cannot be asked at all."""
     now = now or datetime.now(UTC)
-    requests, rules = plan(settings, history=history)
-    try:
-        answers = runner.run_batch(requests)
-    except QueryError as exc:
-        logger.warning("status: telemetry batch failed (%s)", type(exc).__name__)
-        raise unavailable_from(exc) from exc
-    query_errors: list[str] = []
+    requests, rules = plan(settings)
+    series_requests = series_plan(history) if history is not None else []
+    # one run_many for both, so the series' queries overlap the core's
+    answers, query_errors = _ask(runner, [*requests, *series_requests])
 
     def rows(key: str) -> list[dict[str, Any]]:
         answer = answers.get(key)
-        if isinstance(answer, QueryError):
-            query_errors.append(f"{key}: {answer}")
-            return []
-        return list(answer.rows) if answer is not None else []
+        return list(answer.rows) if isinstance(answer, QueryResult) else []
 
-    windows = {w.name: _window(w, rows) for w in WINDOWS}
+    windows = _windows(rows(Q_WINDOWS))
     probes = _probes(rows(Q_PROBES))
     telemetry = _freshness(rows(Q_FRESHNESS), settings.monitoring.freshness_max_age_s)
     quota = _quota(rows(Q_QUOTA), settings, quota_loader)
+    shared_scan = answers.get(STATUS_QUERY)
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for row in rows(STATUS_QUERY):
+        by_rule.setdefault(str(row.get("Rule")), []).append(row)
     alerts: list[AlertState] = []
     for rule in rules:
-        answer = answers.get(f"alert:{rule.name}")
+        answer = shared_scan if rule.name in STATUS_QUERY_RULES else answers.get(
+            f"alert:{rule.name}")
         if isinstance(answer, QueryError):
-            query_errors.append(f"alert:{rule.name}: {answer}")
             alerts.append(not_evaluated(rule, str(answer)))
+        elif rule.name in STATUS_QUERY_RULES:
+            alerts.append(evaluate(rule, by_rule.get(rule.name, [])))
         else:
             alerts.append(evaluate(rule, answer.rows if answer is not None else []))
-    series = None
-    if history is not None:
-        series = _series(history, rows)
     telemetry = {**telemetry, "query_errors": query_errors}
     state, reasons = decide(alerts, probes, telemetry, query_errors)
-    return Status(
+    report = Status(
         state=state, reasons=tuple(reasons), checked_at=now,
         version=settings.monitoring.app_version, windows=windows, probes=probes, quota=quota,
-        alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings), series=series,
+        alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings),
     )
+    if history is not None:
+        report = replace(report, series=_series(history, rows))
+    return report
+
+
+def build_series(runner: QueryRunner, history: Window) -> dict[str, Any]:
+    """One window's dashboard series; raises ``StatusUnavailable`` as ``build_status`` does."""
+    answers, _failed = _ask(runner, series_plan(history))
+
+    def rows(key: str) -> list[dict[str, Any]]:
+        answer = answers.get(key)
+        return list(answer.rows) if isinstance(answer, QueryResult) else []
+
+    return _series(history, rows)
 
 
 def decide(
@@ -308,13 +355,23 @@ def _worse(a: State, b: State) -> State:
 RowsOf = Callable[[str], list[dict[str, Any]]]
 
 
+def _windows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault((str(row.get("Window")), str(row.get("Scope"))), []).append(row)
+
+    def scoped(window: str, scope: str) -> list[dict[str, Any]]:
+        return by.get((window, scope), [])
+
+    return {w.name: _window(w, functools.partial(scoped, w.name)) for w in WINDOWS}
+
+
 def _window(w: Window, rows: RowsOf) -> dict[str, Any]:
-    success = _first(rows(f"{Q_SUCCESS}:{w.name}"))
-    latency = {str(r.get("Scope")): r for r in rows(f"{Q_LATENCY}:{w.name}")}
-    throttle = _first(rows(f"{Q_THROTTLE}:{w.name}"))
+    success = _first(rows("requests"))
+    invocation = _first(rows("invocation"))
+    vision = _first(rows("vision_call"))
+    throttle = _first(rows("attempts"))
     invocations = _int(success.get("Invocations"))
-    invocation = latency.get("invocation", {})
-    vision = latency.get("vision_call", {})
     return {
         "window": iso_duration(w.span),
         "invocations": invocations,
@@ -337,7 +394,7 @@ def _window(w: Window, rows: RowsOf) -> dict[str, Any]:
                     "status_code": str(r.get("StatusCode") or ""),
                     "service_code": str(r.get("ServiceCode") or ""),
                     "count": _int(r.get("Count"))}
-                   for r in rows(f"{Q_ERRORS}:{w.name}")],
+                   for r in rows("errors")],
     }
 
 
@@ -555,15 +612,16 @@ __all__ = [
     "CLIENT_OPTIONS",
     "WINDOWS",
     "WINDOWS_BY_NAME",
-    "BatchRunner",
+    "QueryRunner",
     "State",
     "Status",
     "StatusUnavailable",
     "Window",
+    "build_series",
     "build_status",
     "decide",
-    "get_batch_runner",
     "plan",
     "public_config",
+    "series_plan",
     "unavailable_from",
 ]

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from devstack.monitor.config import MonitorConfig
 from devstack.monitor.envelopes import Context
 from devstack.monitor.ingest import track
+from devstack.monitor.limits import LimitsError, QueryLimiter, Throttled
 from devstack.monitor.queryapi import (
     QueryFailure,
     bad_argument,
@@ -56,6 +58,11 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 def _failure(failure: QueryFailure) -> JSONResponse:
     return JSONResponse(failure.body(), status_code=failure.status)
+
+
+def _throttled(exc: Throttled) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=429,
+                        headers={"Retry-After": str(exc.retry_after_s)})
 
 
 def _is_loopback(request: Request) -> bool:
@@ -117,6 +124,7 @@ class _Emulator:
         self.config = config
         self.ctx = Context(workspace_id=config.workspace_id, resource_id=config.resource_id)
         self._store: Store | None = None
+        self.limiter = QueryLimiter(config.limits)
 
     @property
     def store(self) -> Store:
@@ -216,9 +224,12 @@ class _Emulator:
                 body = await request.json()
             except ValueError:
                 return _failure(bad_argument("The request body is not valid JSON."))
-        status, payload = await run_in_threadpool(
-            self._answer, workspace, body, request.headers.get("prefer")
-        )
+        try:
+            async with self.limiter.admit(request.headers.get("authorization")):
+                status, payload = await run_in_threadpool(
+                    self._answer, workspace, body, request.headers.get("prefer"))
+        except Throttled as exc:
+            return _throttled(exc)
         return JSONResponse(payload, status_code=status)
 
     def _answer_batch_item(self, item: Any) -> dict[str, Any]:
@@ -248,9 +259,12 @@ class _Emulator:
         requests = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(requests, list):
             return _failure(bad_argument('The body must be {"requests": [...]}.'))
-        responses = await run_in_threadpool(
-            lambda: [self._answer_batch_item(item) for item in requests]
-        )
+        try:
+            async with self.limiter.admit(request.headers.get("authorization"), len(requests)):
+                responses = await run_in_threadpool(
+                    lambda: [self._answer_batch_item(item) for item in requests])
+        except Throttled as exc:
+            return _throttled(exc)
         return JSONResponse({"responses": responses})
 
     # --- admin and health ---------------------------------------------------------------------
@@ -264,6 +278,25 @@ class _Emulator:
     async def admin_reset(self, _: Request) -> Response:
         await run_in_threadpool(self.store.reset)
         return JSONResponse({"reset": True})
+
+    async def admin_limits(self, request: Request) -> Response:
+        if request.method == "PUT":
+            try:
+                changes = await request.json()
+            except ValueError:
+                changes = None
+            if not isinstance(changes, dict):
+                return _error(400, "BadArgumentError", "the body must be a JSON object of limits")
+            try:
+                self.limiter.configure(self.limiter.limits.updated(changes))
+            except LimitsError as exc:
+                return _error(400, "BadArgumentError", str(exc))
+        return JSONResponse({"limits": asdict(self.limiter.limits),
+                             "stats": self.limiter.stats.to_json()})
+
+    async def admin_limits_reset(self, _: Request) -> Response:
+        self.limiter.reset_stats()
+        return JSONResponse({"stats": self.limiter.stats.to_json()})
 
     async def admin_envelopes(self, request: Request) -> Response:
         try:
@@ -306,6 +339,8 @@ def create_app(config: MonitorConfig) -> Starlette:
             route("/admin/tables", _loopback_only(emu.admin_tables), "GET"),
             route("/admin/reset", _loopback_only(emu.admin_reset), "POST"),
             route("/admin/envelopes", _loopback_only(emu.admin_envelopes), "GET"),
+            route("/admin/limits", _loopback_only(emu.admin_limits), "GET", "PUT"),
+            route("/admin/limits/stats/reset", _loopback_only(emu.admin_limits_reset), "POST"),
         ],
         lifespan=emu.lifespan,
         middleware=[Middleware(_CollapseSlashes)],

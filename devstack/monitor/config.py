@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from devstack.monitor.limits import QueryLimits
+
 #: The workspace id the emulator answers to unless told otherwise. GUID-shaped like a real
 #: Log Analytics workspace id, and obviously not one ("...10ca1" reads "local").
 DEFAULT_WORKSPACE_ID = "00000000-0000-4000-8000-0000000010ca"
@@ -52,6 +54,8 @@ class MonitorConfig:
     #: How often the background task deletes rows older than ``retention_days``.
     retention_interval_s: float = 3600.0
     resource_id: str = DEFAULT_RESOURCE_ID
+    #: Log Analytics' per-caller query limits (``devstack.monitor.limits``).
+    limits: QueryLimits = field(default_factory=QueryLimits)
     clock: Callable[[], datetime] = field(default=utc_now, compare=False)
 
     def __post_init__(self) -> None:

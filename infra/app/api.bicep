@@ -158,6 +158,11 @@ var appSettings = {
   ALERT_THROTTLE_RATE_THRESHOLD: '0.1'
   ALERT_QUOTA_FORECAST_THRESHOLD: '1'
   STATUS_FRESHNESS_MAX_AGE_SECONDS: '900'
+  // One report per instance per TTL; 3 of the identity's 5 concurrent Log Analytics queries.
+  STATUS_CACHE_TTL_SECONDS: '30'
+  STATUS_WAIT_SECONDS: '1.5'
+  STATUS_QUERY_TIMEOUT_SECONDS: '10'
+  STATUS_QUERY_CONCURRENCY: '3'
   APP_VERSION: appVersion
 
   // Periodic tuning review (docs/tuning.md): recommend by default; 'apply' moves runtime

@@ -3,8 +3,10 @@
 Simulated time: for "k minutes after onset" the Monitor emulator is emptied and refilled with
 telemetry whose onset lies k minutes before the real now (the emulator's KQL ``ago()`` reads
 the wall clock), then the rules are evaluated exactly as the status endpoint evaluates them —
-the same queries, in one ``query_batch`` round trip. Every evaluation models one run of a rule
-with a 1-minute frequency, so "active at k" means "fires at most k minutes after onset".
+the same single queries (every rule in ``status_alerts.kql``; tests/unit/test_status_queries.py
+holds it equal to each rule's own ``alert_*.kql``, which Azure runs). Every evaluation models one
+run of a rule with a 1-minute frequency, so "active at k" means "fires at most k minutes after
+onset".
 
 Targets (issue 6): outage ≤ 2 simulated minutes, latency x3 ≤ 5, 429 storm ≤ 2; none on the
 healthy period. No test waits for real minutes.

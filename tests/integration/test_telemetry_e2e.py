@@ -244,7 +244,7 @@ def test_queries_match_what_happened(stack: Stack, mix: dict[str, Any]) -> None:
          lambda v: v == (truth["invocations"], truth["attempts"], truth["invocations"]), 90)
 
     names = sorted(load_queries())
-    batch = stack.runner.run_batch([n for n in names if n != "operation"], HOUR)
+    batch = stack.runner.run_many([n for n in names if n != "operation"], HOUR)
     failures = {n: r for n, r in batch.items() if isinstance(r, Exception)}
     mine = {"success_rate", "analysis_latency", "throughput", "throttle_rate", "error_breakdown",
             "vision_errors", "outcomes", "availability_by_probe", "calls_this_month"}

@@ -1,10 +1,12 @@
 """queries/*.kql: headers, parameters, and real runs on duckdb-kql over the Monitor emulator's
 table schema (its own Store, in memory) with telemetry shaped like shared.telemetry emits it.
-Also LogsQueryRunner's batching and error classification over a fake LogsQueryClient."""
+Also LogsQueryRunner's concurrent single queries and error classification over a fake
+LogsQueryClient."""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +24,9 @@ from shared.logsquery import (
     QueryAuthError,
     QueryBackendError,
     QueryConfigError,
+    QuerySkipped,
+    QuerySpec,
+    QueryThrottledError,
     kql_literal,
     load_queries,
     parse_query,
@@ -260,24 +265,39 @@ def test_parse_query_requires_header_and_let_for_each_parameter() -> None:
 
 
 class FakeLogsClient:
-    """The two LogsQueryClient calls the runner makes, answering with the SDK's own models."""
+    """The one LogsQueryClient call the runner makes, answering with the SDK's own models.
+
+    ``answer`` is one answer for every query, or a dict of answers (or errors) by query text.
+    """
 
     def __init__(self, answer: Any = None, error: Exception | None = None) -> None:
         self.answer = answer
         self.error = error
         self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.running = 0
+        self.max_running = 0
+        self.gate: threading.Event | None = None
 
     def query_workspace(self, workspace_id: str, query: str, **kwargs: Any) -> Any:
-        self.calls.append(("query", query, kwargs))
-        if self.error:
-            raise self.error
-        return self.answer
+        with self.lock:
+            self.calls.append(("query", query, kwargs))
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            if self.gate is not None:
+                self.gate.wait(5)
+            answer = self.answer.get(query) if isinstance(self.answer, dict) else self.answer
+            error = answer if isinstance(answer, Exception) else self.error
+            if error:
+                raise error
+            return answer
+        finally:
+            with self.lock:
+                self.running -= 1
 
     def query_batch(self, queries: list[Any], **kwargs: Any) -> Any:
-        self.calls.append(("batch", queries, kwargs))
-        if self.error:
-            raise self.error
-        return self.answer
+        raise AssertionError("the deprecated $batch operation must not be used")
 
 
 def table(columns: list[tuple[str, str]], rows: list[list[Any]]) -> LogsTable:
@@ -300,14 +320,54 @@ def test_run_returns_plain_rows_and_passes_enforce_https_only_locally() -> None:
     assert "enforce_https" not in client.calls[1][2]
 
 
-def test_run_batch_is_one_round_trip_with_per_query_errors() -> None:
+def test_run_many_sends_single_queries_with_per_query_errors() -> None:
     ok = LogsQueryResult(tables=[table([("Calls", "long")], [[1]])])
-    bad = LogsQueryError(code="BadArgumentError", message="unsupported")
-    client = FakeLogsClient([ok, bad])
-    out = runner(client).run_batch(["throttle_rate", ("throughput", {"binSize": "1h"})])
-    assert len(client.calls) == 1 and client.calls[0][0] == "batch"
+    bad = HttpResponseError(message="unsupported")
+    bad.status_code = 400
+    bad.model = LogsQueryError(code="BadArgumentError", message="unsupported")  # type: ignore[assignment]
+    throughput = QUERIES["throughput"].render({"binSize": "1h"})
+    client = FakeLogsClient({QUERIES["throttle_rate"].text: ok, throughput: bad})
+    out = runner(client).run_many(["throttle_rate", ("throughput", {"binSize": "1h"})])
+    assert [c[0] for c in client.calls] == ["query", "query"]
     assert out["throttle_rate"].rows == [{"Calls": 1}]  # type: ignore[union-attr]
     assert isinstance(out["throughput"], BadQueryError)
+
+
+def test_run_many_keeps_to_its_concurrency_bound() -> None:
+    ok = LogsQueryResult(tables=[table([("Calls", "long")], [[1]])])
+    client = FakeLogsClient(ok)
+    client.gate = threading.Event()
+    r = LogsQueryRunner(client, "ws", loopback=True, max_concurrency=2)  # type: ignore[arg-type]
+    specs = [QuerySpec("throttle_rate", key=f"k{i}") for i in range(6)]
+    done: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: done.append(r.run_many(specs)))
+    worker.start()
+    deadline = 500
+    while client.running < 2 and deadline:  # poll: the pool picks them up on its threads
+        threading.Event().wait(0.01)
+        deadline -= 1
+    assert client.running == 2
+    client.gate.set()
+    worker.join(10)
+    assert len(done[0]) == 6 and client.max_running == 2 and len(client.calls) == 6
+    with pytest.raises(ValueError, match="max_concurrency"):
+        LogsQueryRunner(client, "ws", max_concurrency=6)  # type: ignore[arg-type]
+
+
+def test_a_throttled_query_stops_the_rest_and_carries_retry_after() -> None:
+    from types import SimpleNamespace
+
+    throttled = HttpResponseError(message="Too many requests")
+    throttled.status_code = 429
+    # the one field of the response the runner reads
+    throttled.response = SimpleNamespace(headers={"Retry-After": "17"})  # type: ignore[assignment]
+    client = FakeLogsClient(error=throttled)
+    r = LogsQueryRunner(client, "ws", loopback=True, max_concurrency=1)  # type: ignore[arg-type]
+    out = r.run_many([QuerySpec("throttle_rate", key=f"k{i}") for i in range(4)])
+    first = out["k0"]
+    assert isinstance(first, QueryThrottledError) and first.retry_after_s == 17.0
+    assert all(isinstance(out[f"k{i}"], QuerySkipped) for i in (1, 2, 3))
+    assert len(client.calls) == 1  # nothing more was sent into the wall
 
 
 @pytest.mark.parametrize(("status", "code", "kind"), [
@@ -325,8 +385,10 @@ def test_http_errors_are_classified(status: int, code: str | None, kind: type) -
 
 
 def test_unreachable_backend_is_a_backend_error() -> None:
+    out = runner(FakeLogsClient(error=ServiceRequestError("refused"))).run_many(["success_rate"])
+    assert type(out["success_rate"]) is QueryBackendError
     with pytest.raises(QueryBackendError):
-        runner(FakeLogsClient(error=ServiceRequestError("refused"))).run_batch(["success_rate"])
+        runner(FakeLogsClient(error=ServiceRequestError("refused"))).run("success_rate")
 
 
 def test_unknown_query_name() -> None:
@@ -334,38 +396,40 @@ def test_unknown_query_name() -> None:
         runner(FakeLogsClient()).run("nope")
 
 
-def test_run_batch_keys_the_same_query_per_timespan() -> None:
-    from shared.logsquery import BatchQuery
-
-    answers = [LogsQueryResult(tables=[table([("Calls", "long")], [[n]])]) for n in (1, 2, 3)]
-    answers.append(LogsQueryError(code="SemanticError", message="no such column"))
+def test_run_many_keys_the_same_query_per_timespan() -> None:
+    answers = {QUERIES["throttle_rate"].text: LogsQueryResult(
+        tables=[table([("Calls", "long")], [[1]])])}
     client = FakeLogsClient(answers)
-    out = runner(client).run_batch([
-        BatchQuery("throttle_rate", timespan=timedelta(minutes=15), key="throttle_rate:15m"),
-        BatchQuery("throttle_rate", key="throttle_rate:1h"),
-        ("throughput", {"binSize": "1h"}),
-        BatchQuery("success_rate", timespan=timedelta(days=1), key="daily"),
+    client.answer = {**answers, QUERIES["success_rate"].text: HttpResponseError("no such column")}
+    client.answer[QUERIES["success_rate"].text].status_code = 400
+    out = runner(client).run_many([
+        QuerySpec("throttle_rate", timespan=timedelta(minutes=15), key="throttle_rate:15m"),
+        QuerySpec("throttle_rate", key="throttle_rate:1h"),
+        QuerySpec("success_rate", timespan=timedelta(days=1), key="daily"),
     ], timedelta(hours=1))
-    [(kind, batch, _)] = client.calls
-    assert kind == "batch"
-    assert [q.body["timespan"] for q in batch] == [
-        "PT900.0S", "PT3600.0S", "PT3600.0S", "PT86400.0S"]
-    assert batch[2].body["query"] == QUERIES["throughput"].render({"binSize": "1h"})
-    assert list(out) == ["throttle_rate:15m", "throttle_rate:1h", "throughput", "daily"]
-    assert [out[k].rows for k in list(out)[:3]] == [  # type: ignore[union-attr]
-        [{"Calls": 1}], [{"Calls": 2}], [{"Calls": 3}]]
+    spans = sorted(c[2]["timespan"] for c in client.calls)
+    assert spans == [timedelta(minutes=15), timedelta(hours=1), timedelta(days=1)]
+    assert list(out) == ["throttle_rate:15m", "throttle_rate:1h", "daily"]
     assert out["throttle_rate:1h"].name == "throttle_rate"  # type: ignore[union-attr]
     daily = out["daily"]
     assert isinstance(daily, BadQueryError) and daily.query == "success_rate"
 
 
-def test_run_batch_rejects_a_key_twice() -> None:
-    from shared.logsquery import BatchQuery
-
+def test_run_many_rejects_a_key_twice() -> None:
     client = FakeLogsClient([])
     with pytest.raises(ValueError, match="twice"):
-        runner(client).run_batch(["throttle_rate", BatchQuery("throttle_rate")])
+        runner(client).run_many(["throttle_rate", QuerySpec("throttle_rate")])
     with pytest.raises(ValueError, match="twice"):
-        runner(client).run_batch([BatchQuery("success_rate", key="k"),
-                                  BatchQuery("throttle_rate", key="k")])
+        runner(client).run_many([QuerySpec("success_rate", key="k"),
+                                 QuerySpec("throttle_rate", key="k")])
     assert client.calls == []
+
+
+def test_nothing_in_shared_calls_the_deprecated_batch_operation() -> None:
+    from pathlib import Path
+
+    sources = sorted((Path(__file__).resolve().parents[2] / "shared").rglob("*.py"))
+    assert len(sources) > 10
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        assert ".query_batch(" not in text and "LogsBatchQuery" not in text, path

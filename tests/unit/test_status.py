@@ -1,12 +1,15 @@
-"""The status report over a fake batch runner, its JSON schema, and the HTTP adapters."""
+"""The status report over a fake query runner, its JSON schema, the shared report cache and
+the HTTP adapters."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,15 +18,27 @@ import azure.functions as func
 import pytest
 
 from shared import status as status_mod
+from shared import status_service
+from shared.alerts import STATUS_QUERY_RULES, alert_rules
 from shared.blueprints import status as status_bp
-from shared.logsquery import BatchQuery, QueryBackendError, QueryError, QueryResult
+from shared.logsquery import (
+    BadQueryError,
+    QueryBackendError,
+    QueryError,
+    QueryResult,
+    QuerySpec,
+    QueryThrottledError,
+)
+from shared.reportcache import ReportCache
 from shared.settings import Settings
 from shared.status import (
     WINDOWS_BY_NAME,
     StatusUnavailable,
     build_status,
     plan,
+    series_plan,
 )
+from shared.status_service import StatusService
 from tests.e2e.status_schema import SCHEMA, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,44 +64,72 @@ def result(name: str, rows: list[dict[str, Any]]) -> QueryResult:
 
 
 class FakeRunner:
-    """Answers each request from canned rows; records every round trip."""
+    """Answers each query from canned rows; records every ``run_many`` call."""
 
     def __init__(self, answers: Mapping[str, list[dict[str, Any]] | QueryError],
                  fail: QueryError | None = None) -> None:
         self.answers = answers
         self.fail = fail
-        self.calls: list[Sequence[BatchQuery]] = []
+        self.calls: list[Sequence[QuerySpec]] = []
+        self.lock = threading.Lock()
 
-    def run_batch(self, items: Sequence[BatchQuery]) -> dict[str, QueryResult | QueryError]:
-        self.calls.append(items)
-        if self.fail is not None:
-            raise self.fail
+    @property
+    def queries(self) -> int:
+        with self.lock:
+            return sum(len(c) for c in self.calls)
+
+    def run_many(self, items: Sequence[QuerySpec]) -> dict[str, QueryResult | QueryError]:
+        with self.lock:
+            self.calls.append(items)
         out: dict[str, QueryResult | QueryError] = {}
         for r in items:
             key = r.key or r.name
+            if self.fail is not None:
+                out[key] = self.fail
+                continue
             answer = self.answers.get(key, self.answers.get(r.name, []))
             out[key] = answer if isinstance(answer, QueryError) else result(r.name, answer)
         return out
 
 
+def window_rows(name: str, n: int) -> list[dict[str, Any]]:
+    return [
+        {"Window": name, "Scope": "requests", "Invocations": n, "Succeeded": n - 1, "Failed": 1,
+         "Analyzed": n - 3, "Rejected": 2, "Duplicates": 0,
+         "SuccessRatePct": round(100 * (n - 1) / n, 3)},
+        {"Window": name, "Scope": "invocation", "Count": n, "P50Ms": 800.0, "P95Ms": 1200.0,
+         "P99Ms": 1500.0},
+        {"Window": name, "Scope": "vision_call", "Count": n, "P50Ms": 600.0, "P95Ms": 900.0,
+         "P99Ms": 1000.0},
+        {"Window": name, "Scope": "attempts", "Calls": n + 2, "Throttled": 2, "Operations": n,
+         "ThrottledOperations": 2, "ThrottleRatePct": 2.0},
+        {"Window": name, "Scope": "errors", "Outcome": "rejected", "ErrorClass": "invalid_input",
+         "Reason": "invalid_image", "StatusCode": "", "ServiceCode": "", "Count": 2},
+        {"Window": name, "Scope": "errors", "Outcome": "failed", "ErrorClass": "transient",
+         "Reason": "server_error", "StatusCode": "503", "ServiceCode": "", "Count": 1},
+    ]
+
+
+def alert_rows(**overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = {
+        "error-rate": {"ErrorRate": 0.0, "Total": 20},
+        "latency-p95": {"P95Ms": 1200.0, "Total": 20},
+        "probe-availability": {"Probe": "vision", "AvailabilityPct": 100.0, "Total": 3},
+        "throttling": {"ThrottleRate": 0.0, "Total": 30},
+        "quota-forecast": {"ForecastRatio": 0.5},
+        "slo-burn-fast": {"BurnRate": 0.0, "Total": 20},
+        "slo-burn-slow": {"BurnRate": 0.5, "Total": 200},
+    }
+    for name, row in overrides.items():
+        rows[name.replace("_", "-")] = row
+    return [{"Rule": name, **row} for name, row in rows.items()]
+
+
 def healthy_answers() -> dict[str, list[dict[str, Any]] | QueryError]:
     answers: dict[str, list[dict[str, Any]] | QueryError] = {}
-    for name, n in (("15m", 90), ("1h", 360), ("24h", 8640)):
-        answers[f"success_rate:{name}"] = [{
-            "Invocations": n, "Succeeded": n - 1, "Failed": 1, "Analyzed": n - 3, "Rejected": 2,
-            "Duplicates": 0, "SuccessRatePct": round(100 * (n - 1) / n, 3), "AnalyzedPct": 0.0}]
-        answers[f"analysis_latency:{name}"] = [
-            {"Scope": "invocation", "Count": n, "P50Ms": 800.0, "P95Ms": 1200.0, "P99Ms": 1500.0,
-             "AvgMs": 850.0, "MaxMs": 2000.0},
-            {"Scope": "vision_call", "Count": n, "P50Ms": 600.0, "P95Ms": 900.0, "P99Ms": 1000.0,
-             "AvgMs": 650.0, "MaxMs": 1800.0}]
-        answers[f"throttle_rate:{name}"] = [{"Calls": n + 2, "Throttled": 2, "Operations": n,
-                                             "ThrottledOperations": 2, "ThrottleRatePct": 2.0}]
-        answers[f"error_breakdown:{name}"] = [
-            {"Outcome": "rejected", "ErrorClass": "invalid_input", "Reason": "invalid_image",
-             "StatusCode": "", "ServiceCode": "", "Count": 2},
-            {"Outcome": "failed", "ErrorClass": "transient", "Reason": "server_error",
-             "StatusCode": "503", "ServiceCode": "", "Count": 1}]
+    answers["status_windows"] = [row for name, n in (("15m", 90), ("1h", 360), ("24h", 8640))
+                                 for row in window_rows(name, n)]
+    answers["status_alerts"] = alert_rows()
     answers["status_probes"] = [
         {"probe": "vision", "runs": 288, "passed": 288, "availability_pct": 100.0,
          "last_time": NOW - timedelta(minutes=2), "last_success": True,
@@ -97,14 +140,6 @@ def healthy_answers() -> dict[str, list[dict[str, Any]] | QueryError]:
     answers["status_quota"] = [
         {"metric": "quota.used_ratio", "value": 0.25, "reported": NOW - timedelta(hours=1)},
         {"metric": "quota.forecast_ratio", "value": 0.5, "reported": NOW - timedelta(hours=1)}]
-    answers["alert:error-rate"] = [{"Invocations": 20, "Failed": 0, "ErrorRate": 0.0}]
-    answers["alert:latency-p95"] = [{"Analyzed": 20, "P95Ms": 1200.0}]
-    answers["alert:probe-availability"] = [{"Probe": "vision", "Runs": 3, "Passed": 3,
-                                            "AvailabilityPct": 100.0}]
-    answers["alert:throttling"] = [{"Calls": 30, "Throttled": 0, "ThrottleRate": 0.0}]
-    answers["alert:quota-forecast"] = [{"ForecastRatio": 0.5, "Reported": NOW}]
-    answers["alert:slo-burn-fast"] = [{"BurnRate": 0.0}]
-    answers["alert:slo-burn-slow"] = [{"BurnRate": 0.5}]
     answers["status_series_requests"] = [
         {"bin_start": NOW - timedelta(minutes=4 - i), "requests": 12, "failed": 0,
          "success_rate": 1.0, "p50_ms": 800.0, "p95_ms": 1100.0} for i in range(3)]
@@ -122,7 +157,8 @@ def settings() -> Settings:
 def report(settings: Settings, answers: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
     runner = FakeRunner(answers)
     out = build_status(settings, runner, now=NOW, quota_loader=lambda _s: None, **kwargs)
-    assert len(runner.calls) == 1, "one telemetry round trip per report"
+    history = kwargs.get("history")
+    assert runner.queries == 5 + (4 if history else 0), "five queries per report (+4 series)"
     body = out.to_json()
     json.dumps(body, allow_nan=False)
     validate(body, SCHEMA)
@@ -155,20 +191,43 @@ def test_healthy_report_maps_every_number(settings: Settings) -> None:
     assert "series" not in body
 
 
-def test_the_batch_holds_every_query_once_per_window(settings: Settings) -> None:
-    requests, rules = plan(settings, history=WINDOWS_BY_NAME["24h"])
-    keys = [r.key for r in requests]
-    assert len(keys) == len(set(keys))
-    for w, span in (("15m", 15), ("1h", 60), ("24h", 1440)):
-        for q in ("success_rate", "analysis_latency", "throttle_rate", "error_breakdown"):
-            [item] = [r for r in requests if r.key == f"{q}:{w}"]
-            assert item.timespan == timedelta(minutes=span)
-    for rule in rules:
-        [item] = [r for r in requests if r.key == f"alert:{rule.name}"]
-        assert (item.name, item.timespan, dict(item.params or {})) == (
-            rule.query, rule.window, dict(rule.params))
-    series = [r for r in requests if r.name.startswith("status_series_")]
-    assert {dict(r.params or {})["binSize"] for r in series} == {timedelta(minutes=30)}
+def test_a_report_is_five_single_queries_and_a_series_four(settings: Settings) -> None:
+    requests, rules = plan(settings)
+    assert [r.name for r in requests] == [
+        "status_windows", "status_alerts", "status_probes", "status_freshness", "status_quota"]
+    assert len({r.key for r in requests}) == len(requests)
+    assert requests[0].timespan == timedelta(hours=24)
+    alerts = requests[1]
+    assert alerts.timespan == max(r.window for r in rules) == timedelta(hours=6)
+    params = dict(alerts.params or {})
+    by = {r.name: r for r in rules}
+    assert params["errorWindow"] == by["error-rate"].window == timedelta(minutes=5)
+    assert params["errorMinRequests"] == settings.monitoring.min_requests
+    assert params["throttleMinCalls"] == by["throttling"].params["minCalls"]
+    assert (params["slowLong"], params["slowShort"]) == (timedelta(hours=6),
+                                                         timedelta(minutes=30))
+    assert {r.name for r in rules} <= STATUS_QUERY_RULES  # no rule needs its own query today
+    series = series_plan(WINDOWS_BY_NAME["24h"])
+    assert [s.name for s in series] == ["status_series_requests", "status_series_vision",
+                                        "status_series_availability",
+                                        "status_series_deployments"]
+    assert {dict(s.params or {})["binSize"] for s in series} == {timedelta(minutes=30)}
+
+
+def test_a_rule_the_shared_scan_does_not_cover_runs_its_own_query(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    extra = replace(alert_rules(settings)[0], name="error-rate-copy")
+    monkeypatch.setattr(status_mod, "alert_rules", lambda s: (*alert_rules(s), extra))
+    requests, _rules = plan(settings)
+    [own] = [r for r in requests if r.key == "alert:error-rate-copy"]
+    assert (own.name, own.timespan) == ("alert_error_rate", timedelta(minutes=5))
+    answers = healthy_answers()
+    answers["alert:error-rate-copy"] = [{"Invocations": 20, "Failed": 10, "ErrorRate": 0.5}]
+    runner = FakeRunner(answers)
+    body = build_status(settings, runner, now=NOW, quota_loader=lambda _s: None).to_json()
+    assert body["alerts"]["active"] == ["error-rate-copy"]
 
 
 def test_history_adds_series(settings: Settings) -> None:
@@ -182,8 +241,8 @@ def test_history_adds_series(settings: Settings) -> None:
 
 def test_severe_alert_makes_it_unhealthy(settings: Settings) -> None:
     answers = healthy_answers()
-    answers["alert:error-rate"] = [{"Invocations": 20, "Failed": 10, "ErrorRate": 0.5}]
-    answers["alert:throttling"] = [{"Calls": 30, "Throttled": 9, "ThrottleRate": 0.3}]
+    answers["status_alerts"] = alert_rows(error_rate={"ErrorRate": 0.5, "Total": 20},
+                                          throttling={"ThrottleRate": 0.3, "Total": 30})
     body = report(settings, answers)
     assert body["state"] == "unhealthy"
     assert body["alerts"]["active"] == ["error-rate", "throttling"]
@@ -193,7 +252,7 @@ def test_severe_alert_makes_it_unhealthy(settings: Settings) -> None:
 
 def test_warning_alert_stale_telemetry_or_failed_probe_degrade(settings: Settings) -> None:
     answers = healthy_answers()
-    answers["alert:latency-p95"] = [{"Analyzed": 20, "P95Ms": 9000.0}]
+    answers["status_alerts"] = alert_rows(latency_p95={"P95Ms": 9000.0, "Total": 20})
     assert report(settings, answers)["state"] == "degraded"
 
     answers = healthy_answers()
@@ -221,23 +280,32 @@ def test_no_telemetry_at_all_is_degraded_not_a_crash(settings: Settings) -> None
 
 def test_one_broken_query_degrades_and_is_named(settings: Settings) -> None:
     answers = healthy_answers()
-    answers["alert:throttling"] = QueryBackendError("alert_throttling: SemanticError: x")
+    answers["status_alerts"] = BadQueryError("status_alerts: SemanticError: x")
     body = report(settings, answers)
     assert body["state"] == "degraded"
-    throttling = next(a for a in body["alerts"]["rules"] if a["name"] == "throttling")
-    assert throttling["error"] and throttling["active"] is False
-    assert body["telemetry"]["query_errors"] == [
-        "alert:throttling: alert_throttling: SemanticError: x"]
+    assert all(a["error"] and a["active"] is False for a in body["alerts"]["rules"])
+    assert len(body["alerts"]["rules"]) == 7
+    assert body["telemetry"]["query_errors"] == ["status_alerts: status_alerts: SemanticError: x"]
+    assert body["windows"]["15m"]["invocations"] == 90  # the other sections still answer
 
 
 def test_backend_unreachable_raises_status_unavailable(settings: Settings) -> None:
-    runner = FakeRunner({}, fail=QueryBackendError("batch: ServiceRequestError"))
+    runner = FakeRunner({}, fail=QueryBackendError("status_windows: ServiceRequestError"))
     with pytest.raises(StatusUnavailable) as caught:
         build_status(settings, runner, now=NOW, quota_loader=lambda _s: None)
     body = caught.value.to_json(now=NOW, version="1.2.3")
     validate(body, SCHEMA["$defs"]["unavailable"])
     assert body["error"]["cause"] == "telemetry_unreachable"
     assert "could not be reached" in body["error"]["message"]
+
+
+def test_throttled_backend_raises_with_its_retry_after(settings: Settings) -> None:
+    answers = healthy_answers()
+    answers["status_probes"] = QueryThrottledError("status_probes: 429: busy", retry_after_s=42)
+    with pytest.raises(StatusUnavailable) as caught:
+        build_status(settings, FakeRunner(answers), now=NOW, quota_loader=lambda _s: None)
+    assert caught.value.cause == "telemetry_throttled"
+    assert caught.value.retry_after_s == 42
 
 
 def test_quota_check_result_is_preferred(settings: Settings) -> None:
@@ -277,36 +345,146 @@ def http(route: str, params: dict[str, str] | None = None) -> func.HttpRequest:
                             params=params or {}, headers={})
 
 
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def wired(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> FakeRunner:
+def ticks() -> Ticks:
+    return Ticks()
+
+
+@pytest.fixture
+def wired(monkeypatch: pytest.MonkeyPatch, settings: Settings,
+          ticks: Ticks) -> Iterator[FakeRunner]:
     runner = FakeRunner(healthy_answers())
     # the settings carry a (fake) connection string: never set up an exporter in unit tests
     monkeypatch.setattr("shared.runtime.ensure_telemetry", lambda: None)
     monkeypatch.setattr("shared.settings.get_settings", lambda: settings)
-    monkeypatch.setattr(status_mod, "get_batch_runner", lambda: runner)
-    monkeypatch.setattr(status_mod, "_load_quota", lambda _s, _l: None)
-    return runner
+    cache: ReportCache[Any] = ReportCache(ttl_s=30, wait_s=5, clock=ticks)
+    service = StatusService(settings, runner, cache=cache, quota_loader=lambda _s: None,
+                            clock=lambda: NOW)
+    monkeypatch.setattr(status_service, "get_status_service", lambda: service)
+    yield runner
+    cache.shutdown()
+
+
+def call(request: func.HttpRequest) -> func.HttpResponse:
+    response: func.HttpResponse = asyncio.run(status_bp.status(request))
+    return response
+
+
+def wait_until(predicate: Any, what: str) -> None:
+    """Polls a background refresh (a fake: it finishes at once) with a deadline."""
+    for _ in range(500):
+        if predicate():
+            return
+        threading.Event().wait(0.01)
+    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_status_function_returns_documented_json(wired: FakeRunner) -> None:
-    response = status_bp.status(http("status", {"history": "1", "window": "15m"}))
+    response = call(http("status", {"history": "1", "window": "15m"}))
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     body = json.loads(response.get_body())
     validate(body, SCHEMA)
     assert body["series"]["window"] == "15m"
+    assert body["cache"] == {"age_s": 0.0, "stale": False, "ttl_s": 30, "error": None}
+    assert response.headers["Cache-Control"] == "private, max-age=30"
+    assert response.headers["Age"] == "0"
+
+
+def test_callers_share_one_report_per_ttl_then_get_it_stale_while_it_refreshes(
+        wired: FakeRunner, ticks: Ticks) -> None:
+    for _ in range(5):
+        assert call(http("status")).status_code == 200
+    assert wired.queries == 5  # five callers, one report
+    ticks.now += 12
+    response = call(http("status"))
+    assert response.headers["Age"] == "12" and wired.queries == 5
+    ticks.now += 20  # 32 s old: stale; served at once while one refresh runs
+    body = json.loads(call(http("status")).get_body())
+    assert body["cache"]["stale"] is True and body["cache"]["age_s"] == 32.0
+    wait_until(lambda: wired.queries == 10, "the refresh")
+    wait_until(lambda: not json.loads(call(http("status")).get_body())["cache"]["stale"],
+               "the refreshed report")
+    assert wired.queries == 10
+
+
+def test_a_throttled_refresh_serves_the_last_report_stale_and_backs_off(
+        wired: FakeRunner, ticks: Ticks) -> None:
+    assert call(http("status")).status_code == 200
+    wired.fail = QueryThrottledError("status_windows: 429: busy", retry_after_s=90)
+    ticks.now += 31
+    first = json.loads(call(http("status")).get_body())  # starts the refresh
+    assert first["cache"]["stale"] is True
+    wait_until(lambda: json.loads(call(http("status")).get_body())["cache"]["error"],
+               "the throttled refresh")
+    for _ in range(10):  # callers over the next 80 s: no new attempt before Retry-After
+        ticks.now += 8
+        response = call(http("status"))
+        assert response.status_code == 200
+        body = json.loads(response.get_body())
+        validate(body, SCHEMA)
+        assert body["cache"]["stale"] is True
+        assert body["cache"]["error"]["cause"] == "telemetry_throttled"
+        assert body["state"] == "healthy"  # the last good report, as it was
+        assert int(response.headers["Age"]) > 30
+    assert len(wired.calls) == 2  # one throttled attempt in 80 s, not a retry storm
+    ticks.now += 15  # past the 90 s Retry-After: one new attempt
+    call(http("status"))
+    wait_until(lambda: len(wired.calls) == 3, "the next attempt")
+
+
+def test_no_report_yet_and_a_slow_backend_is_a_fast_503_pending(
+        monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    release = threading.Event()
+
+    class Hung(FakeRunner):
+        def run_many(self, items: Sequence[QuerySpec]) -> dict[str, QueryResult | QueryError]:
+            release.wait(10)
+            return super().run_many(items)
+
+    monkeypatch.setattr("shared.runtime.ensure_telemetry", lambda: None)
+    monkeypatch.setattr("shared.settings.get_settings", lambda: settings)
+    cache: ReportCache[Any] = ReportCache(ttl_s=30, wait_s=0.05)
+    service = StatusService(settings, Hung(healthy_answers()), cache=cache,
+                            quota_loader=lambda _s: None, clock=lambda: NOW)
+    monkeypatch.setattr(status_service, "get_status_service", lambda: service)
+    try:
+        response = call(http("status"))
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        body = json.loads(response.get_body())
+        validate(body, SCHEMA["$defs"]["unavailable"])
+        assert body["error"]["cause"] == "report_pending"
+        assert cache.computations("core") == 1
+        assert call(http("status")).status_code == 503
+        assert cache.computations("core") == 1  # single flight: the second call waited on it
+        release.set()
+        wait_until(lambda: call(http("status")).status_code == 200, "the first report")
+    finally:
+        release.set()
+        cache.shutdown()
 
 
 def test_status_function_rejects_an_unknown_window(wired: FakeRunner) -> None:
-    response = status_bp.status(http("status", {"history": "1", "window": "7d"}))
+    response = call(http("status", {"history": "1", "window": "7d"}))
     assert response.status_code == 400
     assert json.loads(response.get_body())["error"]["cause"] == "bad_request"
 
 
 def test_status_function_answers_503_json_when_the_backend_is_down(
         wired: FakeRunner) -> None:
-    wired.fail = QueryBackendError("batch: ServiceRequestError")
-    response = status_bp.status(http("status"))
+    wired.fail = QueryBackendError("status_windows: ServiceRequestError")
+    response = call(http("status"))
     assert response.status_code == 503
     body = json.loads(response.get_body())
     validate(body, SCHEMA["$defs"]["unavailable"])
@@ -321,7 +499,7 @@ def test_status_function_answers_503_on_bad_settings(monkeypatch: pytest.MonkeyP
         raise SettingsError(["VISION_ENDPOINT is required"])
 
     monkeypatch.setattr("shared.settings.get_settings", broken)
-    code, body = status_bp.status_response(None, None)
+    code, body, _headers = asyncio.run(status_bp.status_response(None, None))
     assert code == 503
     assert body["error"] == {"cause": "invalid_settings",
                              "message": "VISION_ENDPOINT is required"}
