@@ -395,9 +395,9 @@ def _concurrency(current: Mapping[str, float | None], ev: Evidence, policy: Poli
     needed = math.ceil(rate * work_s * 1.25)
     wait_ms = ev.limiter_wait_p95_ms or 0.0
     busy = ev.throughput_per_s or 0.0
-    if needed < now and wait_ms > work_s * 1000:
-        # invocations spend longer queued behind the limiter than working: the extra ones
-        # only hold memory and a worker thread
+    if needed < now and wait_ms > max(work_s * 1000, 1000):
+        # invocations spend longer queued behind the limiter than working (and over a second):
+        # the extra ones only hold memory and a worker thread
         target = t.one_step(now, needed)
         effect = "invocations stop queueing behind the limiter"
     elif needed > now and wait_ms < 100 and busy >= 0.8 * now / work_s:
