@@ -64,6 +64,8 @@ PANELS: tuple[Panel, ...] = (
     Panel("quota", "Quota: used and month-end forecast (ratio of the monthly quota)",
           "status_quota", "tiles"),
     Panel("errors", "Errors by outcome, class and code", "error_breakdown", "table"),
+    Panel("tuning", "Tuning review: reviews, applied changes, reverts and pins",
+          "tuning_changes", "table", width="100"),
 )
 
 

@@ -50,6 +50,7 @@ from shared.alerts import (
     status_query_params,
     status_query_window,
 )
+from shared.errors import StorageError
 from shared.logsquery import (
     BadQueryError,
     QueryAuthError,
@@ -182,6 +183,7 @@ class Status:
     telemetry: Mapping[str, Any]
     config: Mapping[str, Any]
     series: Mapping[str, Any] | None = None
+    tuning: Mapping[str, Any] | None = None
 
     @property
     def active_alerts(self) -> tuple[AlertState, ...]:
@@ -204,6 +206,8 @@ class Status:
         }
         if self.series is not None:
             body["series"] = dict(self.series)
+        if self.tuning is not None:
+            body["tuning"] = dict(self.tuning)
         cleaned: dict[str, Any] = _jsonable(body)
         return cleaned
 
@@ -234,6 +238,8 @@ def series_plan(history: Window) -> list[QuerySpec]:
 
 
 QuotaLoader = Callable[["Settings"], Any]
+#: the tuning review's state for the report (``shared.tuning_jobs.tuning_summary``)
+TuningLoader = Callable[[], Mapping[str, Any] | None]
 
 
 def _ask(runner: QueryRunner, requests: Sequence[QuerySpec]
@@ -260,6 +266,7 @@ def build_status(
     now: datetime | None = None,
     history: Window | None = None,
     quota_loader: QuotaLoader | None = None,
+    tuning_loader: TuningLoader | None = None,
 ) -> Status:
     """One status report; raises ``StatusUnavailable`` when telemetry cannot be asked at all."""
     now = now or datetime.now(UTC)
@@ -296,6 +303,7 @@ def build_status(
         state=state, reasons=tuple(reasons), checked_at=now,
         version=settings.monitoring.app_version, windows=windows, probes=probes, quota=quota,
         alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings),
+        tuning=_tuning(tuning_loader),
     )
     if history is not None:
         report = replace(report, series=_series(history, rows))
@@ -425,6 +433,17 @@ def _freshness(rows: list[dict[str, Any]], max_age_s: int) -> dict[str, Any]:
     newest = max((n for n in (_iso(r.get("newest")) for r in rows) if n), default=None)
     return {"newest": newest, "age_s": age, "max_age_s": max_age_s,
             "fresh": age is not None and age <= max_age_s, "tables": tables}
+
+
+def _tuning(loader: TuningLoader | None) -> Mapping[str, Any] | None:
+    """The tuning review's last review and the overlay in force; never fails the report."""
+    if loader is None:
+        return None
+    try:
+        return loader()
+    except StorageError as exc:
+        logger.warning("status: tuning state unreadable (%s)", exc.reason)
+        return {"error": {"cause": "storage_unavailable", "message": exc.reason}}
 
 
 def _quota(

@@ -28,6 +28,7 @@ from shared.status import (
     QuotaLoader,
     Status,
     StatusUnavailable,
+    TuningLoader,
     Window,
     build_series,
     build_status,
@@ -79,6 +80,7 @@ class StatusService:
         *,
         cache: ReportCache[Any] | None = None,
         quota_loader: QuotaLoader | None = None,
+        tuning_loader: TuningLoader | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         m = settings.monitoring
@@ -87,6 +89,7 @@ class StatusService:
         self._cache = cache if cache is not None else ReportCache(
             ttl_s=m.status_cache_ttl_s, wait_s=m.status_wait_s)
         self._quota_loader = quota_loader
+        self._tuning_loader = tuning_loader
         self._clock = clock
 
     @property
@@ -95,7 +98,7 @@ class StatusService:
 
     def _core(self) -> Status:
         return build_status(self._settings, self._runner, now=self._clock(),
-                            quota_loader=self._quota_loader)
+                            quota_loader=self._quota_loader, tuning_loader=self._tuning_loader)
 
     async def report(self, history: Window | None = None) -> Served:
         """The report (with ``history``'s series); raises ``StatusUnavailable`` or
@@ -134,9 +137,12 @@ def _cache_error(exc: BaseException) -> dict[str, Any]:
 @functools.cache
 def get_status_service() -> StatusService:
     """The process's service (settings, runner and cache built once, on first use)."""
+    from shared.runtime import get_review_context
     from shared.settings import get_settings
+    from shared.tuning_jobs import tuning_summary
 
-    return StatusService(get_settings(), get_query_runner())
+    return StatusService(get_settings(), get_query_runner(),
+                         tuning_loader=lambda: tuning_summary(get_review_context()))
 
 
 __all__ = ["Served", "StatusService", "client_options", "get_query_runner",

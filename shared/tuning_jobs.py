@@ -440,6 +440,27 @@ def tuning_state(ctx: ReviewContext) -> dict[str, Any]:
             "effective": overlay.effective(), "last_review": ctx.store.latest_review()}
 
 
+def tuning_summary(ctx: ReviewContext) -> dict[str, Any]:
+    """What ``/api/status`` shows of tuning: mode, the overlay in force, the last review."""
+    overlay, _ = ctx.store.read_overlay()
+    last = ctx.store.latest_review()
+    review_summary = None
+    if last is not None:
+        review_summary = {
+            "id": last.get("id"), "created_at": last.get("created_at"),
+            "mode": last.get("mode"),
+            "changes": [{k: r.get(k) for k in ("tunable", "current", "recommended",
+                                                "confidence", "applicable")}
+                        for r in last.get("recommendations", []) if r.get("change")],
+            "applied": len(last.get("applied", [])), "reverted": len(last.get("reverts", [])),
+        }
+    return {"mode": ctx.settings.tuning.mode.value,
+            "overlay": {"version": overlay.version, "effective": overlay.effective(),
+                        "pins": dict(overlay.pins),
+                        "pending": [c.tunable for c in overlay.pending()]},
+            "last_review": review_summary}
+
+
 def set_pin(ctx: ReviewContext, tunable: str, value: float | None) -> tuple[int, dict[str, Any]]:
     """Pin (or with ``None`` unpin) one runtime tunable; ETag-guarded, audited."""
     for attempt in (1, 2):
@@ -478,5 +499,6 @@ __all__ = [
     "run_review",
     "set_pin",
     "tuning_state",
+    "tuning_summary",
     "tuning_timer",
 ]

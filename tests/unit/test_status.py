@@ -574,3 +574,41 @@ def test_function_app_registers_the_status_functions() -> None:
     assert bindings["dashboard"]["authLevel"].upper() == "FUNCTION"
     assert bindings["health"]["authLevel"].upper() == "ANONYMOUS"
     assert bindings["health"]["methods"] == ["GET"]
+
+
+def test_the_report_carries_the_tuning_state(settings: Settings) -> None:
+    from shared.errors import StorageError
+    from shared.tuning import Overlay, pin
+    from shared.tuning_jobs import tuning_summary
+    from tests.unit.test_tuning_jobs import FakeStore, context
+
+    store = FakeStore()
+    store.overlay = pin(Overlay(), "vision_max_retries", 2)
+    ctx = context(store, [], mode="recommend")
+    body = report(settings, healthy_answers(), tuning_loader=lambda: tuning_summary(ctx))
+    assert body["tuning"]["mode"] == "recommend"
+    assert body["tuning"]["overlay"]["effective"] == {"vision_max_retries": 2.0}
+    assert body["tuning"]["last_review"] is None
+
+    def broken() -> dict[str, Any]:
+        raise StorageError("down", reason="storage_read")
+
+    failed = report(settings, healthy_answers(), tuning_loader=broken)
+    assert failed["tuning"] == {"error": {"cause": "storage_unavailable",
+                                          "message": "storage_read"}}
+    assert failed["state"] == body["state"]  # tuning never changes the verdict
+
+
+def test_the_tuning_state_after_a_review_fits_the_schema(settings: Settings) -> None:
+    from shared.tuning_jobs import run_review, tuning_summary
+    from tests.unit.test_tuning_jobs import FakeStore, context
+
+    store = FakeStore()
+    ctx = context(store, [], mode="apply")
+    result = run_review(ctx)
+    assert result is not None and result.applied
+    body = report(settings, healthy_answers(), tuning_loader=lambda: tuning_summary(ctx))
+    last = body["tuning"]["last_review"]
+    assert last["id"] == result.id and last["applied"] == len(result.applied)
+    assert {c["tunable"] for c in last["changes"]} >= {"vision_timeout_seconds"}
+    assert body["tuning"]["overlay"]["pending"] == ["vision_timeout_seconds"]
