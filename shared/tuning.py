@@ -12,6 +12,10 @@ clock, a setting or storage (``shared.tuning_store`` does that).
 What it must never do: recommend a value outside the tunable's documented bounds, move a value
 by more than one bounded step per review, change a pinned tunable, or apply a tunable the app
 cannot change at run time (host.json's blob concurrency is recommend-only).
+
+Why one module past 450 lines: the rules, the overlay they move and the revert that judges them
+share one vocabulary (``Tunable`` bounds and steps, ``Kpi``) and are read together to answer
+"why did this value change"; each rule is a short function of its own.
 """
 
 from __future__ import annotations

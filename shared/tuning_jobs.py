@@ -12,6 +12,9 @@
 
 What it must never do: write the overlay without an ETag condition, raise into the analysis
 path, or log a query result.
+
+Why one module past 450 lines: evidence, storage, the app's cached view and the entry points are
+the four sides of one job and change together when the review's documents change.
 """
 
 from __future__ import annotations
