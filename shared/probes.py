@@ -508,10 +508,10 @@ class StatusStore:
 
 
 def status_store(settings: Settings) -> StatusStore:
-    from shared.results import blob_service_client
+    """The status container over the process's one blob client (``runtime.get_blob_service``)."""
+    from shared.runtime import get_blob_service
 
-    store = BlobDocumentStore(blob_service_client(settings.storage))
-    return StatusStore(store, settings.health.status_container)
+    return StatusStore(BlobDocumentStore(get_blob_service()), settings.health.status_container)
 
 
 def load_probe_results(settings: Settings) -> dict[str, ProbeResult]:
@@ -668,13 +668,14 @@ class ProbeRuntime:
 
 @functools.cache
 def get_probe_runtime() -> ProbeRuntime:
-    from shared.results import ResultRepository, blob_service_client
+    from shared.results import ResultRepository
+    from shared.runtime import get_blob_service
     from shared.settings import get_settings
     from shared.vision import build_vision_client
 
     settings = get_settings()
     h = settings.health
-    service = blob_service_client(settings.storage)
+    service = get_blob_service()
     store = BlobDocumentStore(service)
     lock = BlobLeaseLock(service.get_container_client(h.status_container),
                          lease_seconds=h.lock_lease_seconds)

@@ -215,11 +215,11 @@ class LogsUsageSource:
         self._settings = settings
 
     def usage(self) -> QuotaUsage:
-        from shared.logsquery import LogsQueryRunner, QueryError
+        from shared.logsquery import QueryError
+        from shared.status_service import get_query_runner
 
         try:
-            runner = LogsQueryRunner.from_settings(self._settings)
-            result = runner.run(USAGE_QUERY, USAGE_TIMESPAN)
+            result = get_query_runner().run(USAGE_QUERY, USAGE_TIMESPAN)
             rows = result.rows
         except QueryError as exc:
             raise QuotaCheckError(str(exc), reason=type(exc).__name__) from exc
@@ -286,12 +286,12 @@ class QuotaRuntime:
 @functools.cache
 def get_quota_runtime() -> QuotaRuntime:
     from shared.probes import BlobLeaseLock, status_store
-    from shared.results import blob_service_client
+    from shared.runtime import get_blob_service
     from shared.settings import get_settings
 
     settings = get_settings()
     h = settings.health
-    service = blob_service_client(settings.storage)
+    service = get_blob_service()
     return QuotaRuntime(
         limits=QuotaLimits.from_settings(settings), source=LogsUsageSource(settings),
         status=status_store(settings),
@@ -399,4 +399,9 @@ def load_quota_status(settings: Settings) -> QuotaStatus | None:
     """
     from shared.probes import status_store
 
-    return _read_status(status_store(settings))
+    return read_quota_status(status_store(settings))
+
+
+def read_quota_status(store: StatusStore) -> QuotaStatus | None:
+    """The last successful quota check in ``store`` (see ``load_quota_status``)."""
+    return _read_status(store)

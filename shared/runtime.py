@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING
 from shared.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.storage.blob import BlobServiceClient
+
     from shared.pipeline import PipelineDeps, PipelineObserver
     from shared.results import ResultRepository
     from shared.tuning_jobs import OverlayCache, ReviewContext
@@ -45,6 +48,28 @@ def build_pipeline_deps(
     )
 
 
+@functools.cache
+def get_credential() -> TokenCredential:
+    """The app's one Entra ID credential (its managed identity in Azure), built on first use.
+
+    Every identity-based client of the process shares it, so a token is fetched once per
+    resource and refreshed by one cache, not per request.
+    """
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=get_settings().storage.client_id)
+
+
+@functools.cache
+def get_blob_service() -> BlobServiceClient:
+    """The process's one client of the ``AzureWebJobsStorage`` account."""
+    from shared.results import blob_service_client
+
+    storage = get_settings().storage
+    return blob_service_client(storage,
+                               credential=get_credential() if storage.uses_identity else None)
+
+
 @dataclass(slots=True)
 class _PipelineRuntime:
     """Built once per process; ``deps`` is rebuilt only when the tuning overlay's version moves."""
@@ -60,13 +85,13 @@ class _PipelineRuntime:
 
 @functools.cache
 def _pipeline_runtime() -> _PipelineRuntime:
-    from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
+    from shared.results import BlobDocumentStore, ResultRepository
     from shared.settings import TuningMode
     from shared.telemetry import TelemetryObserver
     from shared.tuning_jobs import BlobTuningStore, OverlayCache
 
     settings = get_settings()
-    service = blob_service_client(settings.storage)
+    service = get_blob_service()
     overlay = None
     if settings.tuning.mode is not TuningMode.OFF:
         store = BlobTuningStore(service.get_container_client(settings.health.status_container))
@@ -101,18 +126,16 @@ def get_pipeline_deps() -> PipelineDeps:
 @functools.cache
 def get_review_context() -> ReviewContext:
     """What the tuning review needs, built once per process."""
-    from shared.logsquery import LogsQueryRunner
     from shared.probes import BlobLeaseLock
-    from shared.results import blob_service_client
+    from shared.status_service import get_query_runner
     from shared.telemetry import track_event
     from shared.tuning_jobs import BlobTuningStore, ReviewContext, host_blob_concurrency
 
     settings = get_settings()
-    service = blob_service_client(settings.storage)
-    status = service.get_container_client(settings.health.status_container)
+    status = get_blob_service().get_container_client(settings.health.status_container)
     lock = BlobLeaseLock(status, lease_seconds=settings.health.lock_lease_seconds)
     return ReviewContext(
-        settings=settings, runner=LogsQueryRunner.from_settings(settings),
+        settings=settings, runner=get_query_runner(),
         store=BlobTuningStore(status), host_concurrency=host_blob_concurrency(),
         event=track_event, hold=lock.hold)
 

@@ -469,19 +469,10 @@ def _quota(
 
 
 def _load_quota(settings: Settings, loader: QuotaLoader | None) -> Any:
-    """The quota check's last result (``shared.quota.load_quota_status``), if there is one.
-
-    ADAPTER (issue 6): ``shared.quota`` comes with issue 5; until it exists the telemetry
-    metrics above are the only quota source.
-    """
+    """The quota check's last result, from the loader the composition root injects
+    (``shared.quota.read_quota_status`` over the status container); none without a loader."""
     if loader is None:
-        try:
-            from shared import quota  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            return None
-        loader = getattr(quota, "load_quota_status", None)
-        if loader is None:
-            return None
+        return None
     try:
         return loader(settings)
     # The quota document lives in storage (StorageError, azure-core errors, bad JSON): whatever

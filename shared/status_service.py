@@ -44,13 +44,16 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 @functools.cache
 def get_query_runner() -> LogsQueryRunner:
-    """The process's runner, built on first use from the app settings."""
+    """The process's one query runner (status, quota check, tuning review), built on first use;
+    its identity is the app's one credential."""
+    from shared.runtime import get_credential
     from shared.settings import get_settings
 
     settings = get_settings()
     m = settings.monitoring
     return LogsQueryRunner.from_settings(
         settings, client_options=client_options(settings),
+        credential=None if settings.telemetry.query_is_loopback else get_credential(),
         server_timeout_s=max(1, math.ceil(m.status_query_timeout_s)),
         max_concurrency=m.status_query_concurrency)
 
@@ -137,11 +140,15 @@ def _cache_error(exc: BaseException) -> dict[str, Any]:
 @functools.cache
 def get_status_service() -> StatusService:
     """The process's service (settings, runner and cache built once, on first use)."""
+    from shared.probes import status_store
+    from shared.quota import read_quota_status
     from shared.runtime import get_review_context
     from shared.settings import get_settings
     from shared.tuning_jobs import tuning_summary
 
-    return StatusService(get_settings(), get_query_runner(),
+    settings = get_settings()
+    return StatusService(settings, get_query_runner(),
+                         quota_loader=lambda _s: read_quota_status(status_store(settings)),
                          tuning_loader=lambda: tuning_summary(get_review_context()))
 
 
