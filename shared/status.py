@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from shared.alerts import AlertRule, AlertState, alert_rules, evaluate, iso_duration, not_evaluated
+from shared.drift import Baseline
 from shared.logsquery import (
     BatchQuery,
     LogsQueryRunner,
@@ -161,6 +162,8 @@ class Status:
     telemetry: Mapping[str, Any]
     config: Mapping[str, Any]
     series: Mapping[str, Any] | None = None
+    #: the drift baseline in force (``shared.drift``)
+    drift: Mapping[str, Any] | None = None
 
     @property
     def active_alerts(self) -> tuple[AlertState, ...]:
@@ -183,12 +186,15 @@ class Status:
         }
         if self.series is not None:
             body["series"] = dict(self.series)
+        if self.drift is not None:
+            body["drift"] = dict(self.drift)
         cleaned: dict[str, Any] = _jsonable(body)
         return cleaned
 
 
 def plan(
-    settings: Settings, *, history: Window | None = None
+    settings: Settings, *, history: Window | None = None, baseline: Baseline | None = None,
+    now: datetime | None = None,
 ) -> tuple[list[BatchQuery], tuple[AlertRule, ...]]:
     """Every query of one report (one batch), and the alert rules they evaluate."""
     requests: list[BatchQuery] = []
@@ -200,7 +206,7 @@ def plan(
         BatchQuery(Q_FRESHNESS, timespan=timedelta(hours=24)),
         BatchQuery(Q_QUOTA, timespan=timedelta(days=2)),
     ]
-    rules = alert_rules(settings)
+    rules = alert_rules(settings, baseline=baseline, now=now)
     requests += [BatchQuery(r.query, r.params, r.window, key=f"alert:{r.name}") for r in rules]
     if history is not None:
         binned = {"binSize": history.bin_size}
@@ -213,6 +219,7 @@ def plan(
 
 
 QuotaLoader = Callable[["Settings"], Any]
+BaselineLoader = Callable[["Settings"], "Baseline"]
 
 
 def build_status(
@@ -222,10 +229,12 @@ def build_status(
     now: datetime | None = None,
     history: Window | None = None,
     quota_loader: QuotaLoader | None = None,
+    baseline_loader: BaselineLoader | None = None,
 ) -> Status:
     """One status report; raises ``StatusUnavailable`` when telemetry cannot be asked at all."""
     now = now or datetime.now(UTC)
-    requests, rules = plan(settings, history=history)
+    baseline = _load_baseline(settings, baseline_loader)
+    requests, rules = plan(settings, history=history, baseline=baseline, now=now)
     try:
         answers = runner.run_batch(requests)
     except QueryError as exc:
@@ -261,6 +270,7 @@ def build_status(
         state=state, reasons=tuple(reasons), checked_at=now,
         version=settings.monitoring.app_version, windows=windows, probes=probes, quota=quota,
         alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings), series=series,
+        drift={"baseline": baseline.describe(settings.drift, now)},
     )
 
 
@@ -413,6 +423,19 @@ def _load_quota(settings: Settings, loader: QuotaLoader | None) -> Any:
         return None
 
 
+def _load_baseline(settings: Settings, loader: BaselineLoader | None) -> Baseline:
+    """The drift baseline ``loader`` finds (the pinned document), else the rolling one."""
+    if loader is None:
+        return Baseline()
+    try:
+        return loader(settings)
+    # Like the quota document: storage trouble must not take the report down; the rolling
+    # baseline is always available.
+    except Exception as exc:
+        logger.warning("status: drift baseline unavailable (%s); rolling", type(exc).__name__)
+        return Baseline()
+
+
 def _series(w: Window, rows: RowsOf) -> dict[str, Any]:
     return {
         "window": w.name,
@@ -480,7 +503,7 @@ def _alert_json(a: AlertState) -> dict[str, Any]:
             "value": a.value, "operator": r.operator.value, "threshold": r.threshold,
             "measure": r.measure, "window": iso_duration(r.window),
             "frequency": iso_duration(r.frequency), "summary": a.summary,
-            "runbook": r.runbook_url, "error": a.error}
+            "runbook": r.runbook_url, "error": a.error, "breaching": list(a.breaching)}
 
 
 # --------------------------------------------------------------------------- values

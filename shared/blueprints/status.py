@@ -40,6 +40,7 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
 def status_response(history: str | None, window: str | None) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) of ``/api/status`` for the given query parameters."""
     from shared.logsquery import QueryError
+    from shared.runtime import load_drift_baseline
     from shared.settings import SettingsError, get_settings
     from shared.status import (
         WINDOWS_BY_NAME,
@@ -63,7 +64,8 @@ def status_response(history: str | None, window: str | None) -> tuple[int, dict[
             return 400, {"error": {"cause": "bad_request",
                                    "message": f"window must be one of {sorted(WINDOWS_BY_NAME)}"}}
     try:
-        report = build_status(settings, get_batch_runner(), now=now, history=series)
+        report = build_status(settings, get_batch_runner(), now=now, history=series,
+                              baseline_loader=load_drift_baseline)
     except QueryError as exc:  # building the runner: workspace not configured
         return 503, unavailable_from(exc).to_json(now=now, version=version)
     except StatusUnavailable as exc:

@@ -13,7 +13,9 @@ import azure.functions as func
 import pytest
 
 from shared import status as status_mod
+from shared.alerts import alert_rules
 from shared.blueprints import status as status_bp
+from shared.drift import Baseline
 from shared.logsquery import BatchQuery, QueryBackendError, QueryError, QueryResult
 from shared.settings import Settings
 from shared.status import (
@@ -149,7 +151,8 @@ def test_healthy_report_maps_every_number(settings: Settings) -> None:
     assert (body["quota"]["used_ratio"], body["quota"]["forecast_ratio"]) == (0.25, 0.5)
     assert body["quota"]["source"] == "telemetry"
     assert body["alerts"]["active"] == []
-    assert len(body["alerts"]["rules"]) == 7
+    assert len(body["alerts"]["rules"]) == len(alert_rules())
+    assert body["drift"]["baseline"]["kind"] == "rolling"
     assert "series" not in body
 
 
@@ -283,6 +286,7 @@ def wired(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> FakeRunner:
     monkeypatch.setattr("shared.settings.get_settings", lambda: settings)
     monkeypatch.setattr(status_mod, "get_batch_runner", lambda: runner)
     monkeypatch.setattr(status_mod, "_load_quota", lambda _s, _l: None)
+    monkeypatch.setattr("shared.runtime.load_drift_baseline", lambda _s: Baseline())
     return runner
 
 
