@@ -128,3 +128,34 @@ def test_model_version_changed(stable: Store, new_model: Store) -> None:
     [row] = run(new_model, "drift_model_version")
     assert (row["Version"], row["Previous"], row["CurrentImages"]) == (
         "2026-11-01-preview", "2023-10-01", 40)
+
+
+def test_distribution_shares_per_bin(darker: Store) -> None:
+    rows = run(darker, "drift_distribution")
+    brightness = [r for r in rows if r["Descriptor"] == "brightness"]
+    assert sum(r["CurrentShare"] for r in brightness) == pytest.approx(1.0)
+    assert sum(r["BaselineShare"] for r in brightness) == pytest.approx(1.0)
+    assert sum(r["Current"] for r in brightness) == 40
+    # darker: the current images sit in the low bins the baseline never used
+    low = {r["Bin"] for r in brightness if r["CurrentShare"] > 0}
+    assert all(float(b) < 0.4 for b in low)
+    assert all(r["BaselineShare"] == 0 for r in brightness if r["Bin"] in low)
+
+
+def test_series_scores_each_time_bin_against_the_baseline(darker: Store) -> None:
+    rows = run(darker, "drift_series", binSize=timedelta(minutes=30), minImages=10,
+               baselineStart=timedelta(hours=3), baselineEnd=timedelta(minutes=30))
+    brightness = {r["bin_start"]: r["Psi"] for r in rows if r["Descriptor"] == "brightness"}
+    assert len(brightness) >= 2
+    ordered = [brightness[k] for k in sorted(brightness)]
+    assert ordered[0] < 0.25 < ordered[-1]  # the old bins match the baseline, the last does not
+
+
+def test_every_drift_query_bins_the_descriptors_the_same_way() -> None:
+    def block(name: str, start: str, end: str) -> str:
+        text = QUERIES[name].text
+        return text[text.index(start):text.index(end)]
+
+    numeric = {block(n, "let numeric = union", "let categorical")
+               for n in ("drift_input", "drift_distribution", "drift_series")}
+    assert len(numeric) == 1
