@@ -85,6 +85,8 @@ Q_QUOTA: Final = "status_quota"
 Q_SERIES_REQUESTS: Final = "status_series_requests"
 Q_SERIES_VISION: Final = "status_series_vision"
 Q_SERIES_AVAILABILITY: Final = "status_series_availability"
+Q_DRIFT_DISTRIBUTION: Final = "drift_distribution"
+Q_DRIFT_SERIES: Final = "drift_series"
 
 
 # --------------------------------------------------------------------------- the batch seam
@@ -214,8 +216,24 @@ def plan(
             BatchQuery(Q_SERIES_REQUESTS, binned, history.span),
             BatchQuery(Q_SERIES_VISION, binned, history.span),
             BatchQuery(Q_SERIES_AVAILABILITY, binned, history.span),
+            *_drift_queries(settings, history, baseline or Baseline(), now or datetime.now(UTC)),
         ]
     return requests, rules
+
+
+def _drift_queries(
+    settings: Settings, history: Window, baseline: Baseline, now: datetime
+) -> list[BatchQuery]:
+    """Current vs baseline distribution and the drift score over the history window."""
+    params = baseline.query_params(settings.drift, now)
+    start = params["baselineStart"]
+    span = (start if isinstance(start, timedelta) else history.span) + timedelta(minutes=1)
+    distribution = {k: v for k, v in params.items() if k != "minImages"}
+    scores = {"baselineStart": params["baselineStart"], "baselineEnd": params["baselineEnd"],
+              "minImages": params["minImages"], "binSize": settings.drift.window,
+              "seriesWindow": history.span}
+    return [BatchQuery(Q_DRIFT_DISTRIBUTION, distribution, span, key=Q_DRIFT_DISTRIBUTION),
+            BatchQuery(Q_DRIFT_SERIES, scores, span, key=Q_DRIFT_SERIES)]
 
 
 QuotaLoader = Callable[["Settings"], Any]
@@ -270,7 +288,7 @@ def build_status(
         state=state, reasons=tuple(reasons), checked_at=now,
         version=settings.monitoring.app_version, windows=windows, probes=probes, quota=quota,
         alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings), series=series,
-        drift={"baseline": baseline.describe(settings.drift, now)},
+        drift=_drift(settings, baseline, now, rows if history is not None else None),
     )
 
 
@@ -434,6 +452,23 @@ def _load_baseline(settings: Settings, loader: BaselineLoader | None) -> Baselin
     except Exception as exc:
         logger.warning("status: drift baseline unavailable (%s); rolling", type(exc).__name__)
         return Baseline()
+
+
+def _drift(
+    settings: Settings, baseline: Baseline, now: datetime, rows: RowsOf | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"baseline": baseline.describe(settings.drift, now)}
+    if rows is not None:
+        out["distribution"] = [
+            {"descriptor": str(r.get("Descriptor")), "bin": str(r.get("Bin")),
+             "current_share": _num(r.get("CurrentShare")),
+             "baseline_share": _num(r.get("BaselineShare"))}
+            for r in rows(Q_DRIFT_DISTRIBUTION)]
+        out["scores"] = [
+            {"time": _iso(r.get("bin_start")), "descriptor": str(r.get("Descriptor")),
+             "images": _int(r.get("Images")), "psi": _num(r.get("Psi"))}
+            for r in rows(Q_DRIFT_SERIES)]
+    return out
 
 
 def _series(w: Window, rows: RowsOf) -> dict[str, Any]:

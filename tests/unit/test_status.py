@@ -364,3 +364,38 @@ def test_function_app_registers_the_status_functions() -> None:
     assert bindings["dashboard"]["authLevel"].upper() == "FUNCTION"
     assert bindings["health"]["authLevel"].upper() == "ANONYMOUS"
     assert bindings["health"]["methods"] == ["GET"]
+
+
+def test_drift_section_names_the_baseline_and_carries_the_panels(settings: Settings) -> None:
+    answers = healthy_answers()
+    answers["drift_distribution"] = [
+        {"Descriptor": "brightness", "Bin": "0.4", "Current": 3, "Baseline": 30,
+         "CurrentShare": 0.1, "BaselineShare": 1.0},
+        {"Descriptor": "brightness", "Bin": "0.1", "Current": 27, "Baseline": 0,
+         "CurrentShare": 0.9, "BaselineShare": 0.0}]
+    answers["drift_series"] = [{"bin_start": NOW, "Descriptor": "brightness", "Images": 30,
+                                "Psi": 3.2}]
+    answers["alert:input-drift"] = [{"Descriptor": "brightness", "Psi": 3.2},
+                                    {"Descriptor": "format", "Psi": 0.0}]
+    pinned = Baseline.pinned(NOW - timedelta(days=3), NOW - timedelta(days=2), pinned_at=NOW)
+    body = report(settings, answers, history=WINDOWS_BY_NAME["1h"],
+                  baseline_loader=lambda _s: pinned)
+    drift = body["drift"]
+    assert drift["baseline"]["kind"] == "pinned"
+    assert drift["baseline"]["from"] == (NOW - timedelta(days=3)).isoformat().replace(
+        "+00:00", "Z")
+    assert [d["current_share"] for d in drift["distribution"]] == [0.1, 0.9]
+    assert drift["scores"] == [{"time": body["checked_at"], "descriptor": "brightness",
+                                "images": 30, "psi": 3.2}]
+    [rule] = [r for r in body["alerts"]["rules"] if r["name"] == "input-drift"]
+    assert rule["active"] and rule["breaching"] == ["brightness Psi 3.2"]
+    assert "input-drift" in body["alerts"]["active"]
+
+
+def test_a_failing_baseline_loader_falls_back_to_rolling(settings: Settings) -> None:
+    def broken(_s: Settings) -> Baseline:
+        raise OSError("storage down")
+
+    body = report(settings, healthy_answers(), baseline_loader=broken)
+    assert body["drift"]["baseline"]["kind"] == "rolling"
+    assert "distribution" not in body["drift"]
