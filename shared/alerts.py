@@ -19,14 +19,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from datetime import datetime
+from shared.drift import ROLLING, Baseline
 
-    from shared.drift import Baseline
+if TYPE_CHECKING:
     from shared.logsquery import NamedQuery, ParamValue
     from shared.settings import DriftSettings, MonitoringSettings, Settings
 
@@ -192,17 +191,12 @@ def _drift_rules(
     d: DriftSettings, baseline: Baseline | None, now: datetime | None
 ) -> tuple[AlertRule, ...]:
     """Input drift, output-confidence drop and model-version change (docs/drift.md)."""
-    from datetime import UTC
-    from datetime import datetime as _datetime
-
-    from shared.drift import Baseline as _Baseline
-
-    baseline = baseline or _Baseline()
-    params = baseline.query_params(d, now or _datetime.now(UTC))
+    baseline = baseline or Baseline()
+    params = baseline.query_params(d, now or datetime.now(UTC))
     start = params["baselineStart"]
     window = start if isinstance(start, timedelta) else d.window + d.baseline
     frequency = timedelta(minutes=5)
-    against = (f"the {baseline.kind} baseline" if baseline.kind != "rolling"
+    against = (f"the {baseline.kind} baseline" if baseline.kind != ROLLING
                else f"the previous {d.baseline_hours:g} hours")
     return (
         AlertRule(
