@@ -11,7 +11,8 @@ Simulated time, as in ``test_detection``: for "k minutes after onset" the Monito
 emptied and refilled with request rows laid out relative to the real now (the emulator's
 ``ago()`` reads the wall clock) and the rules are evaluated as the status endpoint does. The rows
 carry exactly the properties ``shared.telemetry.outcome_measures`` puts on an analysed image's
-request span. No test waits for real minutes.
+request span. Re-baselining: ``devstack.drift_baseline.pin`` runs against the same emulator and
+the status evaluation reads the pinned document back. No test waits for real minutes.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import httpx
 import pytest
 
 from devstack import procs
+from devstack.drift_baseline import pin
 from devstack.vision.config import MODEL_VERSION
 from devstack.vision.models import REHEARSAL_VERSION
+from shared.drift import Baseline, load_baseline
 from shared.logsquery import LogsQueryRunner
 from shared.pipeline import AnalysisOutcome, BlobInput, Outcome, PipelineDeps, process_blob
 from shared.preprocessing import PreprocessOptions
@@ -39,6 +42,7 @@ from shared.vision import build_vision_client
 from tests.e2e.telemetry_gen import MonitorEmulator, request, running_monitor
 from tests.fakes import MemoryStore
 from tests.images import darker_blurrier, sample_images
+from tests.unit.test_drift import Documents
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +121,13 @@ def outcomes(vision: str, settings: Settings) -> dict[str, list[AnalysisOutcome]
     return {"normal": normal, "moved": moved, "new_model": new_model}
 
 
+def brightness_of(outcome: AnalysisOutcome) -> float:
+    record = outcome.preprocessing
+    assert record is not None and record.descriptors is not None
+    assert record.descriptors.brightness is not None
+    return record.descriptors.brightness
+
+
 def rows(stream: Sequence[AnalysisOutcome], start: datetime, end: datetime,
          offset: int = 0) -> list[dict[str, Any]]:
     """Request rows of ``stream`` cycled at ``PER_MINUTE`` between ``start`` and ``end``."""
@@ -133,7 +144,8 @@ def rows(stream: Sequence[AnalysisOutcome], start: datetime, end: datetime,
 
 
 def evaluate(monitor: MonitorEmulator, settings: Settings, before: Sequence[AnalysisOutcome],
-             after: Sequence[AnalysisOutcome], minutes: int) -> dict[str, Any]:
+             after: Sequence[AnalysisOutcome], minutes: int, *,
+             baseline: Baseline | None = None) -> dict[str, Any]:
     """Alert states ``minutes`` simulated minutes after the stream changed to ``after``."""
     monitor.reset()
     now = datetime.now(UTC)
@@ -142,7 +154,8 @@ def evaluate(monitor: MonitorEmulator, settings: Settings, before: Sequence[Anal
     envelopes += rows(after, onset, now, offset=len(envelopes))
     assert monitor.post(envelopes) == len(envelopes)
     runner = LogsQueryRunner.from_settings(settings, client_options=CLIENT_OPTIONS)
-    report = build_status(settings, runner, now=now, quota_loader=lambda _s: None)
+    report = build_status(settings, runner, now=now, quota_loader=lambda _s: None,
+                          baseline_loader=lambda _s: baseline or Baseline())
     states = {a.rule.name: a for a in report.alerts if a.rule.name in DRIFT_RULES}
     assert set(states) == DRIFT_RULES
     errors = [a.error for a in states.values() if a.error]
@@ -195,3 +208,28 @@ def test_model_switch_raises_version_changed_and_reports_the_confidence_shift(
     assert drop.active and drop.value is not None and drop.value <= -0.05
     assert any(label.startswith("word_confidence") for label in drop.breaching)
     assert not states["input-drift"].active  # the images did not change
+
+
+def test_pinning_the_new_normal_quiets_the_input_drift_alert(
+    monitor: MonitorEmulator, settings: Settings, outcomes: dict[str, list[AnalysisOutcome]]
+) -> None:
+    # the moved stream began an hour ago: the rolling baseline is still mostly the old normal
+    states = evaluate(monitor, settings, outcomes["normal"], outcomes["moved"], 60)
+    assert states["input-drift"].active
+    now = datetime.now(UTC)
+    documents = Documents()
+    runner = LogsQueryRunner.from_settings(settings, client_options=CLIENT_OPTIONS)
+    pinned = pin(runner, documents, settings, start=now - timedelta(minutes=55),
+                 end=now - timedelta(minutes=16), now=now)
+    brightness = [r for r in pinned.distribution if r["Descriptor"] == "brightness"]
+    assert sum(r["Images"] for r in brightness) >= settings.drift.min_images
+    # the snapshot holds the dark stream's brightness bins, and only those
+    dark = {int(brightness_of(o) * 10) / 10 for o in outcomes["moved"]}
+    assert {round(float(r["Bin"]), 1) for r in brightness} == dark
+    # the same data (the emulator was not refilled), evaluated against the pinned range
+    report = build_status(settings, runner, now=now, quota_loader=lambda _s: None,
+                          baseline_loader=lambda _s: load_baseline(documents))
+    [drift] = [a for a in report.alerts if a.rule.name == "input-drift"]
+    assert report.drift is not None and report.drift["baseline"]["kind"] == "pinned"
+    assert drift.error is None and drift.value is not None
+    assert not drift.active, drift.summary
