@@ -1,10 +1,11 @@
 """Renders the Azure Workbook (``infra/workbook/visionops.workbook.json``) from ``queries/*.kql``.
 
 The workbook shows what the status page shows — deployment markers, latency, success rate,
-throughput, availability, quota, errors, throttling — with the very same query files, so a query
-fixed once is fixed in the status endpoint, the alerts and the workbook. Binned queries get the
-workbook's time grain (``{TimeRange:grain}``) for their ``binSize`` parameter. Independent of
-``shared``: it reads the files only.
+throughput, availability, quota, errors, throttling, image and model drift, the tuning review's
+audit trail — with the very same query files, so a query fixed once is fixed in the status
+endpoint, the alerts and the workbook. Binned queries get the workbook's time grain
+(``{TimeRange:grain}``) for their ``binSize`` parameter; drift tiles look back over their whole
+baseline. Independent of ``shared``: it reads the files only.
 
 The workbook's queries use the workspace tables (AppRequests …): deploy it with the Log
 Analytics workspace as its ``sourceId``.
@@ -29,6 +30,7 @@ WORKBOOK = REPO_ROOT / "infra" / "workbook" / "visionops.workbook.json"
 SCHEMA = "https://github.com/Microsoft/Application-Insights-Workbooks/blob/master/schema/workbook.json"
 WORKSPACE = "microsoft.operationalinsights/workspaces"
 GRAIN = "{TimeRange:grain}"
+DRIFT_RANGE_MS = (7 * 24 * 60 + 16) * 60_000  # the default baseline, current window, a minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class Panel:
     params: tuple[tuple[str, str], ...] = ()
     project: str | None = None  # appended "| project ..." to pick the plotted columns
     width: str = "50"
+    #: a fixed look-back instead of the TimeRange pill, for queries that need their baseline
+    range_ms: int | None = None
 
 
 PANELS: tuple[Panel, ...] = (
@@ -64,6 +68,17 @@ PANELS: tuple[Panel, ...] = (
     Panel("quota", "Quota: used and month-end forecast (ratio of the monthly quota)",
           "status_quota", "tiles"),
     Panel("errors", "Errors by outcome, class and code", "error_breakdown", "table"),
+    # Drift compares with the baseline before the current window (7 days by default), so these
+    # tiles look back over that whole range whatever the time pill says (docs/drift.md).
+    Panel("drift-score", "Input drift: PSI per descriptor vs the baseline, per 15 min (24 h)",
+          "drift_series", "timechart", (), "bin_start, Descriptor, Psi", range_ms=DRIFT_RANGE_MS),
+    Panel("drift-now", "Input drift now: PSI and means per descriptor", "drift_input", "table",
+          range_ms=DRIFT_RANGE_MS),
+    Panel("drift-distribution", "Current vs baseline: share of images per descriptor bin",
+          "drift_distribution", "table",
+          project="Descriptor, Bin, CurrentShare, BaselineShare", range_ms=DRIFT_RANGE_MS),
+    Panel("drift-output", "Output confidence and model version vs the baseline", "drift_output",
+          "table", range_ms=DRIFT_RANGE_MS),
     Panel("tuning", "Tuning review: reviews, applied changes, reverts and pins",
           "tuning_changes", "table", width="100"),
 )
@@ -109,12 +124,15 @@ def render(queries: Path = QUERIES) -> dict[str, Any]:
             }]}},
     ]
     for panel in PANELS:
+        time_context: dict[str, Any] = (
+            {"timeContext": {"durationMs": panel.range_ms}} if panel.range_ms is not None
+            else {"timeContextFromParameter": "TimeRange"})
         items.append({
             "type": 3, "name": panel.name, "customWidth": panel.width,
             "content": {
                 "version": "KqlItem/1.0", "title": panel.title,
                 "query": panel_query(panel, queries), "size": 0,
-                "timeContextFromParameter": "TimeRange", "queryType": 0,
+                **time_context, "queryType": 0,
                 "resourceType": WORKSPACE, "visualization": panel.visualization,
             },
         })

@@ -21,13 +21,15 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any
 
+from shared.drift import ROLLING, Baseline
+
 if TYPE_CHECKING:
     from shared.logsquery import NamedQuery, ParamValue
-    from shared.settings import MonitoringSettings, Settings
+    from shared.settings import DriftSettings, MonitoringSettings, Settings
 
 RUNBOOK = "docs/runbook.md"
 
@@ -87,6 +89,9 @@ class AlertRule:
     severity: Severity
     runbook: str  # section anchor in docs/runbook.md
     params: Mapping[str, ParamValue] = field(default_factory=dict)
+    #: columns that tell the query's rows apart (e.g. which descriptor drifted): Azure splits
+    #: the alert by them, status names the rows that breach
+    dimensions: tuple[str, ...] = ()
 
     @property
     def runbook_url(self) -> str:
@@ -99,12 +104,26 @@ class AlertRule:
         return (queries or load_queries())[self.query].render(self.params)
 
 
-def alert_rules(settings: Settings | MonitoringSettings | None = None) -> tuple[AlertRule, ...]:
-    """Every alert rule, thresholds from ``settings`` (defaults when ``None``)."""
-    from shared.settings import MonitoringSettings
+def alert_rules(
+    settings: Settings | MonitoringSettings | None = None,
+    *,
+    baseline: Baseline | None = None,
+    now: datetime | None = None,
+) -> tuple[AlertRule, ...]:
+    """Every alert rule, thresholds from ``settings`` (defaults when ``None``).
+
+    The drift rules compare with ``baseline`` as of ``now`` (default: the rolling baseline,
+    which is what the rendered Azure rules use).
+    """
+    from shared.settings import DriftSettings, MonitoringSettings, Settings
 
     m = settings if isinstance(settings, MonitoringSettings) else (
         settings.monitoring if settings is not None else MonitoringSettings())
+    drift = settings.drift if isinstance(settings, Settings) else DriftSettings()
+    return (*_core_rules(m), *_drift_rules(drift, baseline, now))
+
+
+def _core_rules(m: MonitoringSettings) -> tuple[AlertRule, ...]:
     return (
         AlertRule(
             name="error-rate",
@@ -213,6 +232,52 @@ def status_query_window(rules: Sequence[AlertRule]) -> timedelta:
                default=timedelta(hours=1))
 
 
+def _drift_rules(
+    d: DriftSettings, baseline: Baseline | None, now: datetime | None
+) -> tuple[AlertRule, ...]:
+    """Input drift, output-confidence drop and model-version change (docs/drift.md)."""
+    baseline = baseline or Baseline()
+    params = baseline.query_params(d, now or datetime.now(UTC))
+    start = params["baselineStart"]
+    window = start if isinstance(start, timedelta) else d.window + d.baseline
+    frequency = timedelta(minutes=5)
+    against = (f"the {baseline.kind} baseline" if baseline.kind != ROLLING
+               else f"the previous {d.baseline_hours:g} hours")
+    return (
+        AlertRule(
+            name="input-drift",
+            title="Input image drift",
+            description=(f"An image descriptor's distribution over the last {d.window_minutes}"
+                         f" minutes moved from {against}: PSI at or above"
+                         f" {d.psi_threshold:g}."),
+            query="drift_input", measure="Psi", aggregation=Aggregation.MAXIMUM,
+            operator=Operator.GREATER_THAN_OR_EQUAL, threshold=d.psi_threshold,
+            window=window, frequency=frequency, severity=Severity.WARNING,
+            runbook="input-drift", params=params, dimensions=("Descriptor",),
+        ),
+        AlertRule(
+            name="output-confidence-drop",
+            title="Output confidence drop",
+            description=(f"A mean output confidence over the last {d.window_minutes} minutes"
+                         f" is {d.confidence_drop:g} or more below {against}."),
+            query="drift_output", measure="Shift", aggregation=Aggregation.MINIMUM,
+            operator=Operator.LESS_THAN_OR_EQUAL, threshold=-d.confidence_drop,
+            window=window, frequency=frequency, severity=Severity.WARNING,
+            runbook="output-confidence-drop", params=params, dimensions=("Descriptor",),
+        ),
+        AlertRule(
+            name="model-version-changed",
+            title="Vision model version changed",
+            description=(f"Vision answered with a model version in the last {d.window_minutes}"
+                         f" minutes that {against} never saw (informational)."),
+            query="drift_model_version", measure="Changed", aggregation=Aggregation.MAXIMUM,
+            operator=Operator.GREATER_THAN_OR_EQUAL, threshold=1.0,
+            window=window, frequency=frequency, severity=Severity.INFORMATIONAL,
+            runbook="model-version-changed", params=params, dimensions=("Version",),
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -225,6 +290,8 @@ class AlertState:
     value: float | None
     rows: int
     error: str | None = None
+    #: the dimension values of the rows that breach (e.g. the descriptors that drifted)
+    breaching: tuple[str, ...] = ()
 
     @property
     def summary(self) -> str:
@@ -234,8 +301,9 @@ class AlertState:
         if self.value is None:
             return f"{r.title}: no data in the last {iso_duration(r.window)}"
         verb = "breaches" if self.active else "within"
+        which = f" ({', '.join(self.breaching)})" if self.breaching else ""
         return (f"{r.title}: {r.measure} {_fmt(self.value)} {verb} "
-                f"{r.operator.value} {_fmt(r.threshold)}")
+                f"{r.operator.value} {_fmt(r.threshold)}{which}")
 
 
 def evaluate(rule: AlertRule, rows: Sequence[Mapping[str, Any]]) -> AlertState:
@@ -246,7 +314,28 @@ def evaluate(rule: AlertRule, rows: Sequence[Mapping[str, Any]]) -> AlertState:
     """
     value = aggregate(rule, rows)
     active = value is not None and rule.operator.holds(value, rule.threshold)
-    return AlertState(rule=rule, active=active, value=value, rows=len(rows))
+    return AlertState(rule=rule, active=active, value=value, rows=len(rows),
+                      breaching=_breaching(rule, rows) if active else ())
+
+
+def _breaching(rule: AlertRule, rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Each breaching row's dimension values with its measure, worst first."""
+    if not rule.dimensions or rule.aggregation is Aggregation.COUNT:
+        return ()
+    found: list[tuple[float, str]] = []
+    for row in rows:
+        value = _number(row.get(rule.measure))
+        if value is not None and rule.operator.holds(value, rule.threshold):
+            label = "/".join(str(row.get(d)) for d in rule.dimensions)
+            found.append((value, f"{label} {rule.measure} {_fmt(value)}"))
+    worst_first = rule.operator in (Operator.GREATER_THAN, Operator.GREATER_THAN_OR_EQUAL)
+    return tuple(label for _, label in sorted(found, reverse=worst_first))
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def aggregate(rule: AlertRule, rows: Sequence[Mapping[str, Any]]) -> float | None:
@@ -328,6 +417,9 @@ def render_alert_rules(
         }
         if rule.aggregation is not Aggregation.COUNT:
             criterion["metricMeasureColumn"] = rule.measure
+        if rule.dimensions:
+            criterion["dimensions"] = [{"name": d, "operator": "Include", "values": ["*"]}
+                                       for d in rule.dimensions]
         out.append({
             "name": f"sqr-{rule.name}",
             "displayName": f"VisionOps: {rule.title}",

@@ -45,6 +45,7 @@ from PIL import (
 from PIL.Image import Image as PILImage
 from PIL.ImageFile import ImageFile
 
+from shared.descriptors import ImageDescriptors, camera_model_of, describe, geometry
 from shared.errors import InvalidImageError
 from shared.units import ms
 
@@ -147,6 +148,8 @@ class PreprocessOptions:
     jpeg_quality: int = 90
     max_pixels: int = 50_000_000
     max_input_bytes: int = 64 * 1024 * 1024
+    #: compute ``ImageDescriptors`` on the pixels already decoded (drift detection)
+    descriptors: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PreprocessOptions:
@@ -155,6 +158,7 @@ class PreprocessOptions:
             jpeg_quality=settings.preprocess_jpeg_quality,
             max_pixels=settings.preprocess_max_pixels,
             max_input_bytes=settings.preprocess_max_input_bytes,
+            descriptors=settings.drift.descriptors,
         )
 
 
@@ -177,6 +181,8 @@ class PreprocessRecord:
     #: Where ``duration_ms`` went: ``validate`` (nothing re-encoded) or ``decode``, ``resample``
     #: (mode, reduce, resample, orientation) and ``encode``; what tuning the max dimension acts on.
     stage_ms: dict[str, float]
+    #: what the input looks like (docs/drift.md); ``None`` when descriptors are switched off
+    descriptors: ImageDescriptors | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -328,20 +334,23 @@ def _check_header(im: ImageFile, options: PreprocessOptions) -> None:
         )
 
 
-def _orientation(im: ImageFile) -> int:
-    """EXIF orientation from the header only (``getexif()`` would decode a whole PNG)."""
+def _exif(im: ImageFile) -> Image.Exif | None:
+    """The EXIF block from the header only (``getexif()`` would decode a whole PNG)."""
     try:
         if isinstance(im, TiffImagePlugin.TiffImageFile):
-            value = im.tag_v2.get(_ORIENTATION_TAG, 1)
-        else:
-            raw = im.info.get("exif")
-            if not isinstance(raw, bytes | bytearray) or not raw:
-                return 1
-            exif = Image.Exif()
-            exif.load(bytes(raw))
-            value = exif.get(_ORIENTATION_TAG, 1)
+            return im.getexif()  # the IFD tags are already parsed: no pixels involved
+        raw = im.info.get("exif")
+        if not isinstance(raw, bytes | bytearray) or not raw:
+            return None
+        exif = Image.Exif()
+        exif.load(bytes(raw))
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise _reject(RejectReason.CORRUPT_HEADER, "EXIF block cannot be parsed") from exc
+    return exif
+
+
+def _orientation(exif: Image.Exif | None) -> int:
+    value = exif.get(_ORIENTATION_TAG, 1) if exif is not None else 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
@@ -389,42 +398,58 @@ def preprocess(
     with _open(data, kind) as im:
         _check_header(im, options)
         width, height = im.size
-        orientation = _orientation(im)
+        exif = _exif(im)
+        orientation = _orientation(exif)
+        camera = camera_model_of(exif) if options.descriptors else None
         target_w, target_h, resize = _target_size(width, height, options.max_dimension)
         steps: list[str] = [f"sniff:{kind}"]
         too_big = len(data) >= MAX_IMAGE_BYTES
         if not (resize or too_big or orientation != 1):
             with stages("validate"):
-                _validate_decode(im, kind, data)
+                decoded = _validate_decode(im, kind, data, keep_pixels=options.descriptors)
             steps.append("validate")
+            descriptors = None
+            if options.descriptors:
+                with stages("describe"):
+                    descriptors = (
+                        describe(decoded, width=width, height=height, fmt=kind,
+                                 camera_model=camera)
+                        if decoded is not None else geometry(width, height, kind, camera))
             record = PreprocessRecord(
                 detected_format=kind, original_width=width, original_height=height,
                 original_bytes=len(data), final_format=kind, final_width=width,
                 final_height=height, final_bytes=len(data), orientation=orientation,
                 reencoded=False, steps=tuple(steps), duration_ms=ms(clock() - started),
-                stage_ms=stages.ms,
+                stage_ms=stages.ms, descriptors=descriptors,
             )  # fmt: skip
             return PreprocessResult(data, record)
         if resize:
             steps.append(f"downscale:{width}x{height}->{target_w}x{target_h}")
         if too_big:
             steps.append(f"over_size_limit:{len(data)}")
-        out, fmt, final_size = _reencode(
+        described = (width, height, kind, camera) if options.descriptors else None
+        out, fmt, final_size, descriptors = _reencode(
             im, kind=kind, target=(target_w, target_h), orientation=orientation,
-            options=options, steps=steps, stages=stages,
+            options=options, steps=steps, stages=stages, described=described,
         )  # fmt: skip
     record = PreprocessRecord(
         detected_format=kind, original_width=width, original_height=height,
         original_bytes=len(data), final_format=fmt, final_width=final_size[0],
         final_height=final_size[1], final_bytes=len(out), orientation=orientation,
         reencoded=True, steps=tuple(steps), duration_ms=ms(clock() - started),
-        stage_ms=stages.ms,
+        stage_ms=stages.ms, descriptors=descriptors,
     )  # fmt: skip
     return PreprocessResult(out, record)
 
 
-def _validate_decode(im: ImageFile, kind: str, data: bytes) -> None:
-    """Prove the pixels decode, as cheaply as the format allows, without keeping them."""
+def _validate_decode(
+    im: ImageFile, kind: str, data: bytes, *, keep_pixels: bool = False
+) -> PILImage | None:
+    """Prove the pixels decode, as cheaply as the format allows.
+
+    With ``keep_pixels`` the decoded image is returned for the descriptors: a JPEG's 1/8 DCT
+    decode as is; a PNG, which ``verify()`` checks without inflating, is then decoded once.
+    """
     try:
         if kind == "jpeg":
             # DCT scaling: entropy-decode everything (catches truncation) at 1/8 the pixels
@@ -435,10 +460,13 @@ def _validate_decode(im: ImageFile, kind: str, data: bytes) -> None:
             # fresh file object (reading EXIF above already moved this one)
             with _open(data, kind) as fresh:
                 fresh.verify()
+            if keep_pixels:
+                im.load()
         else:
             im.load()
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise _decode_error(exc, "data") from exc
+    return im if keep_pixels else None
 
 
 def _reencode(
@@ -450,7 +478,8 @@ def _reencode(
     options: PreprocessOptions,
     steps: list[str],
     stages: _Stages,
-) -> tuple[bytes, str, tuple[int, int]]:
+    described: tuple[int, int, str, str | None] | None = None,
+) -> tuple[bytes, str, tuple[int, int], ImageDescriptors | None]:
     icc = im.info.get("icc_profile")
     with stages("decode"):
         _decode_for(im, kind=kind, target=target, steps=steps)
@@ -468,8 +497,17 @@ def _reencode(
         if orientation != 1:
             image = image.transpose(_TRANSPOSE[orientation])
             steps.append(f"exif_orientation:{orientation}")
+    descriptors = None
+    if described is not None:
+        width, height, kind_, camera = described
+        with stages("describe"):
+            # the image about to be encoded: already decoded and downscaled
+            descriptors = describe(image, width=width, height=height, fmt=kind_,
+                                   camera_model=camera)
     with stages("encode"):
-        return _encode_within_limit(image, "png" if alpha else "jpeg", options, icc, steps)
+        out, fmt, size = _encode_within_limit(image, "png" if alpha else "jpeg", options, icc,
+                                              steps)
+    return out, fmt, size, descriptors
 
 
 def _encode_within_limit(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.storage.blob import BlobServiceClient
 
+    from shared.drift import Baseline
     from shared.pipeline import PipelineDeps, PipelineObserver
     from shared.results import ResultRepository
     from shared.tuning_jobs import OverlayCache, ReviewContext
@@ -138,6 +139,28 @@ def get_review_context() -> ReviewContext:
         settings=settings, runner=get_query_runner(),
         store=BlobTuningStore(status), host_concurrency=host_blob_concurrency(),
         event=track_event, hold=lock.hold)
+
+
+_BASELINE_TTL_S = 60.0
+_baseline_cache: dict[str, tuple[float, Baseline]] = {}
+
+
+def load_drift_baseline(settings: Settings) -> Baseline:
+    """The drift baseline in force: the pinned document in the status container, else rolling.
+
+    Read at most once a minute per process: pinning is rare, the status page is not.
+    """
+    import time
+
+    from shared.drift import load_baseline
+    from shared.probes import status_store
+
+    cached = _baseline_cache.get("baseline")
+    if cached is not None and time.monotonic() - cached[0] < _BASELINE_TTL_S:
+        return cached[1]
+    baseline = load_baseline(status_store(settings))
+    _baseline_cache["baseline"] = (time.monotonic(), baseline)
+    return baseline
 
 
 def ensure_telemetry() -> None:

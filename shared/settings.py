@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -265,6 +266,34 @@ class TuningMode(StrEnum):
     APPLY = "apply"
 
 
+# --------------------------------------------------------------------------- drift
+# Input and output drift of the analysed images (shared/descriptors.py, docs/drift.md).
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """What preprocessing measures and how the drift alerts compare it with the baseline.
+
+    The rolling baseline is the ``baseline_hours`` before the current window; a pinned one (a
+    document in the status container) replaces it in the status evaluation.
+    """
+
+    descriptors: bool = True
+    window_minutes: int = 15
+    baseline_hours: float = 168.0
+    psi_threshold: float = 0.25
+    min_images: int = 30
+    confidence_drop: float = 0.05
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(minutes=self.window_minutes)
+
+    @property
+    def baseline(self) -> timedelta:
+        return timedelta(hours=self.baseline_hours)
+
+
 @dataclass(frozen=True, slots=True)
 class TuningSettings:
     mode: TuningMode = TuningMode.RECOMMEND
@@ -305,6 +334,7 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     tuning: TuningSettings = field(default_factory=TuningSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
     @property
     def rate_limit_per_second(self) -> float:
@@ -389,6 +419,7 @@ class Settings:
             health=p.health(),
             monitoring=p.monitoring(),
             tuning=p.tuning(),
+            drift=p.drift(),
         )
         if settings.vision_backoff_max_seconds < settings.vision_backoff_base_seconds:
             p.problems.append("VISION_BACKOFF_MAX_SECONDS must be >= VISION_BACKOFF_BASE_SECONDS")
@@ -553,6 +584,19 @@ class _Parser:
 
 
     # -- health block (probes, quota) --------------------------------------------------------
+
+    def drift(self) -> DriftSettings:
+        d = DriftSettings()
+        return DriftSettings(
+            descriptors=self.flag("DRIFT_DESCRIPTORS", d.descriptors),
+            window_minutes=self.number("DRIFT_WINDOW_MINUTES", int, d.window_minutes, 5, 1440),
+            baseline_hours=self.number("DRIFT_BASELINE_HOURS", float, d.baseline_hours,
+                                       1, 24 * 90),
+            psi_threshold=self.number("DRIFT_PSI_THRESHOLD", float, d.psi_threshold, 0.01, 10),
+            min_images=self.number("DRIFT_MIN_IMAGES", int, d.min_images, 1, 1_000_000),
+            confidence_drop=self.number("DRIFT_CONFIDENCE_DROP", float, d.confidence_drop,
+                                        0.001, 1),
+        )
 
     def tuning(self) -> TuningSettings:
         d = TuningSettings()

@@ -5,10 +5,11 @@ queries (``runner.run_many``: a few at a time, never the deprecated ``$batch``) 
 core report (``plan``):
 
 * ``status_windows`` — every KPI of the three windows (15m, 1h, 24h) in one scan;
-* ``status_alerts`` — every alert rule of ``shared.alerts``, each over its own window, in one;
+* ``status_alerts`` — every alert rule of ``shared.alerts``, each over its own window, in one
+  (the drift rules, which compare with a baseline, run their own three queries);
 * ``status_probes``, ``status_freshness``, ``status_quota``;
 
-and four more for a dashboard's ``history`` series. Then it decides the overall state:
+and four more for a dashboard's ``history`` series, plus its two drift views. Then it decides the overall state:
 
 * ``unhealthy`` — an active alert of severity 0-1 (error rate, fast SLO burn, probe availability);
 * ``degraded`` — any other active alert, stale or missing telemetry, a probe whose last run
@@ -50,6 +51,7 @@ from shared.alerts import (
     status_query_params,
     status_query_window,
 )
+from shared.drift import Baseline
 from shared.errors import StorageError
 from shared.logsquery import (
     BadQueryError,
@@ -106,6 +108,8 @@ Q_SERIES_REQUESTS: Final = "status_series_requests"
 Q_SERIES_VISION: Final = "status_series_vision"
 Q_SERIES_AVAILABILITY: Final = "status_series_availability"
 Q_SERIES_DEPLOYMENTS: Final = "status_series_deployments"
+Q_DRIFT_DISTRIBUTION: Final = "drift_distribution"
+Q_DRIFT_SERIES: Final = "drift_series"
 
 
 # --------------------------------------------------------------------------- the query seam
@@ -184,6 +188,8 @@ class Status:
     config: Mapping[str, Any]
     series: Mapping[str, Any] | None = None
     tuning: Mapping[str, Any] | None = None
+    #: the drift baseline in force (``shared.drift``)
+    drift: Mapping[str, Any] | None = None
 
     @property
     def active_alerts(self) -> tuple[AlertState, ...]:
@@ -208,13 +214,18 @@ class Status:
             body["series"] = dict(self.series)
         if self.tuning is not None:
             body["tuning"] = dict(self.tuning)
+        if self.drift is not None:
+            body["drift"] = dict(self.drift)
         cleaned: dict[str, Any] = _jsonable(body)
         return cleaned
 
 
-def plan(settings: Settings) -> tuple[list[QuerySpec], tuple[AlertRule, ...]]:
-    """Every query of the core report (five), and the alert rules they evaluate."""
-    rules = alert_rules(settings)
+def plan(
+    settings: Settings, *, baseline: Baseline | None = None, now: datetime | None = None,
+) -> tuple[list[QuerySpec], tuple[AlertRule, ...]]:
+    """Every query of the core report (five, plus one per rule the shared scan does not cover:
+    the drift rules), and the alert rules they evaluate."""
+    rules = alert_rules(settings, baseline=baseline, now=now)
     requests = [
         QuerySpec(Q_WINDOWS, timespan=max(w.span for w in WINDOWS)),
         QuerySpec(STATUS_QUERY, status_query_params(rules), status_query_window(rules)),
@@ -228,16 +239,37 @@ def plan(settings: Settings) -> tuple[list[QuerySpec], tuple[AlertRule, ...]]:
     return requests, rules
 
 
-def series_plan(history: Window) -> list[QuerySpec]:
-    """The three queries of one window's dashboard series."""
+def series_plan(history: Window, settings: Settings | None = None,
+                baseline: Baseline | None = None, now: datetime | None = None) -> list[QuerySpec]:
+    """The queries of one window's dashboard series (and, with ``settings``, its drift view)."""
     binned = {"binSize": history.bin_size}
-    return [QuerySpec(Q_SERIES_REQUESTS, binned, history.span),
-            QuerySpec(Q_SERIES_VISION, binned, history.span),
-            QuerySpec(Q_SERIES_AVAILABILITY, binned, history.span),
-            QuerySpec(Q_SERIES_DEPLOYMENTS, binned, history.span)]
+    specs = [QuerySpec(Q_SERIES_REQUESTS, binned, history.span),
+             QuerySpec(Q_SERIES_VISION, binned, history.span),
+             QuerySpec(Q_SERIES_AVAILABILITY, binned, history.span),
+             QuerySpec(Q_SERIES_DEPLOYMENTS, binned, history.span)]
+    if settings is not None:
+        specs += _drift_queries(settings, history, baseline or Baseline(),
+                                now or datetime.now(UTC))
+    return specs
+
+
+def _drift_queries(
+    settings: Settings, history: Window, baseline: Baseline, now: datetime
+) -> list[QuerySpec]:
+    """Current vs baseline distribution and the drift score over the history window."""
+    params = baseline.query_params(settings.drift, now)
+    start = params["baselineStart"]
+    span = (start if isinstance(start, timedelta) else history.span) + timedelta(minutes=1)
+    distribution = {k: v for k, v in params.items() if k != "minImages"}
+    scores = {"baselineStart": params["baselineStart"], "baselineEnd": params["baselineEnd"],
+              "minImages": params["minImages"], "binSize": settings.drift.window,
+              "seriesWindow": history.span}
+    return [QuerySpec(Q_DRIFT_DISTRIBUTION, distribution, span, key=Q_DRIFT_DISTRIBUTION),
+            QuerySpec(Q_DRIFT_SERIES, scores, span, key=Q_DRIFT_SERIES)]
 
 
 QuotaLoader = Callable[["Settings"], Any]
+BaselineLoader = Callable[["Settings"], "Baseline"]
 #: the tuning review's state for the report (``shared.tuning_jobs.tuning_summary``)
 TuningLoader = Callable[[], Mapping[str, Any] | None]
 
@@ -267,11 +299,14 @@ def build_status(
     history: Window | None = None,
     quota_loader: QuotaLoader | None = None,
     tuning_loader: TuningLoader | None = None,
+    baseline_loader: BaselineLoader | None = None,
 ) -> Status:
     """One status report; raises ``StatusUnavailable`` when telemetry cannot be asked at all."""
     now = now or datetime.now(UTC)
-    requests, rules = plan(settings)
-    series_requests = series_plan(history) if history is not None else []
+    baseline = _load_baseline(settings, baseline_loader)
+    requests, rules = plan(settings, baseline=baseline, now=now)
+    series_requests = (series_plan(history, settings, baseline, now) if history is not None
+                       else [])
     # one run_many for both, so the series' queries overlap the core's
     answers, query_errors = _ask(runner, [*requests, *series_requests])
 
@@ -304,21 +339,34 @@ def build_status(
         version=settings.monitoring.app_version, windows=windows, probes=probes, quota=quota,
         alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings),
         tuning=_tuning(tuning_loader),
+        drift=_drift(settings, baseline, now, rows if history is not None else None),
     )
     if history is not None:
         report = replace(report, series=_series(history, rows))
     return report
 
 
-def build_series(runner: QueryRunner, history: Window) -> dict[str, Any]:
-    """One window's dashboard series; raises ``StatusUnavailable`` as ``build_status`` does."""
-    answers, _failed = _ask(runner, series_plan(history))
+def build_series(runner: QueryRunner, history: Window, *, settings: Settings | None = None,
+                 baseline_loader: BaselineLoader | None = None,
+                 now: datetime | None = None) -> dict[str, Any]:
+    """One window's dashboard series; raises ``StatusUnavailable`` as ``build_status`` does.
+
+    With ``settings``, its ``drift`` key holds the window's drift view (current vs baseline
+    distribution, scores over time), which the service moves into the report's ``drift``.
+    """
+    now = now or datetime.now(UTC)
+    baseline = _load_baseline(settings, baseline_loader) if settings is not None else None
+    answers, _failed = _ask(runner, series_plan(history, settings, baseline, now))
 
     def rows(key: str) -> list[dict[str, Any]]:
         answer = answers.get(key)
         return list(answer.rows) if isinstance(answer, QueryResult) else []
 
-    return _series(history, rows)
+    series = _series(history, rows)
+    if settings is not None and baseline is not None:
+        drift = _drift(settings, baseline, now, rows)
+        series["drift"] = {k: v for k, v in drift.items() if k != "baseline"}
+    return series
 
 
 def decide(
@@ -482,6 +530,36 @@ def _load_quota(settings: Settings, loader: QuotaLoader | None) -> Any:
         return None
 
 
+def _load_baseline(settings: Settings, loader: BaselineLoader | None) -> Baseline:
+    """The drift baseline ``loader`` finds (the pinned document), else the rolling one."""
+    if loader is None:
+        return Baseline()
+    try:
+        return loader(settings)
+    # Like the quota document: storage trouble must not take the report down; the rolling
+    # baseline is always available.
+    except Exception as exc:
+        logger.warning("status: drift baseline unavailable (%s); rolling", type(exc).__name__)
+        return Baseline()
+
+
+def _drift(
+    settings: Settings, baseline: Baseline, now: datetime, rows: RowsOf | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"baseline": baseline.describe(settings.drift, now)}
+    if rows is not None:
+        out["distribution"] = [
+            {"descriptor": str(r.get("Descriptor")), "bin": str(r.get("Bin")),
+             "current_share": _num(r.get("CurrentShare")),
+             "baseline_share": _num(r.get("BaselineShare"))}
+            for r in rows(Q_DRIFT_DISTRIBUTION)]
+        out["scores"] = [
+            {"time": _iso(r.get("bin_start")), "descriptor": str(r.get("Descriptor")),
+             "images": _int(r.get("Images")), "psi": _num(r.get("Psi"))}
+            for r in rows(Q_DRIFT_SERIES)]
+    return out
+
+
 def _series(w: Window, rows: RowsOf) -> dict[str, Any]:
     return {
         "window": w.name,
@@ -554,7 +632,7 @@ def _alert_json(a: AlertState) -> dict[str, Any]:
             "value": a.value, "operator": r.operator.value, "threshold": r.threshold,
             "measure": r.measure, "window": iso_duration(r.window),
             "frequency": iso_duration(r.frequency), "summary": a.summary,
-            "runbook": r.runbook_url, "error": a.error}
+            "runbook": r.runbook_url, "error": a.error, "breaching": list(a.breaching)}
 
 
 # --------------------------------------------------------------------------- values

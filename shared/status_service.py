@@ -24,6 +24,7 @@ from shared.logsquery import LogsQueryRunner
 from shared.reportcache import Cached, ReportCache
 from shared.status import (
     CLIENT_OPTIONS,
+    BaselineLoader,
     QueryRunner,
     QuotaLoader,
     Status,
@@ -84,6 +85,7 @@ class StatusService:
         cache: ReportCache[Any] | None = None,
         quota_loader: QuotaLoader | None = None,
         tuning_loader: TuningLoader | None = None,
+        baseline_loader: BaselineLoader | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         m = settings.monitoring
@@ -93,6 +95,7 @@ class StatusService:
             ttl_s=m.status_cache_ttl_s, wait_s=m.status_wait_s)
         self._quota_loader = quota_loader
         self._tuning_loader = tuning_loader
+        self._baseline_loader = baseline_loader
         self._clock = clock
 
     @property
@@ -101,7 +104,8 @@ class StatusService:
 
     def _core(self) -> Status:
         return build_status(self._settings, self._runner, now=self._clock(),
-                            quota_loader=self._quota_loader, tuning_loader=self._tuning_loader)
+                            quota_loader=self._quota_loader, tuning_loader=self._tuning_loader,
+                            baseline_loader=self._baseline_loader)
 
     async def report(self, history: Window | None = None) -> Served:
         """The report (with ``history``'s series); raises ``StatusUnavailable`` or
@@ -115,12 +119,16 @@ class StatusService:
             series: Cached[dict[str, Any]]
             core, series = await asyncio.gather(
                 self._cache.aget("core", self._core),
-                self._cache.aget(f"series:{history.name}",
-                                 functools.partial(build_series, self._runner, history)))
+                self._cache.aget(f"series:{history.name}", functools.partial(
+                    build_series, self._runner, history, settings=self._settings,
+                    baseline_loader=self._baseline_loader)))
             parts = [core, series]
         body = core.value.to_json()
         if history is not None:
-            body["series"] = dict(parts[1].value)
+            window = dict(parts[1].value)
+            # the window's drift view joins the core's baseline in the report's drift section
+            body["drift"] = {**body.get("drift", {}), **window.pop("drift", {})}
+            body["series"] = window
         age = max(p.age_s for p in parts)
         stale = any(p.stale for p in parts)
         errors = [p.error for p in parts if p.error is not None]
@@ -142,14 +150,15 @@ def get_status_service() -> StatusService:
     """The process's service (settings, runner and cache built once, on first use)."""
     from shared.probes import status_store
     from shared.quota import read_quota_status
-    from shared.runtime import get_review_context
+    from shared.runtime import get_review_context, load_drift_baseline
     from shared.settings import get_settings
     from shared.tuning_jobs import tuning_summary
 
     settings = get_settings()
     return StatusService(settings, get_query_runner(),
                          quota_loader=lambda _s: read_quota_status(status_store(settings)),
-                         tuning_loader=lambda: tuning_summary(get_review_context()))
+                         tuning_loader=lambda: tuning_summary(get_review_context()),
+                         baseline_loader=load_drift_baseline)
 
 
 __all__ = ["Served", "StatusService", "client_options", "get_query_runner",

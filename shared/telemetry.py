@@ -126,6 +126,21 @@ ATTR_OUTPUT_PEOPLE: Final = "vision.output.people"
 #: tells which one each request analysed, and which one superseded it
 ATTR_SOURCE_ETAG: Final = "pipeline.source.etag"
 ATTR_CURRENT_ETAG: Final = "pipeline.source.current_etag"
+ATTR_OUTPUT_WORD_CONFIDENCE_MIN: Final = "vision.output.word_confidence_min"
+ATTR_OUTPUT_PEOPLE_CONFIDENCE: Final = "vision.output.people_confidence_max"
+ATTR_OUTPUT_CROP_SHARE: Final = "vision.output.smart_crop_area_share"
+ATTR_MODEL_VERSION: Final = "vision.model_version"
+#: what the input looks like (shared/descriptors.py): the drift queries compare these
+IMAGE_DESCRIPTOR_ATTRIBUTES: Final = {
+    "brightness": "pipeline.image.brightness",
+    "contrast": "pipeline.image.contrast",
+    "sharpness": "pipeline.image.sharpness",
+    "saturation": "pipeline.image.saturation",
+    "aspect_ratio": "pipeline.image.aspect_ratio",
+    "megapixels": "pipeline.image.megapixels",
+    "format": "pipeline.image.source_format",
+    "camera_model": "pipeline.image.camera_model",
+}
 
 ATTR_VISION_ATTEMPT: Final = "vision.attempt"
 ATTR_VISION_FEATURES: Final = "vision.features"
@@ -1018,8 +1033,9 @@ def record_finished_span(
 # --------------------------------------------------------------------------- pipeline observer
 
 
-def _measures(outcome: AnalysisOutcome) -> dict[str, object]:
-    """Sizes, times and output counts of an analysed image (the tuning review's evidence)."""
+def outcome_measures(outcome: AnalysisOutcome) -> dict[str, object]:
+    """Sizes, times, output counts and input descriptors of an analysed image: the tuning
+    review's and the drift queries' evidence. Numbers and bounded categories only."""
     record, output = outcome.preprocessing, outcome.output
     measures: dict[str, object] = {}
     if record is not None:
@@ -1032,6 +1048,15 @@ def _measures(outcome: AnalysisOutcome) -> dict[str, object]:
         measures[ATTR_OUTPUT_OCR_WORDS] = output.ocr_words
         measures[ATTR_OUTPUT_WORD_CONFIDENCE] = output.word_confidence_mean
         measures[ATTR_OUTPUT_PEOPLE] = output.people
+        measures[ATTR_OUTPUT_WORD_CONFIDENCE_MIN] = output.word_confidence_min
+        measures[ATTR_OUTPUT_PEOPLE_CONFIDENCE] = output.people_confidence_max
+        measures[ATTR_OUTPUT_CROP_SHARE] = output.smart_crop_area_share
+    if outcome.model_version:
+        measures[ATTR_MODEL_VERSION] = outcome.model_version
+    descriptors = record.descriptors if record is not None else None
+    if descriptors is not None:
+        for key, value in descriptors.as_dict().items():
+            measures[IMAGE_DESCRIPTOR_ATTRIBUTES[key]] = value
     return measures
 
 
@@ -1135,7 +1160,7 @@ class TelemetryObserver:
             ATTR_STAGE: outcome.stage,
             ATTR_STATUS_CODE: outcome.status_code,
             ATTR_SERVICE_CODE: outcome.service_inner_code or outcome.service_error_code,
-            **_measures(outcome),
+            **outcome_measures(outcome),
             ATTR_CURRENT_ETAG: outcome.current_etag,
         }
         current = _CURRENT.get()
@@ -1199,6 +1224,7 @@ __all__ = [
     "EVENT_ANALYZED",
     "EVENT_POISONED",
     "EVENT_REJECTED",
+    "IMAGE_DESCRIPTOR_ATTRIBUTES",
     "PROBE_BLOB_MARKER",
     "Instruments",
     "Invocation",
@@ -1217,6 +1243,7 @@ __all__ = [
     "invocation",
     "is_synthetic_blob",
     "mode",
+    "outcome_measures",
     "record_finished_span",
     "shutdown",
     "track_availability",

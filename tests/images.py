@@ -270,3 +270,24 @@ BAD: tuple[BadImage, ...] = (
     BadImage("bad/bomb.png", bomb_png, "decompression_bomb"),
     BadImage("bad/huge-exif.png", huge_exif_png, "metadata_too_large"),
 )
+
+
+def darker_blurrier(data: bytes, *, brightness: float = 0.45, blur_radius: float = 3.0) -> bytes:
+    """The same picture as a worse camera or shift would take it: darker and out of focus.
+
+    Computed from ``data`` (a real image) with Pillow; re-encoded in the same format.
+    """
+    from PIL import ImageEnhance, ImageFilter
+
+    with Image.open(io.BytesIO(data)) as im:
+        fmt = im.format or "PNG"
+        image = im.convert("RGB")
+    image = ImageEnhance.Brightness(image).enhance(brightness)
+    image = image.filter(ImageFilter.GaussianBlur(blur_radius))
+    return encode(image, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+
+
+def sample_images() -> dict[str, bytes]:
+    """The bundled sample images by file name (``samples/``)."""
+    return {p.name: p.read_bytes() for p in sorted(SAMPLES.iterdir())
+            if p.suffix in (".png", ".jpg")}

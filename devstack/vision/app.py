@@ -42,6 +42,7 @@ from devstack.vision.errors import VisionError
 from devstack.vision.faults import FaultConfig, FaultConfigError, FaultDecision, FaultInjector
 from devstack.vision.imaging import check_byte_size
 from devstack.vision.limits import TierLimiter
+from devstack.vision.models import CATALOG, ModelSelector
 from devstack.vision.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Emulator:
         )
         self.faults = FaultInjector()
         self.stats = Stats()
+        self.models = ModelSelector()
 
     # --- auth -------------------------------------------------------------------------------
     def _key_matches(self, request: Request) -> bool | None:
@@ -192,7 +194,8 @@ class Emulator:
         image = await self._image_bytes(request, body, body_length)
         if self.analyzer is None:
             raise RuntimeError("the analyzer is not loaded yet")
-        result = await self.analyzer.analyze(image, parsed)
+        model = self.models.resolve(parsed.model_version)
+        result = model.apply(await self.analyzer.analyze(image, parsed))
         return self._respond(result, decision)
 
     async def _image_bytes(self, request: Request, body: bytes, body_length: int) -> bytes:
@@ -269,6 +272,18 @@ class Emulator:
             reset_usage=bool(reset_usage),
         )
         return JSONResponse(self.limiter.snapshot())
+
+    async def get_model(self, request: Request) -> Response:
+        return JSONResponse(self.models.snapshot())
+
+    async def put_model(self, request: Request) -> Response:
+        document = await _json_object(request)
+        latest = document.get("latest")
+        if not isinstance(latest, str) or latest not in CATALOG:
+            return _admin_error([f"latest must be one of {', '.join(sorted(CATALOG))}"])
+        self.models.set_latest(latest)
+        logger.info("model version latest -> %s", latest)
+        return JSONResponse(self.models.snapshot())
 
     async def get_stats(self, request: Request) -> Response:
         return JSONResponse({**self.stats.snapshot(), "tier": self.limiter.snapshot()})
@@ -355,6 +370,8 @@ def create_app(
         Route("/admin/faults/reset", admin(emulator.reset_faults), methods=["POST"]),
         Route("/admin/tier", admin(emulator.get_tier), methods=["GET"]),
         Route("/admin/tier", admin(emulator.put_tier), methods=["PUT"]),
+        Route("/admin/model", admin(emulator.get_model), methods=["GET"]),
+        Route("/admin/model", admin(emulator.put_model), methods=["PUT"]),
         Route("/admin/stats", admin(emulator.get_stats), methods=["GET"]),
         Route("/admin/stats/reset", admin(emulator.reset_stats), methods=["POST"]),
     ]

@@ -11,8 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from devstack.vision import errors
-from devstack.vision.config import MODEL_VERSION
+from devstack.vision import errors, models
 
 API_VERSIONS = frozenset({"2023-10-01", "2024-02-01"})
 
@@ -98,7 +97,7 @@ def parse(query: Mapping[str, str]) -> AnalyzeParams:
     # documented inner code.
     if model_version != "latest" and not _MODEL_VERSION.match(model_version):
         raise errors.bad_argument(f"The model version '{model_version}' is not valid.")
-    if model_version not in ("latest", MODEL_VERSION):
+    if model_version != "latest" and not models.is_known(model_version):
         raise errors.bad_argument(f"The model version '{model_version}' is not supported.")
     return AnalyzeParams(
         api_version=api_version,

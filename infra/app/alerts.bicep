@@ -37,6 +37,8 @@ param availabilityFailedLocations int = 2
 //     operator             string  Equals | GreaterThan | GreaterThanOrEqual | LessThan | LessThanOrEqual
 //     threshold            number
 //     failingPeriods       object  {numberOfEvaluationPeriods, minFailingPeriodsToAlert}
+//     dimensions           array   optional: [{name, operator: 'Include', values: ['*']}], one
+//                                  alert per value of that column (e.g. the drifted descriptor)
 // (A user-defined Bicep type would tell the compiler this, but the Bicep parser checkov uses
 // cannot read type declarations, and a file it cannot parse is a file it does not scan.)
 @description('Scheduled query rules rendered from the shared alert definitions; empty until issue 6 renders them.')

@@ -108,8 +108,11 @@ def _expect_complete_result(doc: Document, name: str, data: bytes) -> dict[str, 
     assert record["original_bytes"] == len(data)
     assert record["steps"][0] == f"sniff:{record['detected_format']}"
     stages = record["stage_ms"]
-    reencode_stages = {"decode", "resample", "encode"}
-    assert set(stages) == (reencode_stages if record["reencoded"] else {"validate"})
+    reencode_stages = {"decode", "resample", "describe", "encode"}
+    assert set(stages) == (reencode_stages if record["reencoded"] else {"validate", "describe"})
+    descriptors = record["descriptors"]
+    assert descriptors["format"] == record["detected_format"]
+    assert 0 <= descriptors["brightness"] <= 1 and descriptors["sharpness"] >= 0
     assert sum(stages.values()) <= record["duration_ms"] + 0.01  # each rounded to 1 µs
     analysis = body["analysis"]
     # coordinates refer to the image that was sent

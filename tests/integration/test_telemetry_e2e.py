@@ -303,6 +303,31 @@ def test_queries_match_what_happened(stack: Stack, mix: dict[str, Any]) -> None:
     assert month["PeakTps"] >= 1
 
 
+def test_each_analysed_image_row_carries_the_descriptors_its_document_holds(
+    stack: Stack, mix: dict[str, Any]
+) -> None:
+    """Through the real exporter: one AppRequests row per analysed image with its descriptors."""
+    docs = [d for n, d in mix["docs"].items()
+            if d["outcome"] == "analyzed" and not n.startswith("synthetic/")]
+    assert len(docs) == GOOD + THROTTLED
+    want = sorted((d["preprocessing"]["descriptors"]["brightness"],
+                   d["preprocessing"]["descriptors"]["sharpness"]) for d in docs)
+    kql = ('AppRequests | where Name == "analyze_image" and isempty(SyntheticSource)'
+           ' | where tostring(Properties["pipeline.outcome"]) == "analyzed"'
+           ' | project B = todouble(Properties["pipeline.image.brightness"]),'
+           ' S = todouble(Properties["pipeline.image.sharpness"]),'
+           ' F = tostring(Properties["pipeline.image.source_format"])')
+
+    def fetch() -> list[list[Any]]:
+        found = stack.runner._client.query_workspace(  # ad-hoc: the descriptor columns only
+            stack.endpoints["workspace_id"], kql, timespan=HOUR, enforce_https=False)
+        return [list(r) for r in found.tables[0].rows]
+
+    rows = poll("analysed rows", fetch, lambda r: len(r) >= len(want), 90)
+    assert sorted((b, sharp) for b, sharp, _ in rows) == want
+    assert {f for _, _, f in rows} == {"png"}
+
+
 def test_operation_ids_link_request_dependencies_and_logs(stack: Stack,
                                                           mix: dict[str, Any]) -> None:
     label = telemetry.blob_label("images", "throttled/0.png", hash_names=True)

@@ -36,7 +36,8 @@ def test_every_issue_alert_is_defined_once() -> None:
     names = [r.name for r in rules]
     assert len(names) == len(set(names))
     assert set(names) == {"error-rate", "latency-p95", "probe-availability", "throttling",
-                          "quota-forecast", "slo-burn-fast", "slo-burn-slow"}
+                          "quota-forecast", "slo-burn-fast", "slo-burn-slow", "input-drift",
+                          "output-confidence-drop", "model-version-changed"}
 
 
 def test_each_rule_names_a_query_file_with_its_parameters_and_measure() -> None:
@@ -126,10 +127,12 @@ def test_render_alert_rules_has_the_bicep_shape() -> None:
     queries = load_queries()
     for item, r in zip(rendered, alert_rules(), strict=True):
         assert set(item) == BICEP_KEYS
-        assert set(item["criterion"]) == CRITERION_KEYS
+        assert set(item["criterion"]) == CRITERION_KEYS | ({"dimensions"} if r.dimensions
+                                                           else set())
         assert item["name"] == f"sqr-{r.name}"
         assert item["severity"] in range(5)
-        assert re.fullmatch(r"P(T\d+[HM])|P\d+D", item["windowSize"]), item["windowSize"]
+        assert re.fullmatch(r"P(\d+D)?(T(\d+H)?(\d+M)?)?", item["windowSize"]), item["windowSize"]
+        assert item["windowSize"] == iso_duration(r.window)
         assert item["evaluationFrequency"].startswith("PT")
         assert "docs/runbook.md#" in item["description"]
         criterion = item["criterion"]
@@ -138,3 +141,39 @@ def test_render_alert_rules_has_the_bicep_shape() -> None:
         assert criterion["timeAggregation"] in {a.value for a in Aggregation}
         assert criterion["metricMeasureColumn"] == r.measure
         assert isinstance(criterion["threshold"], float)
+
+
+def test_drift_rules_name_the_rows_that_breach_and_split_by_them_in_azure() -> None:
+    rules = {r.name: r for r in alert_rules()}
+    drift = rules["input-drift"]
+    rows = [{"Descriptor": "brightness", "Psi": 1.9}, {"Descriptor": "format", "Psi": 0.01},
+            {"Descriptor": "sharpness", "Psi": 0.7}]
+    state = evaluate(drift, rows)
+    assert state.active and state.value == 1.9
+    assert state.breaching == ("brightness Psi 1.9", "sharpness Psi 0.7")
+    assert "(brightness Psi 1.9, sharpness Psi 0.7)" in state.summary
+    assert evaluate(drift, rows[1:2]).breaching == ()
+    drop = evaluate(rules["output-confidence-drop"],
+                    [{"Descriptor": "word_confidence_mean", "Shift": -0.12},
+                     {"Descriptor": "model_version", "Shift": None}])
+    assert drop.active and drop.breaching == ("word_confidence_mean Shift -0.12",)
+    [rendered] = [r for r in render_alert_rules() if r["name"] == "sqr-input-drift"]
+    assert rendered["criterion"]["dimensions"] == [
+        {"name": "Descriptor", "operator": "Include", "values": ["*"]}]
+    assert rendered["windowSize"] == "P7DT15M"
+
+
+def test_drift_rules_follow_a_pinned_baseline() -> None:
+    from datetime import UTC, datetime
+
+    from shared.drift import Baseline
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    pinned = Baseline.pinned(datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC),
+                             pinned_at=now)
+    rules = {r.name: r for r in alert_rules(None, baseline=pinned, now=now)}
+    params = rules["input-drift"].params
+    assert params["baselineStart"] == timedelta(days=11, hours=12)
+    assert params["baselineEnd"] == timedelta(days=4, hours=12)
+    assert rules["input-drift"].window == timedelta(days=11, hours=12)
+    assert "pinned baseline" in rules["model-version-changed"].description

@@ -214,17 +214,26 @@ def test_record_duration_uses_injected_clock() -> None:
     result = preprocess(GOOD["jpeg"](), clock=StepClock(0.25))
     record = result.record
     assert not record.reencoded
-    assert record.stage_ms == {"validate": 250.0}
-    assert record.duration_ms == 750.0  # start, validate start, validate end, end
+    assert record.stage_ms == {"validate": 250.0, "describe": 250.0}
+    # start, validate start/end, describe start/end, end
+    assert record.duration_ms == 1250.0
 
 
 def test_record_times_each_stage_of_a_reencode() -> None:
     big = encode(photo((3000, 2000)), "JPEG")
     record = preprocess(big, PreprocessOptions(max_dimension=1024), clock=StepClock(0.5)).record
     assert record.reencoded
-    assert list(record.stage_ms) == ["decode", "resample", "encode"]
+    assert list(record.stage_ms) == ["decode", "resample", "describe", "encode"]
     assert set(record.stage_ms.values()) == {500.0}
-    assert record.as_dict()["stage_ms"] == {"decode": 500.0, "resample": 500.0, "encode": 500.0}
+    assert record.as_dict()["stage_ms"] == {"decode": 500.0, "resample": 500.0,
+                                            "describe": 500.0, "encode": 500.0}
+
+
+def test_descriptors_switched_off_add_no_stage() -> None:
+    options = PreprocessOptions(descriptors=False)
+    record = preprocess(GOOD["jpeg"](), options, clock=StepClock(0.25)).record
+    assert record.stage_ms == {"validate": 250.0}
+    assert record.descriptors is None
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -21,6 +21,7 @@ from shared import status as status_mod
 from shared import status_service
 from shared.alerts import STATUS_QUERY_RULES, alert_rules
 from shared.blueprints import status as status_bp
+from shared.drift import Baseline
 from shared.logsquery import (
     BadQueryError,
     QueryBackendError,
@@ -158,7 +159,8 @@ def report(settings: Settings, answers: Mapping[str, Any], **kwargs: Any) -> dic
     runner = FakeRunner(answers)
     out = build_status(settings, runner, now=NOW, quota_loader=lambda _s: None, **kwargs)
     history = kwargs.get("history")
-    assert runner.queries == 5 + (4 if history else 0), "five queries per report (+4 series)"
+    # five core queries and the three drift rules' own; a window's series four, its drift two
+    assert runner.queries == 8 + (6 if history else 0), "eight queries per report (+6 series)"
     body = out.to_json()
     json.dumps(body, allow_nan=False)
     validate(body, SCHEMA)
@@ -187,18 +189,21 @@ def test_healthy_report_maps_every_number(settings: Settings) -> None:
     assert (body["quota"]["used_ratio"], body["quota"]["forecast_ratio"]) == (0.25, 0.5)
     assert body["quota"]["source"] == "telemetry"
     assert body["alerts"]["active"] == []
-    assert len(body["alerts"]["rules"]) == 7
+    assert len(body["alerts"]["rules"]) == len(alert_rules())
+    assert body["drift"]["baseline"]["kind"] == "rolling"
     assert "series" not in body
 
 
-def test_a_report_is_five_single_queries_and_a_series_four(settings: Settings) -> None:
+def test_a_report_is_eight_single_queries_and_a_series_four(settings: Settings) -> None:
     requests, rules = plan(settings)
     assert [r.name for r in requests] == [
-        "status_windows", "status_alerts", "status_probes", "status_freshness", "status_quota"]
+        "status_windows", "status_alerts", "status_probes", "status_freshness", "status_quota",
+        "drift_input", "drift_output", "drift_model_version"]
     assert len({r.key for r in requests}) == len(requests)
     assert requests[0].timespan == timedelta(hours=24)
     alerts = requests[1]
-    assert alerts.timespan == max(r.window for r in rules) == timedelta(hours=6)
+    assert alerts.timespan == max(r.window for r in rules
+                                  if r.name in STATUS_QUERY_RULES) == timedelta(hours=6)
     params = dict(alerts.params or {})
     by = {r.name: r for r in rules}
     assert params["errorWindow"] == by["error-rate"].window == timedelta(minutes=5)
@@ -206,7 +211,9 @@ def test_a_report_is_five_single_queries_and_a_series_four(settings: Settings) -
     assert params["throttleMinCalls"] == by["throttling"].params["minCalls"]
     assert (params["slowLong"], params["slowShort"]) == (timedelta(hours=6),
                                                          timedelta(minutes=30))
-    assert {r.name for r in rules} <= STATUS_QUERY_RULES  # no rule needs its own query today
+    # the drift rules compare with a baseline and keep their own queries; no other rule does
+    assert {r.name for r in rules} - STATUS_QUERY_RULES == {
+        "input-drift", "output-confidence-drop", "model-version-changed"}
     series = series_plan(WINDOWS_BY_NAME["24h"])
     assert [s.name for s in series] == ["status_series_requests", "status_series_vision",
                                         "status_series_availability",
@@ -219,7 +226,8 @@ def test_a_rule_the_shared_scan_does_not_cover_runs_its_own_query(
     from dataclasses import replace
 
     extra = replace(alert_rules(settings)[0], name="error-rate-copy")
-    monkeypatch.setattr(status_mod, "alert_rules", lambda s: (*alert_rules(s), extra))
+    monkeypatch.setattr(status_mod, "alert_rules",
+                        lambda s, **kw: (*alert_rules(s, **kw), extra))
     requests, _rules = plan(settings)
     [own] = [r for r in requests if r.key == "alert:error-rate-copy"]
     assert (own.name, own.timespan) == ("alert_error_rate", timedelta(minutes=5))
@@ -283,8 +291,9 @@ def test_one_broken_query_degrades_and_is_named(settings: Settings) -> None:
     answers["status_alerts"] = BadQueryError("status_alerts: SemanticError: x")
     body = report(settings, answers)
     assert body["state"] == "degraded"
-    assert all(a["error"] and a["active"] is False for a in body["alerts"]["rules"])
-    assert len(body["alerts"]["rules"]) == 7
+    scanned = [a for a in body["alerts"]["rules"] if a["name"] in STATUS_QUERY_RULES]
+    assert all(a["error"] and a["active"] is False for a in scanned)
+    assert len(scanned) == 7 and len(body["alerts"]["rules"]) == 10  # + the drift rules
     assert body["telemetry"]["query_errors"] == ["status_alerts: status_alerts: SemanticError: x"]
     assert body["windows"]["15m"]["invocations"] == 90  # the other sections still answer
 
@@ -405,17 +414,17 @@ def test_callers_share_one_report_per_ttl_then_get_it_stale_while_it_refreshes(
         wired: FakeRunner, ticks: Ticks) -> None:
     for _ in range(5):
         assert call(http("status")).status_code == 200
-    assert wired.queries == 5  # five callers, one report
+    assert wired.queries == 8  # five callers, one report of eight queries
     ticks.now += 12
     response = call(http("status"))
-    assert response.headers["Age"] == "12" and wired.queries == 5
+    assert response.headers["Age"] == "12" and wired.queries == 8
     ticks.now += 20  # 32 s old: stale; served at once while one refresh runs
     body = json.loads(call(http("status")).get_body())
     assert body["cache"]["stale"] is True and body["cache"]["age_s"] == 32.0
-    wait_until(lambda: wired.queries == 10, "the refresh")
+    wait_until(lambda: wired.queries == 16, "the refresh")
     wait_until(lambda: not json.loads(call(http("status")).get_body())["cache"]["stale"],
                "the refreshed report")
-    assert wired.queries == 10
+    assert wired.queries == 16
 
 
 def test_a_throttled_refresh_serves_the_last_report_stale_and_backs_off(
@@ -612,3 +621,38 @@ def test_the_tuning_state_after_a_review_fits_the_schema(settings: Settings) -> 
     assert last["id"] == result.id and last["applied"] == len(result.applied)
     assert {c["tunable"] for c in last["changes"]} >= {"vision_timeout_seconds"}
     assert body["tuning"]["overlay"]["pending"] == ["vision_timeout_seconds"]
+
+
+def test_drift_section_names_the_baseline_and_carries_the_panels(settings: Settings) -> None:
+    answers = healthy_answers()
+    answers["drift_distribution"] = [
+        {"Descriptor": "brightness", "Bin": "0.4", "Current": 3, "Baseline": 30,
+         "CurrentShare": 0.1, "BaselineShare": 1.0},
+        {"Descriptor": "brightness", "Bin": "0.1", "Current": 27, "Baseline": 0,
+         "CurrentShare": 0.9, "BaselineShare": 0.0}]
+    answers["drift_series"] = [{"bin_start": NOW, "Descriptor": "brightness", "Images": 30,
+                                "Psi": 3.2}]
+    answers["alert:input-drift"] = [{"Descriptor": "brightness", "Psi": 3.2},
+                                    {"Descriptor": "format", "Psi": 0.0}]
+    pinned = Baseline.pinned(NOW - timedelta(days=3), NOW - timedelta(days=2), pinned_at=NOW)
+    body = report(settings, answers, history=WINDOWS_BY_NAME["1h"],
+                  baseline_loader=lambda _s: pinned)
+    drift = body["drift"]
+    assert drift["baseline"]["kind"] == "pinned"
+    assert drift["baseline"]["from"] == (NOW - timedelta(days=3)).isoformat().replace(
+        "+00:00", "Z")
+    assert [d["current_share"] for d in drift["distribution"]] == [0.1, 0.9]
+    assert drift["scores"] == [{"time": body["checked_at"], "descriptor": "brightness",
+                                "images": 30, "psi": 3.2}]
+    [rule] = [r for r in body["alerts"]["rules"] if r["name"] == "input-drift"]
+    assert rule["active"] and rule["breaching"] == ["brightness Psi 3.2"]
+    assert "input-drift" in body["alerts"]["active"]
+
+
+def test_a_failing_baseline_loader_falls_back_to_rolling(settings: Settings) -> None:
+    def broken(_s: Settings) -> Baseline:
+        raise OSError("storage down")
+
+    body = report(settings, healthy_answers(), baseline_loader=broken)
+    assert body["drift"]["baseline"]["kind"] == "rolling"
+    assert "distribution" not in body["drift"]

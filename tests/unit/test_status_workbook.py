@@ -26,9 +26,14 @@ def test_every_panel_runs_a_query_file_with_the_time_grain() -> None:
     for panel in render_workbook.PANELS:
         content = queries[panel.name]
         source = (REPO / "queries" / f"{panel.query}.kql").read_text(encoding="utf-8")
-        body = [line for line in source.splitlines() if not line.startswith(("let ", "//"))]
-        assert "\n".join(body) in content["query"], panel.name
-        assert content["timeContextFromParameter"] == "TimeRange"
+        # the whole file, only the panel's parameters bound
+        assert render_workbook.bind(source.rstrip("\n"), panel.params) in content["query"], (
+            panel.name)
+        if panel.range_ms is None:
+            assert content["timeContextFromParameter"] == "TimeRange"
+        else:  # drift tiles need their whole baseline, whatever the pill says
+            assert content["timeContext"] == {"durationMs": panel.range_ms}
+            assert panel.range_ms >= 7 * 24 * 3_600_000
         for name, _ in panel.params:
             assert re.search(rf"^let {name} = \{{TimeRange:grain\}};", content["query"],
                              re.MULTILINE), panel.name

@@ -749,3 +749,36 @@ def test_exit_is_bounded_when_the_endpoint_hangs(
     # Our bound (1 s) and not the exporter's network timeout (10 s per export) nor the SDK's
     # own exit handlers (up to 30 s per processor), which were taken over.
     assert 0.9 <= out["exit_handlers_s"] < 5.0, out
+
+
+def test_an_analysed_image_carries_its_descriptors_outputs_and_model_version() -> None:
+    from dataclasses import replace
+
+    from shared.descriptors import ImageDescriptors
+    from shared.outputs import OutputSummary
+
+    descriptors = ImageDescriptors(brightness=0.42, contrast=0.2, sharpness=2.5, saturation=0.3,
+                                   aspect_ratio=1.25, megapixels=0.008, format="jpeg",
+                                   camera_model=None)
+    outcome = replace(analysed(), preprocessing=replace(RECORD, descriptors=descriptors),
+                      model_version="2023-10-01",
+                      output=OutputSummary(ocr_lines=1, ocr_words=2, word_confidence_mean=0.9,
+                                           word_confidence_min=0.8, people=1,
+                                           people_confidence_max=0.7,
+                                           smart_crop_area_share=0.5))
+    observer = t.TelemetryObserver("http://127.0.0.1:7081")
+    with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", SOURCE.name)):
+        observer.on_outcome(SOURCE, outcome)
+    [request] = spans()["analyze_image"]
+    [event] = [r for r in logs() if (r.attributes or {}).get(t.CUSTOM_EVENT_NAME)]
+    for record in (request.attributes, event.attributes):
+        assert record is not None
+        assert record["pipeline.image.brightness"] == 0.42
+        assert record["pipeline.image.sharpness"] == 2.5
+        assert record["pipeline.image.source_format"] == "jpeg"
+        assert "pipeline.image.camera_model" not in record  # absent, not "None"
+        assert record[t.ATTR_OUTPUT_WORD_CONFIDENCE_MIN] == 0.8
+        assert record[t.ATTR_OUTPUT_PEOPLE_CONFIDENCE] == 0.7
+        assert record[t.ATTR_OUTPUT_CROP_SHARE] == 0.5
+        assert record[t.ATTR_MODEL_VERSION] == "2023-10-01"
+    assert set(t.IMAGE_DESCRIPTOR_ATTRIBUTES) == set(descriptors.as_dict())
