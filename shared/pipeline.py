@@ -8,7 +8,10 @@ tests drive it without any Functions type. Contract with the host:
   service's error codes) or already done (same blob + ETag documented before);
 * raises ``RetryableError`` (throttled / transient / timeout / storage) so the host retries and,
   after its last try, poisons the blob; unexpected exceptions propagate the same way, so a bug
-  never drops an image silently.
+  never drops an image silently;
+* returns a ``parked`` outcome when Vision is down (``VisionUnavailableError``) and
+  ``PipelineDeps.parking`` is set: the version is recorded in the parking lot and re-driven by
+  ``shared.parking.redrive`` once Vision answers, instead of spending the host's tries.
 
 ``PipelineObserver`` is the telemetry seam (issue 4 fills it in); the default does nothing.
 Observers must not raise. Nothing here prints or logs OCR text or image bytes.
@@ -31,8 +34,10 @@ from shared.errors import (
     PermanentError,
     RetryableError,
     VisionOpsError,
+    VisionUnavailableError,
     classify,
 )
+from shared.parking import ParkingLot
 from shared.preprocessing import PreprocessOptions, PreprocessRecord, preprocess
 from shared.results import SCHEMA_VERSION, ResultRepository, normalize_etag
 from shared.units import ms
@@ -62,6 +67,7 @@ class Outcome(StrEnum):
     ANALYZED = "analyzed"
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
+    PARKED = "parked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +144,8 @@ class PipelineDeps:
     observer: PipelineObserver = field(default_factory=NoOpObserver)
     clock: Callable[[], float] = time.perf_counter
     now: Callable[[], datetime] = _utc_now
+    #: where blobs wait while Vision is down; ``None``: raise and let the host retry
+    parking: ParkingLot | None = None
 
 
 def process_blob(source: BlobInput, deps: PipelineDeps) -> AnalysisOutcome:
@@ -189,6 +197,10 @@ def _process(source: BlobInput, deps: PipelineDeps, started: float) -> AnalysisO
             source, deps, document, exc, stage="analyze", started=started,
             record=prepared.record,
         )  # fmt: skip
+    except VisionUnavailableError as exc:
+        if deps.parking is None:
+            raise
+        return _park(source, deps, deps.parking, exc, started=started)
     return _accept(source, deps, document, result, record=prepared.record, started=started)
 
 
@@ -308,6 +320,21 @@ def _reject(
     deps.observer.on_outcome(source, outcome)
     return outcome
 
+
+def _park(source: BlobInput, deps: PipelineDeps, lot: ParkingLot, error: VisionOpsError, *,
+          started: float) -> AnalysisOutcome:  # fmt: skip
+    path = lot.park(source.container, source.name, source.etag, reason=error.reason,
+                    now=deps.now)  # fmt: skip
+    logger.warning("blob %s/%s parked: Vision is unavailable (%s); it is re-driven when Vision"
+                   " answers", source.container, source.name, error.reason)  # fmt: skip
+    outcome = AnalysisOutcome(
+        status=Outcome.PARKED, container=source.container, name=source.name,
+        etag=normalize_etag(source.etag), document=path, attempts=error.attempts,
+        duration_ms=ms(deps.clock() - started), error_class=error.error_class,
+        reason=error.reason, status_code=error.status_code,
+    )  # fmt: skip
+    deps.observer.on_outcome(source, outcome)
+    return outcome
 
 
 __all__ = [

@@ -139,7 +139,7 @@ class AdaptiveRate:
         *,
         floor: float | None = None,
         beta: float = 0.7,
-        growth: float = 0.02,
+        growth: float = 0.0001,
         measure_window_s: float = 2.0,
         hold_s: float = 1.0,
         clock: Clock = time.monotonic,
@@ -329,6 +329,10 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         with self._lock:
             return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self.state is BreakerState.CLOSED
 
     def allow(self) -> bool:
         """May a call go out now? While open, True for exactly one probe per interval."""

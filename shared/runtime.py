@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING
 from shared.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
+    from shared.parking import RedriveReport
     from shared.pipeline import PipelineDeps, PipelineObserver
 
 
 def build_pipeline_deps(
     settings: Settings, *, observer: PipelineObserver | None = None
 ) -> PipelineDeps:
+    from shared.parking import ParkingLot
     from shared.pipeline import NoOpObserver, PipelineDeps
     from shared.preprocessing import PreprocessOptions
     from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
@@ -31,6 +33,7 @@ def build_pipeline_deps(
         features=settings.vision_features,
         preprocess_options=PreprocessOptions.from_settings(settings),
         observer=observer or NoOpObserver(),
+        parking=ParkingLot(store, settings.parked_container),
     )
 
 
@@ -56,3 +59,23 @@ def ensure_telemetry() -> None:
     except SettingsError:
         settings = None
     telemetry.configure(settings)
+
+
+def redrive_parked() -> RedriveReport:
+    """Re-drive parked blobs with this process's Vision breaker as the gate (the timer's job)."""
+    from shared.parking import ParkingLot, redrive
+    from shared.replay import BlobSourceBlobs
+    from shared.results import BlobDocumentStore
+    from shared.vision import VisionClient
+
+    settings = get_settings()
+    deps = get_pipeline_deps()
+    lot = deps.parking or ParkingLot(deps.repository.store, settings.parked_container)
+    store = lot.store
+    if not isinstance(store, BlobDocumentStore) or not isinstance(deps.analyzer, VisionClient):
+        raise TypeError("redrive needs the real storage and Vision clients")
+    return redrive(
+        lot, blobs=BlobSourceBlobs(store.service), repository=deps.repository,
+        images_container=settings.images_container, gate=deps.analyzer.flow.breaker,
+        batch=settings.redrive_batch,
+    )  # fmt: skip

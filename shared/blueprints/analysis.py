@@ -1,4 +1,5 @@
-"""Blob-triggered analysis: a thin adapter from ``func.InputStream`` to ``process_blob``.
+"""Blob-triggered analysis: a thin adapter from ``func.InputStream`` to ``process_blob``, and
+the timer that re-drives blobs parked while Vision was down (``shared.parking``).
 
 In Azure (Flex Consumption) the trigger uses the Event Grid source; the infra creates the Event
 Grid subscription. Everything below the adapter lives in ``shared.pipeline``. Clients and
@@ -76,3 +77,15 @@ def blob_input_from_stream(stream: func.InputStream) -> BlobInput:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%REDRIVE_SCHEDULE%", run_on_startup=False)
+def redrive_parked(timer: func.TimerRequest, context: func.Context | None = None) -> None:
+    """Bring blobs parked during a Vision outage back once Vision answers (no operator)."""
+    # No request span of its own: it runs every few seconds and would crowd the KPI queries;
+    # the blobs it re-drives get their own spans when they are analysed.
+    from shared.runtime import ensure_telemetry
+    from shared.runtime import redrive_parked as run
+
+    ensure_telemetry()
+    run()
