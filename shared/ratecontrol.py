@@ -139,7 +139,7 @@ class AdaptiveRate:
         *,
         floor: float | None = None,
         beta: float = 0.7,
-        growth: float = 0.0001,
+        growth: float = 0.001,
         measure_window_s: float = 2.0,
         hold_s: float = 1.0,
         clock: Clock = time.monotonic,

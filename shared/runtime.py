@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 def build_pipeline_deps(
     settings: Settings, *, observer: PipelineObserver | None = None
 ) -> PipelineDeps:
+    from shared import telemetry
     from shared.parking import ParkingLot
     from shared.pipeline import NoOpObserver, PipelineDeps
     from shared.preprocessing import PreprocessOptions
@@ -27,8 +28,10 @@ def build_pipeline_deps(
     from shared.vision import build_vision_client
 
     store = BlobDocumentStore(blob_service_client(settings.storage))
+    analyzer = build_vision_client(settings)
+    telemetry.watch_vision_rate(analyzer.flow.rate)
     return PipelineDeps(
-        analyzer=build_vision_client(settings),
+        analyzer=analyzer,
         repository=ResultRepository.from_settings(store, settings),
         features=settings.vision_features,
         preprocess_options=PreprocessOptions.from_settings(settings),

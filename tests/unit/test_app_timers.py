@@ -1,4 +1,4 @@
-"""The app's own timers (probes, quota) on the schedules the example settings give them, driven
+"""The app's own timers (probes, quota, re-drive of parked blobs) on the schedules the example settings give them, driven
 by the local host's timer driver with a fake clock: an hour passes in milliseconds."""
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def test_probe_and_quota_timers_fire_on_their_schedules(tmp_path: Path) -> None:
     schedules = _schedules_from_example()
     assert schedules == {"PROBE_SCHEDULE": "0 */5 * * * *",
                          "PROBE_E2E_SCHEDULE": "30 */10 * * * *",
-                         "QUOTA_SCHEDULE": "0 7 * * * *"}
+                         "QUOTA_SCHEDULE": "0 7 * * * *",
+                         "REDRIVE_SCHEDULE": "*/10 * * * * *"}
     clock = FakeClock(T0)
     environ = {**os.environ, **schedules}
     host = Host(HostOptions(script_root=REPO_ROOT, state_dir=tmp_path / "state",
@@ -58,4 +59,7 @@ def test_probe_and_quota_timers_fire_on_their_schedules(tmp_path: Path) -> None:
     assert times("vision_probe") == [f"00:{m:02d}:00" for m in range(5, 60, 5)]
     assert times("e2e_probe") == [f"00:{m:02d}:30" for m in range(0, 60, 10)]
     assert times("quota_check") == ["00:07:00"]
+    redrives = times("redrive_parked")
+    assert redrives[:3] == ["00:00:10", "00:00:20", "00:00:30"] and redrives[-1] == "00:59:50"
+    assert len(redrives) == 359
     assert not any(f.past_due for fires in fired.values() for f in fires)
