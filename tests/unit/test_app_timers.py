@@ -1,5 +1,6 @@
-"""The app's own timers (probes, quota, re-drive of parked blobs) on the schedules the example settings give them, driven
-by the local host's timer driver with a fake clock: an hour passes in milliseconds."""
+"""The app's own timers (probes, quota, re-drive of parked blobs) on the schedules the example
+settings give them, driven by the local host's timer driver with a fake clock: an hour passes in
+milliseconds."""
 
 from __future__ import annotations
 
