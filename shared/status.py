@@ -80,6 +80,9 @@ Q_THROTTLE: Final = "throttle_rate"
 Q_ERRORS: Final = "error_breakdown"
 Q_PROBES: Final = "status_probes"
 Q_FRESHNESS: Final = "status_freshness"
+Q_VISION_RATE: Final = "status_vision_rate"
+#: gauges are exported every minute or so; older values belong to instances that are gone
+VISION_RATE_WINDOW: Final = timedelta(minutes=5)
 Q_QUOTA: Final = "status_quota"
 Q_SERIES_REQUESTS: Final = "status_series_requests"
 Q_SERIES_VISION: Final = "status_series_vision"
@@ -161,6 +164,7 @@ class Status:
     telemetry: Mapping[str, Any]
     config: Mapping[str, Any]
     series: Mapping[str, Any] | None = None
+    vision_rate: Mapping[str, Any] | None = None
 
     @property
     def active_alerts(self) -> tuple[AlertState, ...]:
@@ -183,6 +187,8 @@ class Status:
         }
         if self.series is not None:
             body["series"] = dict(self.series)
+        if self.vision_rate is not None:
+            body["vision_rate"] = dict(self.vision_rate)
         cleaned: dict[str, Any] = _jsonable(body)
         return cleaned
 
@@ -199,6 +205,7 @@ def plan(
         BatchQuery(Q_PROBES, timespan=PROBES_WINDOW),
         BatchQuery(Q_FRESHNESS, timespan=timedelta(hours=24)),
         BatchQuery(Q_QUOTA, timespan=timedelta(days=2)),
+        BatchQuery(Q_VISION_RATE, timespan=VISION_RATE_WINDOW),
     ]
     rules = alert_rules(settings)
     requests += [BatchQuery(r.query, r.params, r.window, key=f"alert:{r.name}") for r in rules]
@@ -261,6 +268,7 @@ def build_status(
         state=state, reasons=tuple(reasons), checked_at=now,
         version=settings.monitoring.app_version, windows=windows, probes=probes, quota=quota,
         alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings), series=series,
+        vision_rate=_vision_rate(rows(Q_VISION_RATE), settings),
     )
 
 
@@ -388,6 +396,22 @@ def _quota(
             asdict(loaded) if is_dataclass(loaded) and not isinstance(loaded, type) else loaded)
         out["source"] = "quota_check"
     return out
+
+
+def _vision_rate(rows: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """What the instances send together against the tier's documented limit."""
+    row = rows[0] if rows else {}
+    effective = _num(row.get("effective_per_second"))
+    limit = settings.tier_limit_per_second
+    return {
+        "mode": settings.vision_rate_mode.value,
+        "tier_limit_per_second": round(limit, 4),
+        "ceiling_per_second": round(settings.rate_limit_per_second, 4),
+        "instances": _int(row.get("instances")),
+        "effective_per_second": effective,
+        "share_of_limit": round(effective / limit, 4) if effective is not None else None,
+        "reported_at": _iso(row.get("reported")),
+    }
 
 
 def _load_quota(settings: Settings, loader: QuotaLoader | None) -> Any:

@@ -341,7 +341,7 @@ def test_dashboard_is_self_contained() -> None:
     # no URL to anywhere but our own relative endpoints
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)
     assert "fetch(`status?" in html
-    for chart in ("latency", "success", "throughput", "availability", "quota", "errors"):
+    for chart in ("latency", "success", "throughput", "availability", "quota", "rate", "errors"):
         assert f'data-chart="{chart}"' in html
 
 
@@ -360,3 +360,21 @@ def test_function_app_registers_the_status_functions() -> None:
     assert bindings["dashboard"]["authLevel"].upper() == "FUNCTION"
     assert bindings["health"]["authLevel"].upper() == "ANONYMOUS"
     assert bindings["health"]["methods"] == ["GET"]
+
+
+def test_vision_rate_is_the_sum_of_instances_against_the_tier_limit(settings: Settings) -> None:
+    answers = healthy_answers()
+    answers["status_vision_rate"] = [{"instances": 3, "effective_per_second": 9.4,
+                                      "reported": NOW - timedelta(seconds=30)}]  # fmt: skip
+    rate = report(settings, answers)["vision_rate"]
+    assert (rate["mode"], rate["instances"], rate["effective_per_second"]) == ("adaptive", 3, 9.4)
+    assert rate["tier_limit_per_second"] == 10.0 and rate["share_of_limit"] == 0.94
+    assert rate["reported_at"] == "2025-03-14T11:59:30Z"
+    [item] = [r for r in plan(settings)[0] if r.name == "status_vision_rate"]
+    assert item.timespan == timedelta(minutes=5)
+
+
+def test_no_rate_gauge_yet_says_so(settings: Settings) -> None:
+    rate = report(settings, healthy_answers())["vision_rate"]
+    assert (rate["instances"], rate["effective_per_second"], rate["share_of_limit"]) == (
+        0, None, None)
