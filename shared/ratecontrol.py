@@ -111,6 +111,9 @@ class TokenBucket:
 
 # --------------------------------------------------------------------------- adaptive rate
 
+#: Answers needed before the admitted share is trusted (see ``AdaptiveRate._admitted_share``).
+_MIN_ANSWERS = 5
+
 
 @dataclass(frozen=True, slots=True)
 class RateSnapshot:
@@ -164,6 +167,7 @@ class AdaptiveRate:
         self._hold_until = -math.inf
         self._hold_min = hold_s
         self._admitted: collections.deque[float] = collections.deque()
+        self._throttled: collections.deque[float] = collections.deque()
         self._quiet_since = clock()  # start of the current admitted-rate measurement
         self.throttles = 0
         self.decreases = 0
@@ -186,6 +190,8 @@ class AdaptiveRate:
             self._admitted.append(now)
             while self._admitted and self._admitted[0] <= now - self._window:
                 self._admitted.popleft()
+            while self._throttled and self._throttled[0] <= now - self._window:
+                self._throttled.popleft()
 
     def on_throttled(self, sent_at: float, *, pause_s: float = 0.0) -> bool:
         """A call sent at ``sent_at`` was throttled; return True if the rate was decreased.
@@ -196,14 +202,15 @@ class AdaptiveRate:
         with self._lock:
             now = self._clock()
             self.throttles += 1
+            self._throttled.append(now)
             if sent_at < self._hold_until:
                 return False  # already reacted to the overload this call was part of
             current = self._rate_at(now)
             w_max = current
-            measured = self._admitted_rate(now)
-            if measured is not None and measured < self._beta * current:
+            admitted = self._admitted_share(now)
+            if admitted is not None and admitted < self._beta:
                 # gross overload: the share this client really gets is far below its rate
-                w_max = max(self.floor, measured / self._beta)
+                w_max = max(self.floor, current * admitted / self._beta)
             elif self._w_max is not None and w_max < self._w_max:
                 # CUBIC's fast convergence: give up share sooner when the limit is shrinking
                 # (or another instance joined), so newcomers catch up
@@ -215,16 +222,23 @@ class AdaptiveRate:
             self._hold_until = now + max(pause_s, self._hold_min)
             self._quiet_since = now + pause_s
             self._admitted.clear()
+            self._throttled.clear()
             self.decreases += 1
             return True
 
-    def _admitted_rate(self, now: float) -> float | None:
-        elapsed = min(self._window, now - self._quiet_since)
-        if elapsed < self._window / 4:
-            return None  # too short to say
-        while self._admitted and self._admitted[0] <= now - self._window:
-            self._admitted.popleft()
-        return len(self._admitted) / elapsed
+    def _admitted_share(self, now: float) -> float | None:
+        """Admitted / answered calls since the last decrease (at most one window back).
+
+        ``None`` below ``_MIN_ANSWERS`` answers: an idle client's one 429 says nothing about
+        its share."""
+        start = max(now - self._window, self._quiet_since)
+        for events in (self._admitted, self._throttled):
+            while events and events[0] <= start:
+                events.popleft()
+        answered = len(self._admitted) + len(self._throttled)
+        if answered < _MIN_ANSWERS:
+            return None
+        return len(self._admitted) / answered
 
     def snapshot(self) -> RateSnapshot:
         with self._lock:
@@ -370,11 +384,12 @@ class CircuitBreaker:
                 self.opened += 1
 
     def on_neutral(self) -> None:
-        """An answer that says nothing about availability (4xx): a probe slot is freed."""
+        """A throttle: the service is up (it answered), just busy. Closes a probe's breaker and
+        ends a run of failures, but is no success of an analysis."""
         with self._lock:
+            self._failures = 0
             if self._state is BreakerState.HALF_OPEN:
                 self._state = BreakerState.CLOSED
-                self._failures = 0
 
 
 # --------------------------------------------------------------------------- composition
