@@ -118,6 +118,10 @@ class FlowPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generics
                         reason=failure.reason, rate_per_second=self._flow.rate()),
                 failure)  # fmt: skip
             raise
+        except BaseException:
+            # not an answer either: a probe in flight must not hold the breaker half-open
+            self._flow.on_failure()
+            raise
         status = response.http_response.status_code
         error = self._classify_http(response) if status >= 400 else None
         if status == 429:

@@ -599,3 +599,22 @@ def test_the_retry_budget_stops_retries_in_a_failure_storm() -> None:
     exhausted = [a for a in attempts if a.budget_exhausted]
     assert exhausted and client.flow.budget.exhausted == len(exhausted)
     assert len(transport.requests) < calls * 4  # without the budget: 4 attempts each
+
+
+def test_a_probe_that_dies_of_a_bug_does_not_wedge_the_breaker_half_open() -> None:
+    clock = FakeClock()
+    settings = settings_with(
+        VISION_RATE_LIMIT_PER_SECOND="100", VISION_MAX_RETRIES="0",
+        VISION_BREAKER_FAILURES="1", VISION_PROBE_INTERVAL_SECONDS="5",
+    )  # fmt: skip
+    script = [Reply(503), KeyError("bug"), Reply(200, OK_BODY)]
+    client, transport = build(settings, script, clock)
+    with pytest.raises(VisionUnavailableError):
+        client.analyze(b"img", FEATURES)  # opens
+    clock.now += 5
+    with pytest.raises(KeyError):
+        client.analyze(b"img", FEATURES)  # the probe raises something that is no answer
+    assert client.flow.breaker.state.value == "open"
+    clock.now += 5
+    assert client.analyze(b"img", FEATURES).attempts == 1  # the next probe still goes out
+    assert len(transport.requests) == 3
