@@ -21,7 +21,8 @@ Reported per scenario and variant: goodput as a share of the limit (integrated o
 429 share of the emulator's calls, analyses that failed after their retries, calls per success,
 fairness (min/max goodput per instance over the time each ran), and time to re-converge: from
 the start or a change, the first second from which a 5 s window holds >= 95 % of the limit with
-<= 2 % of calls answered 429 ("never" if no window does). Charts: one SVG per scenario.
+<= 2 % of calls answered 429 ("never" if no window does). Charts: one SVG per scenario. Last,
+a simulated floor: the 429 share of instances that pace evenly at a perfectly known fair share.
 """
 
 from __future__ import annotations
@@ -247,6 +248,41 @@ def run_once(scenario: Scenario, variant: str, *, emulator: Emulator, tps: float
     return result
 
 
+# --------------------------------------------------------------------------- pacing floor
+
+
+def even_pacing_429_share(instances: int, utilisation: float, *, tps: float = 10.0,
+                          seconds: float = 200.0, seed: int = 1) -> float:  # fmt: skip
+    """Share of calls the emulator's own window refuses when K instances already know their fair
+    share and pace evenly at ``utilisation`` of it (rates 1 % apart, random phases, 0-5 ms
+    jitter): what no uncoordinated controller can beat. A simulation, no processes."""
+    import random
+
+    from devstack.vision.limits import window_for_tps
+
+    rng = random.Random(seed)
+    window = window_for_tps(tps)
+    arrivals: list[float] = []
+    for _ in range(instances):
+        rate = utilisation * tps / instances * rng.uniform(0.99, 1.01)
+        t = rng.uniform(0, 1 / rate)
+        while t < seconds:
+            arrivals.append(t + rng.uniform(0, 0.005))
+            t += 1 / rate
+    arrivals.sort()
+    refused = sum(1 for t in arrivals if window.try_acquire(t) is not None)
+    return refused / len(arrivals)
+
+
+def print_pacing_floor(tps: float) -> None:
+    shares = [(k, [even_pacing_429_share(k, u, tps=tps) for u in (0.9, 0.95, 0.98)])
+              for k in (1, 2, 4, 8)]  # fmt: skip
+    print("429 share with a perfectly known fair share, evenly paced (simulated floor):")
+    for k, values in shares:
+        print(f"  K={k}: at 90 % {100 * values[0]:.1f} %, at 95 % {100 * values[1]:.1f} %,"
+              f" at 98 % {100 * values[2]:.1f} % of the limit")
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -326,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         emulator.stop()
     report(runs, tps=args.tps, threads=args.threads, duration=duration)
+    print_pacing_floor(args.tps)
     for index, scenario in enumerate(chosen):
         path = args.charts / f"scaleout-{index + 1}.svg"
         _chart.write(path, chart_of(runs, scenario))
