@@ -18,6 +18,9 @@ The rate starts at the ceiling (``VISION_RATE_LIMIT_PER_SECOND``, else the tier'
 limit) less ``LIMITER_HEADROOM`` and adapts to this instance's share of the account's limit
 (``VISION_RATE_MODE=adaptive``), with no coordination between instances.
 
+Still one module past 450 lines: results, classification, retry rules and the client are the
+Vision seam's one vocabulary; the azure-core policies and the flow-control pieces live apart.
+
 Never log image bytes, OCR text or the key from here.
 """
 
