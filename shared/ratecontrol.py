@@ -35,7 +35,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 
 Clock = Callable[[], float]
@@ -46,7 +45,6 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "FlowControl",
-    "RateSnapshot",
     "RetryBudget",
     "TokenBucket",
 ]
@@ -116,17 +114,6 @@ class TokenBucket:
 
 #: Answers needed before the admitted share is trusted (see ``AdaptiveRate._admitted_share``).
 _MIN_ANSWERS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class RateSnapshot:
-    """What the controller currently believes, for telemetry and ``/api/status``."""
-
-    rate_per_second: float
-    ceiling_per_second: float
-    last_throttled_rate: float | None
-    throttles: int
-    decreases: int
 
 
 class AdaptiveRate:
@@ -242,16 +229,6 @@ class AdaptiveRate:
         if answered < _MIN_ANSWERS:
             return None
         return len(self._admitted) / answered
-
-    def snapshot(self) -> RateSnapshot:
-        with self._lock:
-            return RateSnapshot(
-                rate_per_second=self._rate_at(self._clock()),
-                ceiling_per_second=self.ceiling,
-                last_throttled_rate=self._w_max,
-                throttles=self.throttles,
-                decreases=self.decreases,
-            )
 
 
 # --------------------------------------------------------------------------- retry budget
