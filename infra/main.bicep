@@ -111,6 +111,8 @@ var containers = {
   images: 'images'
   results: 'results'
   failed: 'failed'
+  // Blob versions waiting out a Vision outage (re-driven automatically).
+  parked: 'parked'
   // Probe and quota results the status function reads.
   status: 'status'
   // Event Grid parks BlobCreated events here when the app cannot take them for 24 h.
@@ -167,6 +169,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
         { name: containers.images, publicAccess: 'None' }
         { name: containers.results, publicAccess: 'None' }
         { name: containers.failed, publicAccess: 'None' }
+        { name: containers.parked, publicAccess: 'None' }
         { name: containers.status, publicAccess: 'None' }
         { name: containers.deadLetter, publicAccess: 'None' }
         { name: containers.releases, publicAccess: 'None' }
@@ -254,6 +257,7 @@ module api 'app/api.bicep' = {
     imagesContainer: containers.images
     resultsContainer: containers.results
     failedContainer: containers.failed
+    parkedContainer: containers.parked
     statusContainer: containers.status
     quotaMonthlyCalls: quotaMonthlyCalls
     appVersion: appVersion

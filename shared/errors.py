@@ -7,7 +7,9 @@ A type exists only where a caller handles it differently::
     │   │                         (carries the service's Retry-After, if it sent one)
     │   ├── ThrottledError        429 / quota exhausted
     │   ├── TransientError        5xx, connection reset, storage hiccup
-    │   │   └── StorageError      reading or writing results/failed documents failed
+    │   │   ├── StorageError      reading or writing results/failed documents failed
+    │   │   └── VisionUnavailableError  Vision is down (the client's breaker is open):
+    │   │                         the pipeline parks the blob instead of spending host tries
     │   └── OperationTimeoutError connect/read timeout, 408
     └── PermanentError            never retried: written to ``failed/`` with its reason
         ├── InvalidImageError     rejected by preprocessing or by the service (reason code)
@@ -93,6 +95,14 @@ class TransientError(RetryableError):
 
 class StorageError(TransientError):
     """Reading or writing a result document failed; retrying the whole blob is safe."""
+
+
+class VisionUnavailableError(TransientError):
+    """Vision keeps failing and the client stopped calling it except for probes.
+
+    Retrying now cannot help and would only spend the host's tries (then poison); the pipeline
+    parks the blob and re-drives it once Vision answers again.
+    """
 
 
 class OperationTimeoutError(RetryableError):

@@ -11,7 +11,10 @@ Contract with the host:
   so nothing of it is written; the run for the newer version documents that one);
 * raises ``RetryableError`` (throttled / transient / timeout / storage) so the host retries and,
   after its last try, poisons the blob; unexpected exceptions propagate the same way, so a bug
-  never drops an image silently.
+  never drops an image silently;
+* returns a ``parked`` outcome when Vision is down (``VisionUnavailableError``) and
+  ``PipelineDeps.parking`` is set: the version is recorded in the parking lot and re-driven by
+  ``shared.parking.redrive`` once Vision answers, instead of spending the host's tries.
 
 Memory: the blob's size comes from its properties before any byte is read; a blob larger than
 ``PREPROCESS_MAX_INPUT_BYTES`` is rejected (``input_too_large``) from that HEAD alone, and a
@@ -38,11 +41,13 @@ from shared.errors import (
     PermanentError,
     RetryableError,
     VisionOpsError,
+    VisionUnavailableError,
     classify,
 )
 from shared.naming import printable
 from shared.outputs import OutputSummary, summarize
-from shared.preprocessing import PreprocessOptions, PreprocessRecord, preprocess
+from shared.parking import ParkingLot
+from shared.preprocessing import PreprocessOptions, PreprocessRecord, PreprocessResult, preprocess
 from shared.results import SCHEMA_VERSION, Commit, CommitResult, ResultRepository, normalize_etag
 from shared.sources import SourceBlob, SourceChanged, SourceVersion, too_large
 from shared.units import ms
@@ -81,6 +86,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     #: the version read is no longer the blob's current one: nothing written, not retried
     SUPERSEDED = "superseded"
+    PARKED = "parked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,8 @@ class PipelineDeps:
     observer: PipelineObserver = field(default_factory=NoOpObserver)
     clock: Callable[[], float] = time.perf_counter
     now: Callable[[], datetime] = _utc_now
+    #: where blobs wait while Vision is down; ``None``: raise and let the host retry
+    parking: ParkingLot | None = None
 
 
 def process_blob(blob: SourceBlob, deps: PipelineDeps) -> AnalysisOutcome:
@@ -226,6 +234,11 @@ class _Run:
             return self._reject(document, exc, stage="preprocess")
         deps.observer.on_preprocessed(source, prepared.record)
         document["preprocessing"] = prepared.record.as_dict()
+        return self._analyse_prepared(document, prepared)
+
+    def _analyse_prepared(self, document: dict[str, Any], prepared: PreprocessResult
+                          ) -> AnalysisOutcome:
+        source, deps = self.source, self.deps
 
         def on_attempt(attempt: VisionAttempt) -> None:
             deps.observer.on_vision_attempt(source, attempt)
@@ -234,7 +247,27 @@ class _Run:
             result = deps.analyzer.analyze(prepared.data, deps.features, on_attempt=on_attempt)
         except PermanentError as exc:
             return self._reject(document, exc, stage="analyze", record=prepared.record)
+        except VisionUnavailableError as exc:
+            if deps.parking is None:
+                raise
+            return self._park(deps.parking, exc)
         return self._accept(document, result, record=prepared.record)
+
+    def _park(self, lot: ParkingLot, error: VisionOpsError) -> AnalysisOutcome:
+        """Vision is down: record this version for ``shared.parking.redrive`` instead of
+        spending the host's tries (it would poison the blob before a long outage ends)."""
+        source, deps = self.source, self.deps
+        path = lot.park(source.container, source.name, source.etag, reason=error.reason,
+                        now=deps.now)  # fmt: skip
+        logger.warning("blob %s/%s parked: Vision is unavailable (%s); it is re-driven when"
+                       " Vision answers", source.container, printable(source.name),
+                       error.reason)  # fmt: skip
+        return self._finish(AnalysisOutcome(
+            status=Outcome.PARKED, container=source.container, name=source.name,
+            etag=source.etag, document=path, attempts=error.attempts,
+            duration_ms=ms(deps.clock() - self.started), error_class=error.error_class,
+            reason=error.reason, status_code=error.status_code,
+        ))  # fmt: skip
 
     def _current_etag(self) -> str | None:
         current = self.blob.properties()

@@ -53,6 +53,7 @@ from shared.errors import (
     VisionOpsError,
 )
 from shared.results import BlobDocumentStore
+from shared.settings import RateMode
 from shared.units import ms
 
 if TYPE_CHECKING:
@@ -322,6 +323,9 @@ def probe_vision_settings(settings: Settings) -> Settings:
         vision_max_retry_after_seconds=1.0,
         vision_rate_limit_per_second=1000.0,
         vision_rate_burst=1000,
+        # the probe measures Vision: it must always call it, never adapt away or be refused
+        vision_rate_mode=RateMode.STATIC,
+        vision_breaker_failures=1000,
     )  # fmt: skip
 
 

@@ -50,6 +50,7 @@ from shared.errors import StorageError
 from shared.naming import printable
 from shared.results import DocumentStore, ResultRepository, normalize_etag
 from shared.settings import STORAGE_CONNECTION, Settings, StorageConnection
+from shared.sources import SourceBlobs
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
@@ -80,14 +81,6 @@ class PoisonQueue(Protocol):
     def receive(self) -> Iterator[QueuedMessage]: ...
 
     def delete(self, message: QueuedMessage) -> None: ...
-
-
-class SourceBlobs(Protocol):
-    def current_etag(self, container: str, name: str) -> str | None: ...
-
-    def retouch(self, container: str, name: str, etag: str) -> str:
-        """Rewrite the blob unchanged under If-Match ``etag``; return its new ETag."""
-        ...
 
 
 def decode_poison(content: str) -> PoisonRef | None:

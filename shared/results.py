@@ -282,6 +282,10 @@ class BlobDocumentStore:
     def __init__(self, service: BlobServiceClient) -> None:
         self._service = service
 
+    @property
+    def service(self) -> BlobServiceClient:
+        return self._service
+
     def read_metadata(self, container: str, path: str) -> Mapping[str, str] | None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
 
     from shared.drift import Baseline
+    from shared.parking import RedriveReport
     from shared.pipeline import PipelineDeps, PipelineObserver
+    from shared.ratecontrol import FlowControl
     from shared.results import ResultRepository
     from shared.tuning_jobs import OverlayCache, ReviewContext
 
@@ -31,21 +33,31 @@ def build_pipeline_deps(
     *,
     observer: PipelineObserver | None = None,
     repository: ResultRepository | None = None,
+    flow: FlowControl | None = None,
 ) -> PipelineDeps:
+    """The pipeline's dependencies from ``settings``; ``flow`` keeps an adaptive rate
+    controller (its learned rate, budget and breaker) across a rebuild."""
+    from shared import telemetry
+    from shared.parking import ParkingLot
     from shared.pipeline import NoOpObserver, PipelineDeps
     from shared.preprocessing import PreprocessOptions
     from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
     from shared.vision import build_vision_client
 
     if repository is None:
-        store = BlobDocumentStore(blob_service_client(settings.storage))
-        repository = ResultRepository.from_settings(store, settings)
+        repository = ResultRepository.from_settings(
+            BlobDocumentStore(blob_service_client(settings.storage)), settings)
+    analyzer = build_vision_client(settings, flow=flow,
+                                   credential=None if settings.vision_key else get_credential())
+    if flow is None:  # a new controller: its rate is what the gauge reports from now on
+        telemetry.watch_vision_rate(analyzer.flow.rate)
     return PipelineDeps(
-        analyzer=build_vision_client(settings),
+        analyzer=analyzer,
         repository=repository,
         features=settings.vision_features,
         preprocess_options=PreprocessOptions.from_settings(settings),
         observer=observer or NoOpObserver(),
+        parking=ParkingLot(repository.store, settings.parked_container),
     )
 
 
@@ -82,6 +94,7 @@ class _PipelineRuntime:
     lock: threading.Lock = field(default_factory=threading.Lock)
     version: int = -1
     deps: PipelineDeps | None = None
+    effective: Settings | None = None
 
 
 @functools.cache
@@ -118,9 +131,14 @@ def get_pipeline_deps() -> PipelineDeps:
     with rt.lock:
         if rt.deps is None or overlay.version != rt.version:
             effective = apply_overlay(rt.settings, overlay)
+            # the adaptive controller's learned state survives unless its ceiling moved
+            keep = (rt.deps is not None and rt.effective is not None
+                    and rt.effective.vision_rate_limit_per_second
+                    == effective.vision_rate_limit_per_second)
+            flow = getattr(rt.deps.analyzer, "flow", None) if keep and rt.deps else None
             rt.deps = build_pipeline_deps(effective, observer=rt.observer,
-                                          repository=rt.repository)
-            rt.version = overlay.version
+                                          repository=rt.repository, flow=flow)
+            rt.version, rt.effective = overlay.version, effective
         return rt.deps
 
 
@@ -176,3 +194,23 @@ def ensure_telemetry() -> None:
     except SettingsError:
         settings = None
     telemetry.configure(settings)
+
+
+def redrive_parked() -> RedriveReport:
+    """Re-drive parked blobs with this process's Vision breaker as the gate (the timer's job)."""
+    from shared.parking import ParkingLot, redrive
+    from shared.replay import BlobSourceBlobs
+    from shared.results import BlobDocumentStore
+    from shared.vision import VisionClient
+
+    settings = get_settings()
+    deps = get_pipeline_deps()
+    lot = deps.parking or ParkingLot(deps.repository.store, settings.parked_container)
+    store = lot.store
+    if not isinstance(store, BlobDocumentStore) or not isinstance(deps.analyzer, VisionClient):
+        raise TypeError("redrive needs the real storage and Vision clients")
+    return redrive(
+        lot, blobs=BlobSourceBlobs(store.service), repository=deps.repository,
+        images_container=settings.images_container, gate=deps.analyzer.flow.breaker,
+        batch=settings.redrive_batch,
+    )  # fmt: skip

@@ -44,6 +44,8 @@ _FEATURES_BY_LOWER = {name.lower(): name for name in KNOWN_FEATURES}
 F0_CALLS_PER_SECOND = 20 / 60
 #: S1 default when VISION_RATE_LIMIT_PER_SECOND is unset (docs say 10-20 TPS; stay safe).
 S1_DEFAULT_CALLS_PER_SECOND = 10.0
+#: Parked blobs are re-driven on this schedule (six-field NCRONTAB) while Vision answers.
+DEFAULT_REDRIVE_SCHEDULE = "*/10 * * * * *"
 
 #: Pillow warns above this many pixels (``Image.MAX_IMAGE_PIXELS``); stay below it.
 PILLOW_BOMB_WARNING_PIXELS = 89_478_485
@@ -55,6 +57,14 @@ _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 class VisionTier(StrEnum):
     F0 = "F0"
     S1 = "S1"
+
+
+class RateMode(StrEnum):
+    """``adaptive``: the client finds its share of the limit; ``static``: it always sends at the
+    ceiling (one instance whose limit is known)."""
+
+    ADAPTIVE = "adaptive"
+    STATIC = "static"
 
 
 class SettingsError(ConfigError):
@@ -322,6 +332,13 @@ class Settings:
     vision_backoff_base_seconds: float = 0.5
     vision_backoff_max_seconds: float = 20.0
     vision_max_retry_after_seconds: float = 60.0
+    vision_rate_mode: RateMode = RateMode.ADAPTIVE
+    vision_retry_budget_ratio: float = 0.2
+    vision_breaker_failures: int = 5
+    vision_probe_interval_seconds: float = 5.0
+    parked_container: str = "parked"
+    redrive_schedule: str = DEFAULT_REDRIVE_SCHEDULE
+    redrive_batch: int = 200
     preprocess_max_dimension: int = 2048
     preprocess_jpeg_quality: int = 90
     preprocess_max_pixels: int = 50_000_000
@@ -337,18 +354,21 @@ class Settings:
     drift: DriftSettings = field(default_factory=DriftSettings)
 
     @property
-    def rate_limit_per_second(self) -> float:
-        """Calls per second the client-side limiter allows (explicit setting, else the tier's)."""
-        if self.vision_rate_limit_per_second is not None:
-            return self.vision_rate_limit_per_second
-        return self.tier_calls_per_second
-
-    @property
-    def tier_calls_per_second(self) -> float:
-        """The documented call rate of ``VISION_TIER`` (the one place that maps tier → rate)."""
+    def tier_limit_per_second(self) -> float:
+        """The documented limit of ``VISION_TIER`` (what one account allows, all callers; the
+        one place that maps tier → rate)."""
         if self.vision_tier is VisionTier.F0:
             return F0_CALLS_PER_SECOND
         return S1_DEFAULT_CALLS_PER_SECOND
+
+    @property
+    def rate_limit_per_second(self) -> float:
+        """The client's ceiling: ``VISION_RATE_LIMIT_PER_SECOND`` if set, else the tier's limit.
+
+        One instance never sends faster; the adaptive controller finds its share below it."""
+        if self.vision_rate_limit_per_second is not None:
+            return self.vision_rate_limit_per_second
+        return self.tier_limit_per_second
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -391,6 +411,20 @@ class Settings:
                 0.0,
                 600,
             ),
+            vision_rate_mode=p.rate_mode("VISION_RATE_MODE", d["vision_rate_mode"]),
+            vision_retry_budget_ratio=p.number(
+                "VISION_RETRY_BUDGET_RATIO", float, d["vision_retry_budget_ratio"], 0.0, 1.0
+            ),
+            vision_breaker_failures=p.number(
+                "VISION_BREAKER_FAILURES", int, d["vision_breaker_failures"], 1, 1000
+            ),
+            vision_probe_interval_seconds=p.number(
+                "VISION_PROBE_INTERVAL_SECONDS", float, d["vision_probe_interval_seconds"],
+                0.1, 3600,
+            ),
+            parked_container=p.container("PARKED_CONTAINER", d["parked_container"]),
+            redrive_schedule=p.schedule("REDRIVE_SCHEDULE", d["redrive_schedule"]),
+            redrive_batch=p.number("REDRIVE_BATCH", int, d["redrive_batch"], 1, 100_000),
             preprocess_max_dimension=p.number(
                 "PREPROCESS_MAX_DIMENSION", int, d["preprocess_max_dimension"], 64, 15_999
             ),
@@ -427,15 +461,17 @@ class Settings:
             settings.images_container,
             settings.results_container,
             settings.failed_container,
+            settings.parked_container,
         ]
         if len(set(containers)) != len(containers):
             p.problems.append(
-                "IMAGES_CONTAINER, RESULTS_CONTAINER and FAILED_CONTAINER must all differ"
+                "IMAGES_CONTAINER, RESULTS_CONTAINER, FAILED_CONTAINER and PARKED_CONTAINER must"
+                " all differ"
                 " (results written into the trigger container would trigger the function)"
             )
         if settings.health.status_container in containers:  # health block
             p.problems.append("STATUS_CONTAINER must differ from IMAGES_CONTAINER,"
-                              " RESULTS_CONTAINER and FAILED_CONTAINER")
+                              " RESULTS_CONTAINER, FAILED_CONTAINER and PARKED_CONTAINER")
         if p.problems:
             raise SettingsError(p.problems)
         return settings
@@ -684,6 +720,16 @@ class _Parser:
         except ValueError:
             allowed = ", ".join(m.value for m in enum)
             self.problems.append(f"{key} must be one of {allowed}, got {raw!r}")
+            return default
+
+    def rate_mode(self, key: str, default: RateMode) -> RateMode:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        try:
+            return RateMode(raw.lower())
+        except ValueError:
+            self.problems.append(f"{key} must be adaptive or static, got {raw!r}")
             return default
 
     def features(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:

@@ -80,6 +80,17 @@ class SourceBlob(Protocol):
     def read(self, etag: str | None, limit: int) -> bytes: ...
 
 
+class SourceBlobs(Protocol):
+    """Blobs of the images container as replay and re-drive touch them: a re-touch rewrites a
+    blob unchanged so the trigger sees a new version."""
+
+    def current_etag(self, container: str, name: str) -> str | None: ...
+
+    def retouch(self, container: str, name: str, etag: str) -> str:
+        """Rewrite the blob unchanged under If-Match ``etag``; return its new ETag."""
+        ...
+
+
 def too_large(size: int, limit: int) -> InvalidImageError:
     return InvalidImageError(
         f"{size} bytes exceeds PREPROCESS_MAX_INPUT_BYTES ({limit})", reason=INPUT_TOO_LARGE

@@ -9,7 +9,8 @@ core report (``plan``):
   (the drift rules, which compare with a baseline, run their own three queries);
 * ``status_probes``, ``status_freshness``, ``status_quota``;
 
-and four more for a dashboard's ``history`` series, plus its two drift views. Then it decides the overall state:
+and four more for a dashboard's ``history`` series, plus its two drift views. Then it decides
+the overall state:
 
 * ``unhealthy`` — an active alert of severity 0-1 (error rate, fast SLO burn, probe availability);
 * ``degraded`` — any other active alert, stale or missing telemetry, a probe whose last run
@@ -103,6 +104,9 @@ PROBES_WINDOW: Final = timedelta(hours=24)
 Q_WINDOWS: Final = "status_windows"
 Q_PROBES: Final = "status_probes"
 Q_FRESHNESS: Final = "status_freshness"
+Q_VISION_RATE: Final = "status_vision_rate"
+#: gauges are exported every minute or so; older values belong to instances that are gone
+VISION_RATE_WINDOW: Final = timedelta(minutes=5)
 Q_QUOTA: Final = "status_quota"
 Q_SERIES_REQUESTS: Final = "status_series_requests"
 Q_SERIES_VISION: Final = "status_series_vision"
@@ -190,6 +194,7 @@ class Status:
     tuning: Mapping[str, Any] | None = None
     #: the drift baseline in force (``shared.drift``)
     drift: Mapping[str, Any] | None = None
+    vision_rate: Mapping[str, Any] | None = None
 
     @property
     def active_alerts(self) -> tuple[AlertState, ...]:
@@ -216,6 +221,8 @@ class Status:
             body["tuning"] = dict(self.tuning)
         if self.drift is not None:
             body["drift"] = dict(self.drift)
+        if self.vision_rate is not None:
+            body["vision_rate"] = dict(self.vision_rate)
         cleaned: dict[str, Any] = _jsonable(body)
         return cleaned
 
@@ -223,7 +230,7 @@ class Status:
 def plan(
     settings: Settings, *, baseline: Baseline | None = None, now: datetime | None = None,
 ) -> tuple[list[QuerySpec], tuple[AlertRule, ...]]:
-    """Every query of the core report (five, plus one per rule the shared scan does not cover:
+    """Every query of the core report (six, plus one per rule the shared scan does not cover:
     the drift rules), and the alert rules they evaluate."""
     rules = alert_rules(settings, baseline=baseline, now=now)
     requests = [
@@ -232,6 +239,7 @@ def plan(
         QuerySpec(Q_PROBES, timespan=PROBES_WINDOW),
         QuerySpec(Q_FRESHNESS, timespan=timedelta(hours=24)),
         QuerySpec(Q_QUOTA, timespan=timedelta(days=2)),
+        QuerySpec(Q_VISION_RATE, timespan=VISION_RATE_WINDOW),
     ]
     # A rule the shared scan does not cover is still evaluated, with its own query.
     requests += [QuerySpec(r.query, r.params, r.window, key=f"alert:{r.name}")
@@ -340,6 +348,7 @@ def build_status(
         alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings),
         tuning=_tuning(tuning_loader),
         drift=_drift(settings, baseline, now, rows if history is not None else None),
+        vision_rate=_vision_rate(rows(Q_VISION_RATE), settings),
     )
     if history is not None:
         report = replace(report, series=_series(history, rows))
@@ -514,6 +523,22 @@ def _quota(
             asdict(loaded) if is_dataclass(loaded) and not isinstance(loaded, type) else loaded)
         out["source"] = "quota_check"
     return out
+
+
+def _vision_rate(rows: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """What the instances send together against the tier's documented limit."""
+    row = rows[0] if rows else {}
+    effective = _num(row.get("effective_per_second"))
+    limit = settings.tier_limit_per_second
+    return {
+        "mode": settings.vision_rate_mode.value,
+        "tier_limit_per_second": round(limit, 4),
+        "ceiling_per_second": round(settings.rate_limit_per_second, 4),
+        "instances": _int(row.get("instances")),
+        "effective_per_second": effective,
+        "share_of_limit": round(effective / limit, 4) if effective is not None else None,
+        "reported_at": _iso(row.get("reported")),
+    }
 
 
 def _load_quota(settings: Settings, loader: QuotaLoader | None) -> Any:

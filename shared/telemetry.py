@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
@@ -80,7 +80,7 @@ from shared.settings import secret_values
 
 if TYPE_CHECKING:
     from opentelemetry._logs import Logger
-    from opentelemetry.metrics import Counter, Histogram, Meter
+    from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
     from opentelemetry.trace import Span, Tracer
 
     from shared.errors import Disposition
@@ -153,6 +153,7 @@ ATTR_VISION_INNER_CODE: Final = "vision.inner_code"
 ATTR_VISION_RETRY_AFTER_S: Final = "vision.retry_after_s"
 ATTR_VISION_BACKOFF_S: Final = "vision.backoff_s"
 ATTR_VISION_LIMITER_WAIT_MS: Final = "vision.limiter_wait_ms"
+ATTR_VISION_RATE: Final = "vision.rate_per_second"
 ATTR_VISION_IMAGE_BYTES: Final = "vision.image_bytes"
 
 # For the probes and quota issues: reserve the namespaces here, in one place.
@@ -198,6 +199,9 @@ METRIC_VISION_ATTEMPT_DURATION: Final = "vision.attempt.duration"
 METRIC_VISION_RETRIES: Final = "vision.retries"
 METRIC_VISION_THROTTLES: Final = "vision.throttles"
 METRIC_LIMITER_WAIT: Final = "vision.rate_limiter.wait"
+METRIC_VISION_RATE: Final = "vision.rate.effective"
+METRIC_VISION_BUDGET_EXHAUSTED: Final = "vision.retry_budget.exhausted"
+METRIC_VISION_BREAKER_REFUSED: Final = "vision.breaker.refused"
 
 #: ``pipeline.outcome`` of an invocation that raised (the host retries it, then poisons).
 OUTCOME_FAILED: Final = "failed"
@@ -786,6 +790,8 @@ class Instruments:
     vision_retries: Counter
     vision_throttles: Counter
     limiter_wait: Histogram
+    vision_budget_exhausted: Counter
+    vision_breaker_refused: Counter
 
 
 @functools.cache
@@ -815,7 +821,42 @@ def instruments() -> Instruments:
             METRIC_VISION_THROTTLES, unit="{attempt}", description="Vision attempts answered 429"),
         limiter_wait=m.create_histogram(
             METRIC_LIMITER_WAIT, unit="ms", description="Wait for a client-side rate-limit token"),
+        vision_budget_exhausted=m.create_counter(
+            METRIC_VISION_BUDGET_EXHAUSTED, unit="{call}",
+            description="Vision calls not retried because the retry budget was spent"),
+        vision_breaker_refused=m.create_counter(
+            METRIC_VISION_BREAKER_REFUSED, unit="{call}",
+            description="Vision calls not sent because the breaker was open"),
     )
+
+
+#: What reports this process's current Vision sending rate (calls/s); set by the composition
+#: root once the client exists. A gauge, observed at each export.
+_RATE_SOURCES: list[Callable[[], float]] = []
+_RATE_GAUGE_LOCK = threading.Lock()
+
+
+def watch_vision_rate(source: Callable[[], float]) -> None:
+    """Export ``source()`` as the gauge ``vision.rate.effective`` (calls per second)."""
+    with _RATE_GAUGE_LOCK:
+        first = not _RATE_SOURCES
+        _RATE_SOURCES.append(source)
+        if first:
+            get_meter().create_observable_gauge(
+                METRIC_VISION_RATE, callbacks=[_observe_rates], unit="{call}/s",
+                description="The Vision client's current sending rate (adaptive, per instance)")
+
+
+def _observe_rates(options: CallbackOptions) -> Iterable[Observation]:
+    from opentelemetry.metrics import Observation
+
+    observed = []
+    for source in list(_RATE_SOURCES):
+        try:
+            observed.append(Observation(float(source())))
+        except Exception:  # telemetry never breaks the app
+            logger.debug("vision rate source failed", exc_info=True)
+    return observed
 
 
 @dataclass(slots=True)
@@ -1105,6 +1146,13 @@ class TelemetryObserver:
 
     @_safe
     def on_vision_attempt(self, source: BlobInput, attempt: VisionAttempt) -> None:
+        ins = instruments()
+        if attempt.reason == "circuit_open":
+            # refused locally: no call went out, so no dependency span (KPIs count those)
+            ins.vision_breaker_refused.add(1)
+            return
+        if attempt.budget_exhausted:
+            ins.vision_budget_exhausted.add(1)
         throttled = attempt.status_code == 429
         attributes: dict[str, object] = {
             HTTP_REQUEST_METHOD: "POST",
@@ -1119,6 +1167,7 @@ class TelemetryObserver:
             ATTR_VISION_WILL_RETRY: attempt.will_retry,
             ATTR_VISION_IMAGE_BYTES: attempt.image_bytes,
             ATTR_VISION_LIMITER_WAIT_MS: attempt.limiter_wait_ms,
+            ATTR_VISION_RATE: attempt.rate_per_second,
             ATTR_VISION_ERROR_CLASS: attempt.error_class.value if attempt.error_class else None,
             ATTR_VISION_REASON: attempt.reason,
             ATTR_VISION_ERROR_CODE: attempt.error_code,
@@ -1131,7 +1180,6 @@ class TelemetryObserver:
             SPAN_VISION_ANALYZE, kind=SpanKind.CLIENT, duration_ms=attempt.duration_ms,
             attributes=attributes,
             error=None if attempt.succeeded else (attempt.reason or "error"))
-        ins = instruments()
         dims = {ATTR_VISION_ERROR_CLASS: attempt.error_class.value if attempt.error_class
                 else "none"}
         ins.vision_attempt_duration.record(attempt.duration_ms, dims)
@@ -1248,4 +1296,5 @@ __all__ = [
     "shutdown",
     "track_availability",
     "track_event",
+    "watch_vision_rate",
 ]

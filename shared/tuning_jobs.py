@@ -351,7 +351,7 @@ def run_review(ctx: ReviewContext, *, mode: Mode | None = None) -> Review | None
         result = review(
             current_values(effective, ctx.host_concurrency), evidence,
             review_id=f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
-            created_at=now.isoformat(), mode=mode, tier_limit=ctx.settings.tier_calls_per_second,
+            created_at=now.isoformat(), mode=mode, tier_limit=ctx.settings.tier_limit_per_second,
             overlay=overlay, kpi_since_change=after, policy=policy)
         if mode is not Mode.APPLY:
             break

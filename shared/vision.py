@@ -1,20 +1,25 @@
-"""The Vision client: Image Analysis 4.0 behind a small Protocol, with retries and a rate limiter.
+"""The Vision client: Image Analysis 4.0 behind a small Protocol, with adaptive flow control.
 
 ``VisionAnalyzer`` is the seam the pipeline depends on; unit tests pass a hand-written fake.
-``RetryingVisionClient`` is the real implementation. It owns the retry loop instead of
-azure-core's ``RetryPolicy`` because every attempt must (a) take a token from the client-side
-rate limiter — retries that skip the limiter are what turn one 429 into a storm — and (b) be
-reported to the observer with its classification. The SDK's own retries are therefore switched
-off (``RetryPolicy.no_retries()``); transport timeouts (connect/read) come from settings.
+``VisionClient`` is the real implementation: the SDK's ``ImageAnalysisClient`` whose azure-core
+pipeline carries our retry policy and a per-attempt flow policy (``shared.vision_policies``), so
+there is one retry loop — azure-core's — and every attempt takes a token from the client's
+rate limiter and is reported to the observer with its classification.
 
 Retry rules: exponential backoff with full jitter (``uniform(0, min(cap, base * 2**n))``),
-never sooner than the service's ``Retry-After`` (429, 503 and 408 alike), which also pauses the
-rate limiter; only throttled/transient/timeout errors are retried, never 400/401/403/404. A
-``Retry-After`` longer than ``VISION_MAX_RETRY_AFTER_SECONDS`` ends the local loop (the host
-retries the blob later).
+never sooner than the service's ``Retry-After`` (429, 503 and 408 alike); only
+throttled/transient/timeout errors are retried, never 400/401/403/404. A ``Retry-After`` longer
+than ``VISION_MAX_RETRY_AFTER_SECONDS`` ends the local loop (the host retries the blob later).
+Retries of failed calls spend a retry budget; a breaker stops calls to a service that is down
+(``shared.ratecontrol``), and the call then raises ``VisionUnavailableError`` so the pipeline
+parks the blob.
 
-The token bucket is sized from the tier (F0: 20/min; S1: ``VISION_RATE_LIMIT_PER_SECOND``)
-less ``LIMITER_HEADROOM``, and is per process: with N instances, set the limit to quota / N.
+The rate starts at the ceiling (``VISION_RATE_LIMIT_PER_SECOND``, else the tier's documented
+limit) less ``LIMITER_HEADROOM`` and adapts to this instance's share of the account's limit
+(``VISION_RATE_MODE=adaptive``), with no coordination between instances.
+
+Still one module past 450 lines: results, classification, retry rules and the client are the
+Vision seam's one vocabulary; the azure-core policies and the flow-control pieces live apart.
 
 Never log image bytes, OCR text or the key from here.
 """
@@ -23,15 +28,14 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import math
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from shared.errors import (
     AuthError,
@@ -39,25 +43,33 @@ from shared.errors import (
     ErrorClass,
     InvalidImageError,
     OperationTimeoutError,
-    RetryableError,
     ThrottledError,
     TransientError,
     VisionOpsError,
+    VisionUnavailableError,
 )
+from shared.ratecontrol import (
+    BreakerState,
+    CircuitBreaker,
+    Clock,
+    FlowControl,
+    RetryBudget,
+    Sleep,
+    TokenBucket,
+)
+from shared.settings import RateMode
 from shared.units import ms
 
 if TYPE_CHECKING:
     from azure.ai.vision.imageanalysis import ImageAnalysisClient
     from azure.core.credentials import TokenCredential
     from azure.core.exceptions import AzureError
+    from azure.core.pipeline import PipelineRequest, PipelineResponse
     from azure.core.pipeline.transport import HttpTransport
 
     from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], None]
 
 
 # --------------------------------------------------------------------------- results
@@ -79,6 +91,10 @@ class VisionAttempt:
     inner_code: str | None = None
     retry_after_s: float | None = None
     backoff_s: float | None = None
+    #: the client's sending rate (calls/s) when the attempt went out
+    rate_per_second: float | None = None
+    #: the last attempt of a call that the retry budget did not allow to be retried
+    budget_exhausted: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -116,14 +132,6 @@ class VisionAnalyzer(Protocol):
     ) -> VisionResult: ...
 
 
-class AnalyzeCall(Protocol):
-    """One un-retried call to the service; returns its JSON as a dict.
-
-    Raises azure-core exceptions (the real SDK) or ``VisionOpsError`` (fakes)."""
-
-    def __call__(self, image: bytes, features: Sequence[str]) -> Mapping[str, Any]: ...
-
-
 # --------------------------------------------------------------------------- rate limiter
 
 #: The service counts *arrivals* in a rolling one-second window with no burst allowance; the
@@ -135,69 +143,21 @@ class AnalyzeCall(Protocol):
 LIMITER_HEADROOM = 0.02
 
 
-class TokenBucket:
-    """Thread-safe token bucket (GCRA form): ``rate`` tokens per second, ``burst`` at most.
-
-    ``acquire()`` reserves the next slot under a lock and sleeps *outside* it, so callers on
-    the worker's thread pool queue up in order without holding each other. ``pause()`` pushes
-    the next slot out, e.g. when the service answered 429 with ``Retry-After``.
-    """
-
-    def __init__(
-        self,
-        rate_per_second: float,
-        burst: int = 1,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = time.sleep,
-    ) -> None:
-        if rate_per_second <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst >= 1")
-        self._interval = 1.0 / rate_per_second
-        self._tolerance = (burst - 1) * self._interval
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._tat = -math.inf  # theoretical arrival time of the next conforming request
-
-    @property
-    def rate_per_second(self) -> float:
-        return 1.0 / self._interval
-
-    def reserve(self) -> float:
-        """Take the next slot; return how long the caller must wait for it (seconds)."""
-        with self._lock:
-            now = self._clock()
-            tat = max(self._tat, now)
-            slot = max(now, tat - self._tolerance)
-            self._tat = tat + self._interval
-            return slot - now
-
-    def acquire(self) -> float:
-        """Block until a token is available; return the seconds waited."""
-        wait = self.reserve()
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-    def pause(self, seconds: float) -> None:
-        """Issue no new slot for ``seconds`` (already-reserved slots are kept)."""
-        with self._lock:
-            self._tat = max(self._tat, self._clock() + seconds + self._tolerance)
-
 
 # --------------------------------------------------------------------------- retry policy
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryRules:
+    """How many attempts, how long between them (the azure-core policy asks these)."""
+
     max_retries: int = 4
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 20.0
     max_retry_after_seconds: float = 60.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
+    def from_settings(cls, settings: Settings) -> RetryRules:
         return cls(
             max_retries=settings.vision_max_retries,
             backoff_base_seconds=settings.vision_backoff_base_seconds,
@@ -327,25 +287,27 @@ def classify_azure_error(exc: AzureError) -> VisionOpsError:
 # --------------------------------------------------------------------------- client
 
 
-class RetryingVisionClient:
-    """``VisionAnalyzer`` over any ``AnalyzeCall``: limiter, retries, classification."""
+class VisionClient:
+    """``VisionAnalyzer`` over the SDK client whose pipeline holds our policies."""
 
     def __init__(
         self,
-        call: AnalyzeCall,
+        client: ImageAnalysisClient,
+        flow: FlowControl,
         *,
-        limiter: TokenBucket,
-        policy: RetryPolicy,
+        language: str | None,
+        model_version: str | None,
+        connection_timeout: float,
+        read_timeout: float,
         clock: Clock = time.perf_counter,
-        sleep: Sleep = time.sleep,
-        rng: random.Random | None = None,
     ) -> None:
-        self._call = call
-        self._limiter = limiter
-        self._policy = policy
+        self._client = client
+        self.flow = flow
+        self._language = language
+        self._model_version = model_version
+        self._connection_timeout = connection_timeout
+        self._read_timeout = read_timeout
         self._clock = clock
-        self._sleep = sleep
-        self._rng = rng or random.Random()
 
     def analyze(
         self,
@@ -354,106 +316,78 @@ class RetryingVisionClient:
         *,
         on_attempt: AttemptHook | None = None,
     ) -> VisionResult:
+        from azure.ai.vision.imageanalysis.models import VisualFeatures
         from azure.core.exceptions import AzureError
+
+        from shared.vision_policies import ATTEMPT_HOOK_OPTION, CircuitOpenError
 
         features = tuple(features)
         started = self._clock()
-        limiter_wait = 0.0
-        attempt = 0
-        while True:
-            attempt += 1
-            wait = self._limiter.acquire()
-            limiter_wait += wait
-            t0 = self._clock()
-            try:
-                payload = self._call(image, features)
-            except (VisionOpsError, AzureError) as exc:
-                error = exc if isinstance(exc, VisionOpsError) else classify_azure_error(exc)
-                error.attempts = attempt
-                backoff = self._backoff(attempt, error)
-                if on_attempt is not None:
-                    on_attempt(VisionAttempt(
-                        attempt=attempt, features=features, image_bytes=len(image),
-                        duration_ms=ms(self._clock() - t0), limiter_wait_ms=ms(wait),
-                        status_code=error.status_code, error_class=error.error_class,
-                        reason=error.reason, error_code=error.error_code,
-                        inner_code=error.inner_code, retry_after_s=_retry_after(error),
-                        backoff_s=backoff,
-                    ))  # fmt: skip
-                if backoff is None:
-                    if error is exc:
-                        raise
-                    raise error from exc
-                logger.info(
-                    "vision attempt %d failed (%s/%s); retrying in %.2fs",
-                    attempt, error.error_class, error.reason, backoff,
-                )  # fmt: skip
-                retry_after = _retry_after(error)
-                if retry_after:
-                    self._limiter.pause(retry_after)
-                self._sleep(backoff)
-                continue
+        seen: list[VisionAttempt] = []
+
+        def hook(attempt: VisionAttempt) -> None:
+            seen.append(attempt)
             if on_attempt is not None:
-                on_attempt(VisionAttempt(
-                    attempt=attempt, features=features, image_bytes=len(image),
-                    duration_ms=ms(self._clock() - t0), limiter_wait_ms=ms(wait),
-                    status_code=200,
-                ))  # fmt: skip
-            model_version = payload.get("modelVersion")
-            return VisionResult(
-                payload=payload,
-                model_version=model_version if isinstance(model_version, str) else None,
-                features=features,
-                attempts=attempt,
-                duration_ms=ms(self._clock() - started),
-                limiter_wait_ms=ms(limiter_wait),
+                on_attempt(attempt)
+
+        options: dict[str, Any] = {ATTEMPT_HOOK_OPTION: hook}
+        try:
+            result = self._client.analyze(
+                image_data=image,
+                visual_features=[VisualFeatures(name) for name in features],
+                language=self._language,
+                model_version=self._model_version,
+                connection_timeout=self._connection_timeout,  # passed through to the transport
+                read_timeout=self._read_timeout,
+                **options,
             )
-
-    def _backoff(self, attempt: int, error: VisionOpsError) -> float | None:
-        """Seconds to wait before the next attempt, or ``None`` to give up now."""
-        if not error.retryable or attempt > self._policy.max_retries:
-            return None
-        retry_after = _retry_after(error)
-        if retry_after is not None and retry_after > self._policy.max_retry_after_seconds:
-            return None
-        return self._policy.delay(attempt, retry_after, self._rng)
-
-
-def _retry_after(error: VisionOpsError) -> float | None:
-    return error.retry_after if isinstance(error, RetryableError) else None
-
-
-
-class SdkAnalyzeCall:
-    """``AnalyzeCall`` over ``azure.ai.vision.imageanalysis.ImageAnalysisClient``."""
-
-    def __init__(
-        self,
-        client: ImageAnalysisClient,
-        *,
-        language: str | None,
-        model_version: str | None,
-        connection_timeout: float,
-        read_timeout: float,
-    ) -> None:
-        self._client = client
-        self._language = language
-        self._model_version = model_version
-        self._connection_timeout = connection_timeout
-        self._read_timeout = read_timeout
-
-    def __call__(self, image: bytes, features: Sequence[str]) -> Mapping[str, Any]:
-        from azure.ai.vision.imageanalysis.models import VisualFeatures
-
-        result = self._client.analyze(
-            image_data=image,
-            visual_features=[VisualFeatures(name) for name in features],
-            language=self._language,
-            model_version=self._model_version,
-            connection_timeout=self._connection_timeout,  # passed through to the transport
-            read_timeout=self._read_timeout,
+        except CircuitOpenError as exc:
+            raise VisionUnavailableError(
+                "Vision is failing; the call was not sent", reason="circuit_open",
+                attempts=len(seen),
+            ) from exc  # fmt: skip
+        except AzureError as exc:
+            error = classify_azure_error(exc)
+            error.attempts = len(seen)
+            if error.retryable and self.flow.breaker.state is not BreakerState.CLOSED:
+                raise VisionUnavailableError(
+                    error.message, reason="vision_unavailable", status_code=error.status_code,
+                    error_code=error.error_code, inner_code=error.inner_code,
+                    attempts=len(seen),
+                ) from exc  # fmt: skip
+            if seen and seen[-1].budget_exhausted:
+                error.reason = f"{error.reason}_retry_budget_exhausted"
+            raise error from exc
+        payload = result.as_dict()
+        model_version = payload.get("modelVersion")
+        return VisionResult(
+            payload=payload,
+            model_version=model_version if isinstance(model_version, str) else None,
+            features=features,
+            attempts=len(seen),
+            duration_ms=ms(self._clock() - started),
+            limiter_wait_ms=sum(a.limiter_wait_ms for a in seen),
         )
-        return result.as_dict()
+
+
+def build_flow_control(
+    settings: Settings, *, clock: Clock = time.monotonic, sleep: Sleep = time.sleep
+) -> FlowControl:
+    """Rate, retry budget and breaker of one client, from settings."""
+    return FlowControl(
+        ceiling=settings.rate_limit_per_second,
+        adaptive=settings.vision_rate_mode is RateMode.ADAPTIVE,
+        burst=settings.vision_rate_burst,
+        headroom=LIMITER_HEADROOM,
+        budget=RetryBudget(ratio=settings.vision_retry_budget_ratio, clock=clock),
+        breaker=CircuitBreaker(
+            failure_threshold=settings.vision_breaker_failures,
+            probe_interval_s=settings.vision_probe_interval_seconds,
+            clock=clock,
+        ),
+        clock=clock,
+        sleep=sleep,
+    )
 
 
 def build_vision_client(
@@ -465,11 +399,16 @@ def build_vision_client(
     sleep: Sleep = time.sleep,
     limiter_clock: Clock = time.monotonic,
     rng: random.Random | None = None,
-) -> RetryingVisionClient:
-    """The real client from settings: key auth when ``VISION_KEY`` is set, else Entra ID."""
+    flow: FlowControl | None = None,
+) -> VisionClient:
+    """The real client from settings: key auth when ``VISION_KEY`` is set, else Entra ID.
+
+    ``flow`` reuses a rate controller (a client rebuilt for new tunables keeps what it learnt).
+    """
     from azure.ai.vision.imageanalysis import ImageAnalysisClient
     from azure.core.credentials import AzureKeyCredential
-    from azure.core.pipeline.policies import RetryPolicy as CoreRetryPolicy
+
+    from shared.vision_policies import AdaptiveRetryPolicy, FlowPolicy
 
     auth: AzureKeyCredential | TokenCredential
     if settings.vision_key:
@@ -480,24 +419,55 @@ def build_vision_client(
         from azure.identity import DefaultAzureCredential
 
         auth = DefaultAzureCredential()
-    options: dict[str, Any] = {"retry_policy": CoreRetryPolicy.no_retries()}
+    flow = flow or build_flow_control(settings, clock=limiter_clock, sleep=sleep)
+    options: dict[str, Any] = {
+        "retry_policy": AdaptiveRetryPolicy(
+            RetryRules.from_settings(settings), flow, sleep=sleep, rng=rng
+        ),
+        "per_retry_policies": [
+            FlowPolicy(flow, features=_request_features, classify_http=_classify_response,
+                       classify_error=classify_azure_error),
+        ],
+    }  # fmt: skip
     if transport is not None:
         options["transport"] = transport
     client = ImageAnalysisClient(settings.vision_endpoint, auth, **options)
-    call = SdkAnalyzeCall(
-        client,
-        language=settings.vision_language,
+    return VisionClient(
+        client, flow, language=settings.vision_language,
         model_version=settings.vision_model_version,
         connection_timeout=settings.vision_connect_timeout_seconds,
-        read_timeout=settings.vision_timeout_seconds,
-    )
-    limiter = TokenBucket(
-        settings.rate_limit_per_second * (1.0 - LIMITER_HEADROOM),
-        settings.vision_rate_burst,
-        clock=limiter_clock,
-        sleep=sleep,
-    )
-    return RetryingVisionClient(
-        call, limiter=limiter, policy=RetryPolicy.from_settings(settings), clock=clock,
-        sleep=sleep, rng=rng,
+        read_timeout=settings.vision_timeout_seconds, clock=clock,
     )  # fmt: skip
+
+
+def _request_features(request: PipelineRequest[Any]) -> tuple[str, ...]:
+    query = parse_qs(urlsplit(request.http_request.url).query)
+    return tuple(name for value in query.get("features", []) for name in value.split(",") if name)
+
+
+def _classify_response(response: PipelineResponse[Any, Any]) -> VisionOpsError:
+    from shared.vision_policies import error_body
+
+    code, inner, message = error_body(response)
+    http = response.http_response
+    return classify_http(
+        http.status_code, error_code=code, inner_code=inner, message=message,
+        retry_after=parse_retry_after(dict(http.headers or {})),
+    )  # fmt: skip
+
+
+__all__ = [
+    "LIMITER_HEADROOM",
+    "AttemptHook",
+    "RetryRules",
+    "TokenBucket",
+    "VisionAnalyzer",
+    "VisionAttempt",
+    "VisionClient",
+    "VisionResult",
+    "build_flow_control",
+    "build_vision_client",
+    "classify_azure_error",
+    "classify_http",
+    "parse_retry_after",
+]

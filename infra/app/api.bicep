@@ -23,6 +23,7 @@ param visionRateLimitPerSecond string = ''
 param imagesContainer string
 param resultsContainer string
 param failedContainer string
+param parkedContainer string
 param statusContainer string
 
 @description('Calls per month the quota check measures against: F0\'s free volume, or your S1 budget.')
@@ -117,6 +118,11 @@ var appSettings = {
   VISION_BACKOFF_BASE_SECONDS: '0.5'
   VISION_BACKOFF_MAX_SECONDS: '20'
   VISION_MAX_RETRY_AFTER_SECONDS: '60'
+  // Adaptive rate, retry budget and breaker: the rate finds each instance's share by itself.
+  VISION_RATE_MODE: 'adaptive'
+  VISION_RETRY_BUDGET_RATIO: '0.2'
+  VISION_BREAKER_FAILURES: '5'
+  VISION_PROBE_INTERVAL_SECONDS: '5'
 
   // Preprocessing (docs/pipeline.md).
   PREPROCESS_MAX_DIMENSION: '2048'
@@ -128,7 +134,11 @@ var appSettings = {
   IMAGES_CONTAINER: imagesContainer
   RESULTS_CONTAINER: resultsContainer
   FAILED_CONTAINER: failedContainer
+  PARKED_CONTAINER: parkedContainer
   STATUS_CONTAINER: statusContainer
+  // Blobs parked during a Vision outage are re-driven on this schedule once it answers.
+  REDRIVE_SCHEDULE: '*/10 * * * * *'
+  REDRIVE_BATCH: '200'
 
   // Synthetic probes and the quota check (NCRONTAB, seconds first; the host resolves %…%).
   PROBE_SCHEDULE: '0 */5 * * * *'

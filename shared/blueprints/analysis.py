@@ -1,4 +1,5 @@
 """Blob-triggered analysis: a thin adapter from the trigger's ``BlobClient`` to ``process_blob``.
+Also the timer that re-drives blobs parked while Vision was down (``shared.parking``).
 
 The trigger parameter is an SDK type (``azurefunctions-extensions-bindings-blob``): the worker
 declares the binding as deferred, so the host never reads the blob — it sends the blob's
@@ -64,3 +65,15 @@ def run_analysis(source: SourceBlob, context: func.Context) -> None:
         blob=(source.container, source.name),
     ):  # synthetic or not is known once the pipeline read the blob's marker (on_started)
         process_blob(source, get_pipeline_deps())
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%REDRIVE_SCHEDULE%", run_on_startup=False)
+def redrive_parked(timer: func.TimerRequest, context: func.Context) -> None:
+    """Bring blobs parked during a Vision outage back once Vision answers (no operator)."""
+    # No request span of its own: it runs every few seconds and would crowd the KPI queries;
+    # the blobs it re-drives get their own spans when they are analysed.
+    from shared.runtime import ensure_telemetry
+    from shared.runtime import redrive_parked as run
+
+    ensure_telemetry()
+    run()

@@ -45,6 +45,10 @@ SETTINGS = {
     "VISION_BACKOFF_BASE_SECONDS": "0.05",
     "VISION_BACKOFF_MAX_SECONDS": "0.5",
     "VISION_MAX_RETRY_AFTER_SECONDS": "10",
+    # This run measures retries and exactly-once against random faults. At a third of calls
+    # failing, five failures in a row happen by chance; the breaker would then park blobs and
+    # re-drive them under new ETags (test_pipeline_outage.py covers that path).
+    "VISION_BREAKER_FAILURES": "1000",
 }
 _NOT_PROCESSED = re.compile(r"blob images/(?P<name>\S+) not processed \((?P<reason>[^)]+)\)")
 

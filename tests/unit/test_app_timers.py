@@ -1,5 +1,6 @@
-"""The app's own timers (probes, quota) on the schedules the example settings give them, driven
-by the local host's timer driver with a fake clock: an hour passes in milliseconds."""
+"""The app's own timers (probes, quota, re-drive of parked blobs) on the schedules the example
+settings give them, driven by the local host's timer driver with a fake clock: an hour passes in
+milliseconds."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def test_probe_and_quota_timers_fire_on_their_schedules(tmp_path: Path) -> None:
     assert schedules == {"PROBE_SCHEDULE": "0 */5 * * * *",
                          "PROBE_E2E_SCHEDULE": "30 */10 * * * *",
                          "QUOTA_SCHEDULE": "0 7 * * * *",
-                         "TUNING_SCHEDULE": "0 15 3 * * *"}
+                         "TUNING_SCHEDULE": "0 15 3 * * *",
+                         "REDRIVE_SCHEDULE": "*/10 * * * * *"}
     clock = FakeClock(T0)
     environ = {**os.environ, **schedules}
     host = Host(HostOptions(script_root=REPO_ROOT, state_dir=tmp_path / "state",
@@ -63,4 +65,7 @@ def test_probe_and_quota_timers_fire_on_their_schedules(tmp_path: Path) -> None:
     assert times("e2e_probe") == every(0, 10, 30)
     assert times("quota_check") == ["00:07:00", "01:07:00", "02:07:00", "03:07:00"]
     assert times("tuning_review") == ["03:15:00"]
+    redrives = times("redrive_parked")
+    assert redrives[:3] == ["00:00:10", "00:00:20", "00:00:30"] and redrives[-1] == "03:19:50"
+    assert len(redrives) == 1199  # every 10 s for 3 h 20 min
     assert not any(f.past_due for fires in fired.values() for f in fires)

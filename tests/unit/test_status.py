@@ -159,8 +159,8 @@ def report(settings: Settings, answers: Mapping[str, Any], **kwargs: Any) -> dic
     runner = FakeRunner(answers)
     out = build_status(settings, runner, now=NOW, quota_loader=lambda _s: None, **kwargs)
     history = kwargs.get("history")
-    # five core queries and the three drift rules' own; a window's series four, its drift two
-    assert runner.queries == 8 + (6 if history else 0), "eight queries per report (+6 series)"
+    # six core queries and the three drift rules' own; a window's series four, its drift two
+    assert runner.queries == 9 + (6 if history else 0), "nine queries per report (+6 series)"
     body = out.to_json()
     json.dumps(body, allow_nan=False)
     validate(body, SCHEMA)
@@ -194,11 +194,11 @@ def test_healthy_report_maps_every_number(settings: Settings) -> None:
     assert "series" not in body
 
 
-def test_a_report_is_eight_single_queries_and_a_series_four(settings: Settings) -> None:
+def test_a_report_is_nine_single_queries_and_a_series_four(settings: Settings) -> None:
     requests, rules = plan(settings)
     assert [r.name for r in requests] == [
         "status_windows", "status_alerts", "status_probes", "status_freshness", "status_quota",
-        "drift_input", "drift_output", "drift_model_version"]
+        "status_vision_rate", "drift_input", "drift_output", "drift_model_version"]
     assert len({r.key for r in requests}) == len(requests)
     assert requests[0].timespan == timedelta(hours=24)
     alerts = requests[1]
@@ -414,17 +414,17 @@ def test_callers_share_one_report_per_ttl_then_get_it_stale_while_it_refreshes(
         wired: FakeRunner, ticks: Ticks) -> None:
     for _ in range(5):
         assert call(http("status")).status_code == 200
-    assert wired.queries == 8  # five callers, one report of eight queries
+    assert wired.queries == 9  # five callers, one report of nine queries
     ticks.now += 12
     response = call(http("status"))
-    assert response.headers["Age"] == "12" and wired.queries == 8
+    assert response.headers["Age"] == "12" and wired.queries == 9
     ticks.now += 20  # 32 s old: stale; served at once while one refresh runs
     body = json.loads(call(http("status")).get_body())
     assert body["cache"]["stale"] is True and body["cache"]["age_s"] == 32.0
-    wait_until(lambda: wired.queries == 16, "the refresh")
+    wait_until(lambda: wired.queries == 18, "the refresh")
     wait_until(lambda: not json.loads(call(http("status")).get_body())["cache"]["stale"],
                "the refreshed report")
-    assert wired.queries == 16
+    assert wired.queries == 18
 
 
 def test_a_throttled_refresh_serves_the_last_report_stale_and_backs_off(
@@ -530,7 +530,7 @@ def test_dashboard_is_self_contained() -> None:
     # no URL to anywhere but our own relative endpoints
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)
     assert "fetch(`status?" in html
-    for chart in ("latency", "success", "throughput", "availability", "quota", "errors"):
+    for chart in ("latency", "success", "throughput", "availability", "quota", "rate", "errors"):
         assert f'data-chart="{chart}"' in html
 
 
@@ -656,3 +656,21 @@ def test_a_failing_baseline_loader_falls_back_to_rolling(settings: Settings) -> 
     body = report(settings, healthy_answers(), baseline_loader=broken)
     assert body["drift"]["baseline"]["kind"] == "rolling"
     assert "distribution" not in body["drift"]
+
+
+def test_vision_rate_is_the_sum_of_instances_against_the_tier_limit(settings: Settings) -> None:
+    answers = healthy_answers()
+    answers["status_vision_rate"] = [{"instances": 3, "effective_per_second": 9.4,
+                                      "reported": NOW - timedelta(seconds=30)}]  # fmt: skip
+    rate = report(settings, answers)["vision_rate"]
+    assert (rate["mode"], rate["instances"], rate["effective_per_second"]) == ("adaptive", 3, 9.4)
+    assert rate["tier_limit_per_second"] == 10.0 and rate["share_of_limit"] == 0.94
+    assert rate["reported_at"] == "2025-03-14T11:59:30Z"
+    [item] = [r for r in plan(settings)[0] if r.name == "status_vision_rate"]
+    assert item.timespan == timedelta(minutes=5)
+
+
+def test_no_rate_gauge_yet_says_so(settings: Settings) -> None:
+    rate = report(settings, healthy_answers())["vision_rate"]
+    assert (rate["instances"], rate["effective_per_second"], rate["share_of_limit"]) == (
+        0, None, None)

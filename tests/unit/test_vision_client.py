@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,13 +26,14 @@ from shared.errors import (
     OperationTimeoutError,
     ThrottledError,
     TransientError,
+    VisionUnavailableError,
 )
 from shared.settings import Settings
 from shared.vision import (
-    RetryingVisionClient,
-    RetryPolicy,
+    RetryRules,
     TokenBucket,
     VisionAttempt,
+    VisionClient,
     build_vision_client,
     parse_retry_after,
 )
@@ -147,7 +148,7 @@ FEATURES = ("read", "people", "smartCrops")
 
 def client_for(
     script: Sequence[Reply | Exception], clock: FakeClock
-) -> tuple[RetryingVisionClient, FakeTransport]:
+) -> tuple[VisionClient, FakeTransport]:
     transport = FakeTransport(script)
     client = build_vision_client(
         SETTINGS,
@@ -288,24 +289,6 @@ def test_503_retry_after_is_honoured_like_a_429s() -> None:
     assert len(transport.requests) == 2
 
 
-def test_503_retry_after_pauses_the_limiter_for_every_caller() -> None:
-    clock = FakeClock()
-    limiter = TokenBucket(100, clock=clock, sleep=clock.sleep)
-    others: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        others.append(limiter.reserve())  # another thread asks for a slot during the backoff
-        clock.sleep(seconds)
-
-    error = TransientError("busy", reason="server_error_503", status_code=503, retry_after=5.0)
-    client = RetryingVisionClient(
-        ScriptedCall([error, OK_BODY]), limiter=limiter, policy=RetryPolicy(), clock=clock,
-        sleep=sleep, rng=random.Random(1),
-    )  # fmt: skip
-    assert client.analyze(b"img", FEATURES).attempts == 2
-    assert others == [pytest.approx(5.0)]
-
-
 def test_timeouts_and_connection_errors_are_retried() -> None:
     clock = FakeClock()
     client, transport = client_for(
@@ -374,53 +357,6 @@ def test_401_from_entra_token_path_uses_bearer() -> None:
     assert request.headers["Authorization"] == "Bearer entra-token"
 
 
-# --------------------------------------------------------------------------- our seam only
-
-
-class ScriptedCall:
-    def __init__(self, script: Sequence[Mapping[str, Any] | Exception]) -> None:
-        self.script = list(script)
-        self.calls = 0
-
-    def __call__(self, image: bytes, features: Sequence[str]) -> Mapping[str, Any]:
-        self.calls += 1
-        item = self.script.pop(0)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-
-def test_unexpected_exceptions_propagate_unchanged() -> None:
-    clock = FakeClock()
-    call = ScriptedCall([KeyError("bug")])
-    client = RetryingVisionClient(
-        call,
-        limiter=TokenBucket(100, clock=clock, sleep=clock.sleep),
-        policy=RetryPolicy(),
-        clock=clock,
-        sleep=clock.sleep,
-    )
-    with pytest.raises(KeyError):
-        client.analyze(b"img", FEATURES)
-    assert call.calls == 1
-
-
-def test_each_attempt_takes_a_rate_limiter_token() -> None:
-    clock = FakeClock()
-    call = ScriptedCall([TransientError("x"), TransientError("x"), dict(OK_BODY)])
-    limiter = TokenBucket(2.0, clock=clock, sleep=clock.sleep)  # one slot every 0.5 s
-    client = RetryingVisionClient(
-        call,
-        limiter=limiter,
-        policy=RetryPolicy(backoff_base_seconds=0.0, backoff_max_seconds=0.0),
-        clock=clock,
-        sleep=clock.sleep,
-    )
-    result = client.analyze(b"img", FEATURES)
-    assert result.attempts == 3
-    assert result.limiter_wait_ms == pytest.approx(1000.0)  # 0 + 0.5 + 0.5 s
-
-
 # --------------------------------------------------------------------------- backoff + jitter
 
 
@@ -434,7 +370,7 @@ class EdgeRng(random.Random):
 
 
 def test_full_jitter_bounds_and_cap() -> None:
-    policy = RetryPolicy(backoff_base_seconds=0.5, backoff_max_seconds=5.0)
+    policy = RetryRules(backoff_base_seconds=0.5, backoff_max_seconds=5.0)
     assert [policy.backoff_ceiling(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     high, low = EdgeRng(True), EdgeRng(False)
     assert policy.delay(3, None, high) == 2.0
@@ -545,3 +481,140 @@ def test_limiter_leaves_headroom_below_the_configured_rate() -> None:
 def test_invalid_bucket_arguments() -> None:
     with pytest.raises(ValueError, match="rate"):
         TokenBucket(0)
+
+
+# --------------------------------------------------------------------------- flow control
+
+
+def settings_with(**values: str) -> Settings:
+    base = {
+        "VISION_ENDPOINT": "http://127.0.0.1:7081",
+        "VISION_KEY": "k",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "VISION_MAX_RETRIES": "3",
+        "VISION_BACKOFF_BASE_SECONDS": "0.1",
+        "VISION_BACKOFF_MAX_SECONDS": "1",
+    }
+    return Settings.from_env({**base, **values})
+
+
+def build(settings: Settings, script: Sequence[Reply | Exception],
+          clock: FakeClock) -> tuple[VisionClient, FakeTransport]:  # fmt: skip
+    transport = FakeTransport(script)
+    client = build_vision_client(settings, transport=transport, clock=clock, sleep=clock.sleep,
+                                 limiter_clock=clock, rng=random.Random(3))  # fmt: skip
+    return client, transport
+
+
+def test_each_attempt_takes_a_rate_limiter_token() -> None:
+    clock = FakeClock()
+    settings = settings_with(VISION_RATE_LIMIT_PER_SECOND="2", VISION_BACKOFF_BASE_SECONDS="0",
+                             VISION_BACKOFF_MAX_SECONDS="0")  # fmt: skip
+    client, transport = build(settings, [Reply(503), Reply(503), Reply(200, OK_BODY)], clock)
+    result = client.analyze(b"img", FEATURES)
+    assert result.attempts == 3 and len(transport.requests) == 3
+    # one slot every 1 / (2 * 0.98) s: the 2nd and 3rd attempt each wait for theirs
+    assert result.limiter_wait_ms == pytest.approx(2 * 1000 / (2 * 0.98))
+
+
+def test_a_long_retry_after_pauses_every_caller_a_short_one_only_the_retry() -> None:
+    clock = FakeClock()
+    script = [Reply(503, None, {"Retry-After": "5"}), Reply(200, OK_BODY)]
+    client, _ = build(settings_with(VISION_RATE_LIMIT_PER_SECOND="100"), script, clock)
+    client.analyze(b"img", FEATURES)
+    assert client.flow.bucket.reserve() == pytest.approx(0.0, abs=0.02)  # 5 s already slept
+    assert clock.sleeps[0] >= 5.0
+    clock2 = FakeClock()
+    waits: list[float] = []
+    holder: dict[str, Any] = {}
+
+    def sleep(seconds: float) -> None:
+        if "flow" in holder:  # another caller asks for a slot during this wait
+            waits.append(holder["flow"].bucket.reserve())
+        clock2.sleep(seconds)
+
+    short = build_vision_client(
+        settings_with(VISION_RATE_LIMIT_PER_SECOND="100"),
+        transport=FakeTransport([Reply(429, None, {"Retry-After": "1"}), Reply(200, OK_BODY)]),
+        clock=clock2, sleep=sleep, limiter_clock=clock2, rng=random.Random(3),
+    )  # fmt: skip
+    flow = holder["flow"] = short.flow
+    short.analyze(b"img", FEATURES)
+    assert clock2.sleeps[0] == pytest.approx(1.0, abs=0.2)  # the retry waited Retry-After
+    assert waits and waits[0] < 0.5  # ... but the other caller was not stopped for it
+    assert flow.throttles == 1 and flow.pauses == 0
+
+
+def test_unexpected_transport_exceptions_propagate_unchanged() -> None:
+    clock = FakeClock()
+    client, transport = build(settings_with(), [KeyError("bug")], clock)
+    with pytest.raises(KeyError):
+        client.analyze(b"img", FEATURES)
+    assert len(transport.requests) == 1
+
+
+def test_the_breaker_opens_after_consecutive_failures_and_probes_at_its_interval() -> None:
+    clock = FakeClock()
+    settings = settings_with(
+        VISION_RATE_LIMIT_PER_SECOND="100", VISION_MAX_RETRIES="1",
+        VISION_BREAKER_FAILURES="4", VISION_PROBE_INTERVAL_SECONDS="5",
+    )  # fmt: skip
+    client, transport = build(settings, [Reply(503)] * 5 + [Reply(200, OK_BODY)], clock)
+    with pytest.raises(TransientError) as first:
+        client.analyze(b"img", FEATURES)  # 2 failures: still closed
+    assert not isinstance(first.value, VisionUnavailableError)
+    with pytest.raises(VisionUnavailableError) as second:
+        client.analyze(b"img", FEATURES)  # 4 failures: open
+    assert second.value.reason == "vision_unavailable"
+    assert len(transport.requests) == 4
+    with pytest.raises(VisionUnavailableError) as refused:
+        client.analyze(b"img", FEATURES)
+    assert refused.value.reason == "circuit_open"
+    assert len(transport.requests) == 4  # refused locally: nothing was sent
+    clock.now += 5.0
+    with pytest.raises(VisionUnavailableError):
+        client.analyze(b"img", FEATURES)  # the probe goes out, fails, no retry while open
+    assert len(transport.requests) == 5
+    with pytest.raises(VisionUnavailableError):
+        client.analyze(b"img", FEATURES)
+    assert len(transport.requests) == 5
+    clock.now += 5.0
+    assert client.analyze(b"img", FEATURES).attempts == 1  # the probe succeeds: closed
+    assert client.flow.breaker.state.value == "closed"
+
+
+def test_the_retry_budget_stops_retries_in_a_failure_storm() -> None:
+    clock = FakeClock()
+    settings = settings_with(VISION_RATE_LIMIT_PER_SECOND="1000", VISION_BREAKER_FAILURES="1000",
+                             VISION_RETRY_BUDGET_RATIO="0.2")  # fmt: skip
+    calls = 40
+    client, transport = build(settings, [Reply(500)] * 1000, clock)
+    attempts: list[VisionAttempt] = []
+    for _ in range(calls):
+        with pytest.raises(TransientError):
+            client.analyze(b"img", FEATURES, on_attempt=attempts.append)
+    retries = len(transport.requests) - calls
+    # 10 s window: 20 % of 40 first attempts + 0.5/s x 10 s reserve = 13 retries at most
+    assert 0 < retries <= 13
+    exhausted = [a for a in attempts if a.budget_exhausted]
+    assert exhausted and client.flow.budget.exhausted == len(exhausted)
+    assert len(transport.requests) < calls * 4  # without the budget: 4 attempts each
+
+
+def test_a_probe_that_dies_of_a_bug_does_not_wedge_the_breaker_half_open() -> None:
+    clock = FakeClock()
+    settings = settings_with(
+        VISION_RATE_LIMIT_PER_SECOND="100", VISION_MAX_RETRIES="0",
+        VISION_BREAKER_FAILURES="1", VISION_PROBE_INTERVAL_SECONDS="5",
+    )  # fmt: skip
+    script = [Reply(503), KeyError("bug"), Reply(200, OK_BODY)]
+    client, transport = build(settings, script, clock)
+    with pytest.raises(VisionUnavailableError):
+        client.analyze(b"img", FEATURES)  # opens
+    clock.now += 5
+    with pytest.raises(KeyError):
+        client.analyze(b"img", FEATURES)  # the probe raises something that is no answer
+    assert client.flow.breaker.state.value == "open"
+    clock.now += 5
+    assert client.analyze(b"img", FEATURES).attempts == 1  # the next probe still goes out
+    assert len(transport.requests) == 3

@@ -1,0 +1,52 @@
+"""The scale-out bench's arithmetic: goodput share, fairness and time to re-converge, computed
+from hand-made per-second series (the bench's own numbers must not be taken on trust)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import scaleout_bench as bench  # the benchmarks' own folder, put on sys.path above
+
+
+def make_run(ok: list[int], throttled: list[int], *, limit: float = 10.0,
+             changes: tuple[tuple[float, float], ...] = ()) -> bench.Run:  # fmt: skip
+    seconds = len(ok)
+    scenario = bench.Scenario("test", (bench.Instance(0, seconds), bench.Instance(0, seconds)),
+                              changes=changes)  # fmt: skip
+    run = bench.Run(scenario, "ours", float(seconds), [limit] * seconds,
+                    calls=[o + t for o, t in zip(ok, throttled, strict=True)],
+                    throttled=list(throttled))  # fmt: skip
+    # two instances: the first gets 60 % of every second's successes
+    first = [s + 0.1 for s, n in enumerate(ok) for _ in range(round(0.6 * n))]
+    second = [s + 0.5 for s, n in enumerate(ok) for _ in range(n - round(0.6 * n))]
+    run.successes = [first, second]
+    run.total_calls, run.total_429 = sum(run.calls), sum(throttled)
+    return run
+
+
+def test_goodput_share_fairness_and_429_share() -> None:
+    run = make_run([10] * 20, [0] * 18 + [5, 5])
+    assert run.goodput_share == 1.0
+    assert run.share_429 == 10 / 210
+    assert run.fairness == 4 / 6
+    assert run.calls_per_success == 210 / 200
+
+
+def test_reconverge_is_the_first_window_meeting_both_targets() -> None:
+    ok = [2, 4, 6, 10, 10, 10, 10, 10, 10, 10] + [5] * 5 + [10] * 15
+    throttled = [8, 6, 4] + [0] * 27
+    run = make_run(ok, throttled, changes=((10.0, 10.0),))
+    assert run.reconverge() == [3, 5]  # from the start: s=3; after the change at 10: s=15
+
+
+def test_reconverge_says_never_when_no_window_qualifies() -> None:
+    run = make_run([9] * 20, [1] * 20)  # 90 % goodput, 10 % 429s throughout
+    assert run.reconverge() == [None]
+
+
+def test_the_pacing_floor_is_zero_for_one_instance_and_not_for_eight() -> None:
+    assert bench.even_pacing_429_share(1, 0.98, seconds=50) == 0.0
+    assert bench.even_pacing_429_share(8, 0.95, seconds=50) > 0.02
