@@ -36,7 +36,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -318,6 +318,18 @@ class SampleRun:
     stderr: str
     replaced: dict[str, int]
     seconds: float
+
+
+#: A sample run's verdict: None when it behaved as against Azure, else why not.
+Check = Callable[[SampleRun], str | None]
+
+
+def prints(*needles: str) -> Check:
+    """The run printed every one of ``needles``."""
+    def check(run: SampleRun) -> str | None:
+        missing = [n for n in needles if n not in run.stdout]
+        return f"output lacks {missing}" if missing else None
+    return check
 
 
 def clean_environment(extra: Mapping[str, str]) -> dict[str, str]:

@@ -12,7 +12,6 @@ metadata) and no "something fatal happened".
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,8 @@ SUITE = "azure-monitor-query samples"
 CLIENT = "LogsQueryClient(credential)"
 FATAL = "something fatal happened"
 
-Check = Callable[[support.SampleRun], str | None]
-
-
-def _prints(*needles: str) -> Check:
-    def check(run: support.SampleRun) -> str | None:
-        missing = [n for n in needles if n not in run.stdout]
-        return f"output lacks {missing}" if missing else None
-    return check
+Check = support.Check
+_prints = support.prints
 
 
 def _nothing() -> Check:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,8 @@ SUITE = "azure-ai-vision-imageanalysis samples"
 PUBLIC_IMAGE = "https://aka.ms/azsdk/image-analysis/sample.jpg"
 UNSUPPORTED = "NotSupportedVisualFeature"
 
-Check = Callable[[support.SampleRun], str | None]
-
-
-def _prints(*needles: str) -> Check:
-    def check(run: support.SampleRun) -> str | None:
-        missing = [n for n in needles if n not in run.stdout]
-        return f"output lacks {missing}" if missing else None
-    return check
+Check = support.Check
+_prints = support.prints
 
 
 #: The service's documented answer on the SDK's sample.jpg (REST spec example
