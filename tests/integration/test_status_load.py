@@ -40,18 +40,23 @@ import httpx
 import pytest
 from pipeline_fixtures import BASE_SETTINGS, REPO_ROOT, PipelineStack, wait_for
 
+from shared.settings import Settings
+from shared.status import WINDOWS_BY_NAME, plan, series_plan
+
 pytestmark = pytest.mark.integration
 
 TTL = 10
-#: The issue asks for 60 s; 30 s keeps CI short on a shared 2-core box and still spans 3 TTLs.
-LOAD_SECONDS = 30.0
+#: 60 s of load: six report TTLs, every dashboard polling throughout.
+LOAD_SECONDS = 60.0
 LOAD_CLIENTS = 50
 LOAD_INTERVAL = 0.5
 POLLERS = 20
-#: One report's worth: the core report (5 queries) + the dashboard window's series (3).
-REPORT_QUERIES = 8
 SAMPLES = sorted(p for p in (REPO_ROOT / "samples").iterdir() if p.suffix in (".png", ".jpg"))
 SETTINGS = {**BASE_SETTINGS, "STATUS_CACHE_TTL_SECONDS": str(TTL), "APP_VERSION": "load-1"}
+_APP = Settings.from_env({**SETTINGS, "VISION_ENDPOINT": "http://127.0.0.1:9",
+                          "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+#: One report's worth, counted from the app's own plan: the core report + one window's series.
+REPORT_QUERIES = len(plan(_APP)[0]) + len(series_plan(WINDOWS_BY_NAME["1h"], _APP))
 
 
 @pytest.fixture(scope="module")
