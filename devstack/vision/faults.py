@@ -18,12 +18,15 @@ JSON accepted by ``PUT /admin/faults`` (every key optional)::
                  {"start": "2030-01-01T00:00:00Z", "end": "2030-01-01T01:00:00Z"}],
      "slow_body": {"rate": 1.0, "chunk_bytes": 64, "interval_ms": 100},
      "corrupt": {"rate": 0.1, "mode": "truncate"},                 # or "wrong_content_type"
-     "sticky": {"rate": 0.2, "status": 500}}
+     "sticky": {"rate": 0.2, "status": 500},
+     "size_latency": {"ms_per_mb": 2000}}
 
 ``sticky`` fails the same share of *images* on every attempt (chosen from a hash of the seed and
 the request body, not drawn per request), the way a service bug tied to some content does; it is
 what a "retries beyond the second never succeed" rehearsal needs, which independent per-request
-errors cannot express.
+errors cannot express. ``size_latency`` adds latency in proportion to the request body, as the
+service's own time grows with the image it receives; a "larger images cost more" rehearsal of
+the tuning review needs it, because the local OCR works at a fixed internal resolution.
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ class FaultConfig:
     slow_body: SlowBody | None = None
     corrupt: Corrupt | None = None
     sticky: Sticky | None = None
+    #: extra latency per MB of request body (0: none)
+    ms_per_mb: float = 0.0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, now: float) -> FaultConfig:
@@ -166,6 +171,7 @@ class FaultConfig:
             "sticky": (
                 {"rate": self.sticky.rate, "status": self.sticky.status} if self.sticky else None
             ),
+            "size_latency": {"ms_per_mb": self.ms_per_mb} if self.ms_per_mb else None,
         }
 
 
@@ -216,6 +222,9 @@ class FaultInjector:
         if cfg.latency is not None and rng.random() < cfg.latency.p:
             latency_ms = cfg.latency.sample_ms(rng)
             kinds.append("latency")
+        if cfg.ms_per_mb and body:
+            latency_ms += cfg.ms_per_mb * len(body) / 1_000_000
+            kinds.append("size_latency")
         hold = None
         if cfg.timeout is not None and rng.random() < cfg.timeout.rate:
             hold = cfg.timeout
@@ -245,6 +254,7 @@ class _Parser:
             "slow_body",
             "corrupt",
             "sticky",
+            "size_latency",
         }
     )
 
@@ -272,6 +282,7 @@ class _Parser:
             slow_body=self._slow(data.get("slow_body")),
             corrupt=self._corrupt(data.get("corrupt")),
             sticky=self._sticky(data.get("sticky")),
+            ms_per_mb=self._size_latency(data.get("size_latency")),
         )
         if self.problems:
             raise FaultConfigError(self.problems)
@@ -422,6 +433,13 @@ class _Parser:
             self.problems.append("corrupt.mode must be truncate or wrong_content_type")
             mode = "truncate"
         return Corrupt(rate=self._rate(obj, "rate", "corrupt."), mode=cast(CorruptMode, mode))
+
+    def _size_latency(self, value: Any) -> float:
+        obj = self._object(value, "size_latency")
+        if obj is None:
+            return 0.0
+        return self._number(obj, "ms_per_mb", 0.0, low=0.0, high=600_000.0,
+                            where="size_latency.")
 
     def _sticky(self, value: Any) -> Sticky | None:
         obj = self._object(value, "sticky")

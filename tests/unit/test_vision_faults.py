@@ -149,3 +149,14 @@ def test_sticky_faults_fail_the_same_images_on_every_attempt() -> None:
     assert injector.decide(None).error_status is None  # no body: nothing to key on
     with pytest.raises(FaultConfigError, match=r"sticky\.status"):
         FaultConfig.from_json({"sticky": {"rate": 0.1, "status": 200}}, now=0.0)
+
+
+def test_size_latency_grows_with_the_request_body() -> None:
+    injector = FaultInjector()
+    injector.replace(FaultConfig.from_json({"size_latency": {"ms_per_mb": 2000}}, now=0.0))
+    small, large = injector.decide(b"x" * 100_000), injector.decide(b"x" * 500_000)
+    assert (small.latency_ms, large.latency_ms) == (200.0, 1000.0)
+    assert "size_latency" in large.kinds
+    assert injector.config.to_json()["size_latency"] == {"ms_per_mb": 2000.0}
+    with pytest.raises(FaultConfigError, match=r"size_latency\.ms_per_mb"):
+        FaultConfig.from_json({"size_latency": {"ms_per_mb": -1}}, now=0.0)
