@@ -512,10 +512,11 @@ class StatusStore:
 
 
 def status_store(settings: Settings) -> StatusStore:
-    """The status container over the process's one blob client (``runtime.get_blob_service``)."""
-    from shared.runtime import get_blob_service
+    """The status container over the one blob client of ``settings``' storage connection."""
+    from shared.runtime import blob_service_for
 
-    return StatusStore(BlobDocumentStore(get_blob_service()), settings.health.status_container)
+    return StatusStore(BlobDocumentStore(blob_service_for(settings.storage)),
+                       settings.health.status_container)
 
 
 def load_probe_results(settings: Settings) -> dict[str, ProbeResult]:

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from shared.settings import Settings, SettingsError, get_settings
+from shared.settings import Settings, SettingsError, StorageConnection, get_settings
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -61,26 +61,35 @@ def build_pipeline_deps(
     )
 
 
-@functools.cache
 def get_credential() -> TokenCredential:
     """The app's one Entra ID credential (its managed identity in Azure), built on first use.
 
     Every identity-based client of the process shares it, so a token is fetched once per
     resource and refreshed by one cache, not per request.
     """
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential(managed_identity_client_id=get_settings().storage.client_id)
+    return credential_for(get_settings().storage.client_id)
 
 
 @functools.cache
+def credential_for(client_id: str | None) -> TokenCredential:
+    """One credential per managed identity (the app has one: ``AzureWebJobsStorage__clientId``)."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=client_id)
+
+
 def get_blob_service() -> BlobServiceClient:
     """The process's one client of the ``AzureWebJobsStorage`` account."""
+    return blob_service_for(get_settings().storage)
+
+
+@functools.cache
+def blob_service_for(storage: StorageConnection) -> BlobServiceClient:
+    """One client per storage connection (the app has one; operator tools may name another)."""
     from shared.results import blob_service_client
 
-    storage = get_settings().storage
-    return blob_service_client(storage,
-                               credential=get_credential() if storage.uses_identity else None)
+    credential = credential_for(storage.client_id) if storage.uses_identity else None
+    return blob_service_client(storage, credential=credential)
 
 
 @dataclass(slots=True)

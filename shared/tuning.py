@@ -569,8 +569,13 @@ def _regression(before: Kpi, after: Kpi, policy: Policy) -> str | None:
     if before.p95_ms and after.p95_ms and after.p95_ms > before.p95_ms * (1 + policy.p95_tolerance):
         return (f"p95 analysis time {after.p95_ms:.0f} ms > {before.p95_ms:.0f} ms "
                 f"+{policy.p95_tolerance:.0%}")
-    if (before.success_ratio is not None and after.success_ratio is not None
-            and after.success_ratio < before.success_ratio - policy.success_tolerance):
+    if before.success_ratio is None or after.success_ratio is None:
+        return None
+    # A drop counts only beyond the tolerance and beyond chance: two standard errors of the
+    # difference of two proportions (one failure in 21 after 20 of 20 is not a regression).
+    pooled = (before.analysed + after.analysed) / (before.images + after.images)
+    noise = 2 * math.sqrt(pooled * (1 - pooled) * (1 / before.images + 1 / after.images))
+    if before.success_ratio - after.success_ratio > max(policy.success_tolerance, noise):
         return f"success ratio {after.success_ratio:.3f} < {before.success_ratio:.3f}"
     return None
 

@@ -32,7 +32,7 @@ from devstack.vision.config import MODEL_VERSION
 from devstack.vision.models import REHEARSAL_VERSION
 from shared.drift import Baseline, load_baseline
 from shared.logsquery import LogsQueryRunner
-from shared.pipeline import AnalysisOutcome, BlobInput, Outcome, PipelineDeps, process_blob
+from shared.pipeline import AnalysisOutcome, Outcome, PipelineDeps, process_blob
 from shared.preprocessing import PreprocessOptions
 from shared.results import ResultRepository
 from shared.settings import Settings
@@ -40,7 +40,7 @@ from shared.status import CLIENT_OPTIONS, build_status
 from shared.telemetry import outcome_measures
 from shared.vision import build_vision_client
 from tests.e2e.telemetry_gen import MonitorEmulator, request, running_monitor
-from tests.fakes import MemoryStore
+from tests.fakes import MemoryBlob, MemoryStore
 from tests.images import darker_blurrier, sample_images
 from tests.unit.test_drift import Documents
 
@@ -100,7 +100,7 @@ def analyse(settings: Settings, images: dict[str, bytes]) -> list[AnalysisOutcom
         features=settings.vision_features,
         preprocess_options=PreprocessOptions.from_settings(settings),
     )
-    outcomes = [process_blob(BlobInput("images", name, data, etag=f"0x{i}"), deps)
+    outcomes = [process_blob(MemoryBlob(name, data, etag=f"0x{i}"), deps)
                 for i, (name, data) in enumerate(sorted(images.items()))]
     assert [o.status for o in outcomes] == [Outcome.ANALYZED] * len(images)
     return outcomes

@@ -307,9 +307,9 @@ def test_each_analysed_image_row_carries_the_descriptors_its_document_holds(
     stack: Stack, mix: dict[str, Any]
 ) -> None:
     """Through the real exporter: one AppRequests row per analysed image with its descriptors."""
-    docs = [d for n, d in mix["docs"].items()
-            if d["outcome"] == "analyzed" and not n.startswith("synthetic/")]
-    assert len(docs) == GOOD + THROTTLED
+    # user traffic is every upload without the probe's marker, the one in its folder included
+    docs = [d for n, d in mix["docs"].items() if d["outcome"] == "analyzed" and n not in MARKED]
+    assert len(docs) == GOOD + THROTTLED + 1  # + USER_IN_PROBE_FOLDER
     want = sorted((d["preprocessing"]["descriptors"]["brightness"],
                    d["preprocessing"]["descriptors"]["sharpness"]) for d in docs)
     kql = ('AppRequests | where Name == "analyze_image" and isempty(SyntheticSource)'

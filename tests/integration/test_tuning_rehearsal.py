@@ -11,7 +11,10 @@ Each scenario has a known right answer:
    the stream before tuning, and the next review keeps it;
 3. the same images fail on every attempt (sticky faults) while others need at most a second
    try → fewer retries (recommended 1-2, applied one step: 4 → 3);
-4. an applied change followed by a worse p95 → reverted by the next review.
+4. an applied change followed by a worse p95 → reverted by the next review;
+5. the same printed text uploaded at 1000, 1500 and 2000 px, the service slower on the larger
+   images (the emulator's size latency) while OCR reads the same words → a lower
+   ``PREPROCESS_MAX_DIMENSION`` (1536, the next bucket's top).
 
 Nothing waits for real minutes: reviews are called on demand; every wait polls with a deadline.
 """
@@ -53,6 +56,11 @@ SETTINGS = {
     "TUNING_MIN_SAMPLES": "12",
     "TUNING_OVERLAY_TTL_SECONDS": "1",
     "TUNING_WINDOW_HOURS": "1",
+    # The client's own safety nets stay out of the way, so each scenario exercises the setting
+    # it is about: the breaker (5 failures in a row happen by chance at these fault rates) and
+    # the retry budget (it would cap the very retries scenario 3 is meant to show as useless).
+    "VISION_BREAKER_FAILURES": "1000",
+    "VISION_RETRY_BUDGET_RATIO": "1.0",
 }
 SAMPLES = ("astronaut.png", "coffee.png", "chelsea.png")
 
@@ -249,3 +257,47 @@ def test_3_sticky_failures_cut_retries_and_a_worse_p95_reverts(
     state = tuning_state(stack)
     assert state["effective"].get("vision_max_retries") == 4.0
     assert "reverted" in [c["verdict"] for c in state["overlay"]["changes"]]
+
+
+def sized(tag: str, sides: tuple[int, ...], per_side: int) -> list[tuple[str, bytes]]:
+    """The bundled text samples at each longer side in ``sides``, ``per_side`` of each, every
+    one a distinct file (a 2 px mark in a corner, far from the text)."""
+    out = []
+    for side in sides:
+        for i in range(per_side):
+            with Image.open(REPO_ROOT / "samples" / ("dock-sign.png", "invoice.jpg")[i % 2]) as s:
+                im = s.convert("RGB")
+            scale = side / max(im.size)
+            im = im.resize((round(im.width * scale), round(im.height * scale)),
+                           Image.Resampling.BICUBIC)
+            im.putpixel((i, 0), (255 - i, 255, 255))
+            buffer = io.BytesIO()
+            im.save(buffer, "JPEG", quality=90)
+            out.append((f"tuning/{tag}-{side}-{i}.jpg", buffer.getvalue()))
+    return out
+
+
+def test_4_larger_images_that_read_no_better_lower_the_max_dimension(
+    stack: PipelineStack, runner: LogsQueryRunner
+) -> None:
+    stack.restart_host({"VISION_FEATURES": "read"})
+    reset_monitor(stack)
+    stack.set_faults({"size_latency": {"ms_per_mb": 4000}})
+    started = datetime.now(UTC)
+    uploaded: dict[str, str] = {}
+    for i, (name, data) in enumerate(sized("sizes", (1000, 1500, 2000), 5)):
+        # a steady arrival rate: pacing the uploads, not waiting for an outcome
+        time.sleep(max(0.0, started.timestamp() + i * 0.5 - time.time()))
+        uploaded[name] = stack.upload(name, data)
+    stack.wait_processed(uploaded, timeout=240)
+    analysed_once(stack, uploaded)
+    wait_for(lambda: load_kpi(runner, timedelta(hours=1)).analysed >= len(uploaded), timeout=60,
+             what="telemetry of the sized stream")
+    body = review(stack, "recommend")
+    rec = changes(body)["preprocess_max_dimension"]
+    assert (rec["current"], rec["recommended"]) == (2048.0, 1536.0), rec
+    assert abs(rec["evidence"]["words_gain"]) <= 0.05
+    top = rec["evidence"]["1536-2048px"]
+    below = rec["evidence"]["1024-1536px"]
+    assert top["images"] == below["images"] == 5
+    assert top["vision_p50_ms"] > below["vision_p50_ms"]

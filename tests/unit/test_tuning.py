@@ -238,3 +238,18 @@ def test_recommendations_never_leave_the_documented_bounds(  # noqa: PLR0917 (hy
         t = TUNABLES[rec.tunable]
         if rec.change:
             assert rec.recommended is not None and t.low <= rec.recommended <= t.high
+
+
+def test_a_success_drop_within_chance_is_kept_and_a_real_one_reverted() -> None:
+    change = AppliedChange("vision_timeout_seconds", 30.0, 15.0, "r0", "t0",
+                           kpi_before=Kpi(images=20, analysed=20, p95_ms=2000.0, calls=29))
+    overlay = Overlay(version=1, values={"vision_timeout_seconds": 15.0}, changes=(change,))
+
+    def reverts(after: Kpi) -> tuple[str, ...]:
+        result = review(CURRENT, healthy(), review_id="r1", created_at="t1", mode=Mode.APPLY,
+                        tier_limit=10.0, overlay=overlay, kpi_since_change=after)
+        return tuple(r.reason for r in result.reverts)
+
+    assert reverts(Kpi(images=21, analysed=20, p95_ms=1900.0, calls=30)) == ()  # 1 in 21
+    [reason] = reverts(Kpi(images=21, analysed=14, p95_ms=1900.0, calls=30))  # 7 in 21
+    assert "success ratio" in reason
