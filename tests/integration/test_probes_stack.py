@@ -297,6 +297,9 @@ def test_each_fault_is_a_failed_row_with_its_class(
     assert not kept.success and kept.message == row["Message"]
 
 
+PROBE_KEY = "probe-only-key-3f9c1e"
+
+
 def test_wrong_probe_key_is_an_auth_failure(stack: PipelineStack, tmp_path: Path) -> None:
     """A second host on the same stack whose probe key is wrong (the pipeline key is fine)."""
     e = stack.endpoints
@@ -305,7 +308,7 @@ def test_wrong_probe_key_is_an_auth_failure(stack: PipelineStack, tmp_path: Path
         **os.environ, **stack.settings,
         "AzureWebJobsStorage": str(e["storage_connection_string"]),
         "VISION_ENDPOINT": str(e["vision_endpoint"]), "VISION_KEY": str(e["vision_key"]),
-        "PROBE_VISION_KEY": "not-the-key",
+        "PROBE_VISION_KEY": PROBE_KEY,
         "APPLICATIONINSIGHTS_CONNECTION_STRING": str(e["applicationinsights_connection_string"]),
         "LOGS_QUERY_ENDPOINT": str(e["query_endpoint"]),
         "LOGS_WORKSPACE_ID": str(e["workspace_id"]),
@@ -328,6 +331,15 @@ def test_wrong_probe_key_is_an_auth_failure(stack: PipelineStack, tmp_path: Path
         procs.stop(proc.pid)
     assert row["Success"] is False
     assert str(row["Message"]).startswith("auth: HTTP 401"), row["Message"]
+    # the probe's own key (a secret distinct from VISION_KEY) never leaves the process: not in
+    # one stored envelope (the host flushed its telemetry on stop), not in its log
+    base = str(e["ingestion_endpoint"]).rstrip("/")
+    envelopes = httpx.get(f"{base}/admin/envelopes", params={"limit": 100000}, timeout=30).json()
+    raw = [str(item["raw"]) for item in envelopes]
+    log = (tmp_path / "host.log").read_text(errors="replace")
+    assert len(raw) > 10 and "vision_probe" in log  # what was scanned is not nothing
+    assert [text for text in raw if PROBE_KEY in text] == []
+    assert PROBE_KEY not in log
 
 
 def test_quota_check_reported_its_own_availability(stack: PipelineStack) -> None:
