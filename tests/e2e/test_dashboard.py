@@ -20,11 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from devstack import gate
 from tests.e2e import telemetry_gen as gen
-from tests.integration.pipeline_fixtures import BASE_SETTINGS, PipelineStack
+from tests.integration.pipeline_fixtures import BASE_SETTINGS, PipelineStack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +67,13 @@ def populated(stack: PipelineStack) -> PipelineStack:
     gate.send_marker(connection, gate.marker_envelope(
         connection, "e2e-v2", kind="deploy", outcome="promoted", previous="e2e",
         now=now - timedelta(minutes=40)))
+    # A cold instance answers its first status call 503 report_pending until the first report is
+    # built (the page retries at Retry-After, but the browser logs the 503); the test is about
+    # rendering, so it warms the instance's report cache the way a first visitor would.
+    url = f"{stack.endpoints['functions_url']}/api/status"
+    params = {"history": "1", "window": "1h", "code": str(stack.endpoints["function_key"])}
+    wait_for(lambda: httpx.get(url, params=params, timeout=30).status_code == 200, timeout=120,
+             what="the first status report")
     return stack
 
 
