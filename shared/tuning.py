@@ -21,7 +21,7 @@ share one vocabulary (``Tunable`` bounds and steps, ``Kpi``) and are read togeth
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -656,8 +656,6 @@ def _num(value: float | None, digits: int = 0) -> str:
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
-
-CurrentValues = Callable[[], Mapping[str, float | None]]
 
 __all__ = [
     "RUNTIME_TUNABLES",
