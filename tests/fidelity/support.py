@@ -320,6 +320,12 @@ class SampleRun:
     seconds: float
 
 
+def sample_names(distribution: str) -> list[str]:
+    """Every sample script in ``distribution``'s sdist, relative to its ``samples/``, sorted."""
+    samples = sdist(distribution) / "samples"
+    return sorted(str(p.relative_to(samples)) for p in samples.rglob("*.py"))
+
+
 #: A sample run's verdict: None when it behaved as against Azure, else why not.
 Check = Callable[[SampleRun], str | None]
 
