@@ -291,18 +291,13 @@ class _Run:
             analysis=dict(result.payload),
             error=None,
         )
-        written_at = deps.clock()
-        commit = deps.repository.commit_result(
-            source.container, source.name, source.etag, document,
-            current_etag=self._current_etag,
-        )  # fmt: skip
         details: dict[str, Any] = {
             "attempts": result.attempts, "model_version": result.model_version,
             "preprocessing": record,
         }  # fmt: skip
-        if commit.status is not Commit.WRITTEN:
-            return self._settled(commit, **details)
-        deps.observer.on_document_written(source, commit.path, ms(deps.clock() - written_at))
+        commit, settled = self._commit(deps.repository.commit_result, document, details)
+        if settled is not None:
+            return settled
         return self._finish(AnalysisOutcome(
             status=Outcome.ANALYZED, container=source.container, name=source.name,
             etag=source.etag, document=commit.path, **details,
@@ -340,20 +335,15 @@ class _Run:
                 "service_inner_code": error.inner_code,
             },
         )
-        written_at = deps.clock()
-        commit = deps.repository.commit_failure(
-            source.container, source.name, source.etag, document,
-            current_etag=self._current_etag,
-        )  # fmt: skip
         details: dict[str, Any] = {
             "attempts": error.attempts, "preprocessing": record,
             "error_class": error.error_class, "reason": error.reason, "stage": stage,
             "status_code": error.status_code, "service_error_code": error.error_code,
             "service_inner_code": error.inner_code,
         }  # fmt: skip
-        if commit.status is not Commit.WRITTEN:
-            return self._settled(commit, **details)
-        deps.observer.on_document_written(source, commit.path, ms(deps.clock() - written_at))
+        commit, settled = self._commit(deps.repository.commit_failure, document, details)
+        if settled is not None:
+            return settled
         logger.warning(
             "blob %s/%s rejected at %s: %s/%s (service code %s/%s)",
             source.container, printable(source.name), stage, error.error_class, error.reason,
@@ -364,6 +354,21 @@ class _Run:
             etag=source.etag, document=commit.path, **details,
             duration_ms=ms(deps.clock() - self.started),
         ))  # fmt: skip
+
+    def _commit(
+        self, write: Callable[..., CommitResult], document: dict[str, Any],
+        details: dict[str, Any],
+    ) -> tuple[CommitResult, AnalysisOutcome | None]:
+        """Write ``document`` for this version (results or failed); the outcome instead when the
+        commit wrote nothing (superseded, or documented already)."""
+        source, deps = self.source, self.deps
+        written_at = deps.clock()
+        commit = write(source.container, source.name, source.etag, document,
+                       current_etag=self._current_etag)
+        if commit.status is not Commit.WRITTEN:
+            return commit, self._settled(commit, **details)
+        deps.observer.on_document_written(source, commit.path, ms(deps.clock() - written_at))
+        return commit, None
 
     def _settled(self, commit: CommitResult, **details: Any) -> AnalysisOutcome:
         """A commit that wrote nothing: superseded, or the version was documented already."""
