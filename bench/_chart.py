@@ -58,7 +58,7 @@ class _Legend:
             if cx > x and cx + item_w > x + width:
                 cx, y = x, y + 16
             out.append(f'<rect x="{cx:.0f}" y="{y - 10}" width="12" height="12" '
-                       f'fill="{PALETTE[i % len(PALETTE)]}"/>')  # fmt: skip
+                       f'fill="{PALETTE[i % len(PALETTE)]}"/>')
             out.append(f'<text x="{cx + 16:.0f}" y="{y}" {FONT}>{escape(name)}</text>')
             cx += item_w
         return out, y + 8
@@ -90,7 +90,7 @@ def _document(width: float, height: float, title: str, body: list[str]) -> str:
         *body,
         "</svg>",
         "",
-    ])  # fmt: skip
+    ])
 
 
 def bars(title: str, unit: str, rows: Sequence[Bar], marks: Sequence[Mark] = ()) -> str:
@@ -108,13 +108,13 @@ def bars(title: str, unit: str, rows: Sequence[Bar], marks: Sequence[Mark] = ())
     for i, row in enumerate(rows):
         y = top + i * row_h
         body.append(f'<text x="{label_w - 6}" y="{y + 15}" {FONT} text-anchor="end">'
-                    f"{escape(row.label)}</text>")  # fmt: skip
+                    f"{escape(row.label)}</text>")
         x = float(label_w)
         for name, value in row.segments:
             w = value * scale
             body.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 6}" '
                         f'fill="{legend.colour(name)}"><title>{escape(name)}: {value:g} {unit}'
-                        "</title></rect>")  # fmt: skip
+                        "</title></rect>")
             x += w
         total = sum(v for _, v in row.segments)
         body.append(f'<text x="{x + 4:.1f}" y="{y + 15}" {FONT}>{total:.0f} {unit}</text>')
@@ -122,9 +122,9 @@ def bars(title: str, unit: str, rows: Sequence[Bar], marks: Sequence[Mark] = ())
     for mark in marks:
         x = label_w + mark.value * scale
         body.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{bottom}" '
-                    'stroke="black" stroke-dasharray="4 3"/>')  # fmt: skip
+                    'stroke="black" stroke-dasharray="4 3"/>')
         body.append(f'<text x="{x:.1f}" y="{top - 12}" {FONT} text-anchor="middle">'
-                    f"{escape(mark.label)}</text>")  # fmt: skip
+                    f"{escape(mark.label)}</text>")
     return _document(label_w + plot_w + 90, bottom + 10, title, body)
 
 
@@ -160,21 +160,21 @@ def lines(
     ]
     for i in range(round(x_max / x_step) + 1):
         body.append(f'<text x="{left + i * x_step / x_max * plot_w:.1f}" y="{top + plot_h + 16}" '
-                    f'{FONT} text-anchor="middle">{i * x_step:g}</text>')  # fmt: skip
+                    f'{FONT} text-anchor="middle">{i * x_step:g}</text>')
     for i in range(round(y_max / y_step) + 1):
         y = top + plot_h - i * y_step / y_max * plot_h
         body.append(f'<text x="{left - 6}" y="{y + 4:.1f}" {FONT} text-anchor="end">'
-                    f"{i * y_step:g}</text>")  # fmt: skip
+                    f"{i * y_step:g}</text>")
     for mark in marks:
         y = top + plot_h - mark.value / y_max * plot_h
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
-                    'stroke="black" stroke-dasharray="4 3"/>')  # fmt: skip
+                    'stroke="black" stroke-dasharray="4 3"/>')
         body.append(f'<text x="{left + plot_w - 4}" y="{y - 4:.1f}" {FONT} text-anchor="end">'
-                    f"{escape(mark.label)}</text>")  # fmt: skip
+                    f"{escape(mark.label)}</text>")
     for s in series:
         points = " ".join(px(x, y) for x, y in s.points)
         body.append(f'<polyline points="{points}" fill="none" stroke="{legend.colour(s.name)}" '
-                    'stroke-width="2"/>')  # fmt: skip
+                    'stroke-width="2"/>')
     return _document(left + plot_w + 30, top + plot_h + 44, title, body)
 
 

@@ -7,7 +7,8 @@ loopback port and drives it, one variant after the other, from ``--threads`` thr
 analyse a small JPEG (``smartCrops`` only, so the emulator's CPU is not the bottleneck) in a loop
 for ``--duration`` seconds:
 
-* ours: ``shared.vision.build_vision_client`` from app settings — token bucket at the tier's
+* ours: ``shared.analysis.vision.build_vision_client`` from app settings — token bucket at the
+tier's
   limit (``VISION_RATE_LIMIT_PER_SECOND``, burst 1), our retries, ``Retry-After`` pauses the
   bucket;
 * baseline: ``ImageAnalysisClient`` with the SDK's default ``RetryPolicy`` (3 retries, backoff
@@ -74,7 +75,7 @@ class Emulator:
         self.endpoint = f"http://{procs.LOOPBACK}:{self.port}"
         log_path = Path(tempfile.mkdtemp(prefix="goodput-")) / "vision.log"
         argv = [sys.executable, "-m", "devstack.vision", "--port", str(self.port), "--key", KEY,
-                "--tier", "S1", "--tps", str(tps), "--concurrency", "2"]  # fmt: skip
+                "--tier", "S1", "--tps", str(tps), "--concurrency", "2"]
         self._proc, self._record = procs.spawn("vision", argv, log_path=log_path, cwd=REPO_ROOT)
         self.tps = tps
         try:
@@ -94,7 +95,7 @@ class Emulator:
         import httpx
 
         response = httpx.request(method, self.endpoint + path, json=body, timeout=10,
-                                 headers={"Ocp-Apim-Subscription-Key": KEY})  # fmt: skip
+                                 headers={"Ocp-Apim-Subscription-Key": KEY})
         response.raise_for_status()
         return response.json()
 
@@ -149,7 +150,7 @@ def _drive(
         name=name, duration_s=duration, succeeded=counts["succeeded"], failed=counts["failed"],
         calls=int(stats["total"]), throttled=by_status.get("429", 0), by_status=by_status,
         seconds=seconds,
-    )  # fmt: skip
+    )
 
 
 def _throttled_so_far(emulator: Emulator) -> int:
@@ -179,13 +180,13 @@ def _sample_each_second(
         last_ok, last_429 = ok, throttled
         if len(samples) % 10 == 0:
             print(f"  {name}: {len(samples)} s, {ok / len(samples):.2f} ok/s so far,"
-                  f" {throttled} x 429", file=sys.stderr, flush=True)  # fmt: skip
+                  f" {throttled} x 429", file=sys.stderr, flush=True)
     return tuple(samples)
 
 
 def ours(emulator: Emulator, image: bytes, rate: float | None = None) -> Callable[[], object]:
+    from shared.analysis.vision import build_vision_client
     from shared.settings import Settings
-    from shared.vision import build_vision_client
 
     settings = Settings.from_env({
         "VISION_ENDPOINT": emulator.endpoint,
@@ -194,7 +195,7 @@ def ours(emulator: Emulator, image: bytes, rate: float | None = None) -> Callabl
         "VISION_TIER": "S1",
         "VISION_RATE_LIMIT_PER_SECOND": str(rate or emulator.tps),
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",  # unused; Settings requires it
-    })  # fmt: skip
+    })
     client = build_vision_client(settings)
     return lambda: client.analyze(image, settings.vision_features)
 
@@ -215,9 +216,9 @@ def report(outcomes: list[Outcome], *, tps: float, threads: int) -> None:
 
     table = Table(title=f"Goodput vs an S1 limit of {tps:g} calls/s, {threads} threads")
     for column in ("client", "ok/s", "% of limit", "calls", "429s", "429 share", "failed",
-                   "calls by status"):  # fmt: skip
+                   "calls by status"):
         table.add_column(column, justify="left" if column in ("client", "calls by status")
-                         else "right", no_wrap=True)  # fmt: skip
+                         else "right", no_wrap=True)
     for o in outcomes:
         goodput = o.succeeded / o.duration_s
         share = o.throttled / o.calls if o.calls else 0.0
@@ -225,7 +226,7 @@ def report(outcomes: list[Outcome], *, tps: float, threads: int) -> None:
             o.name, f"{goodput:.2f}", f"{100 * goodput / tps:.1f} %", str(o.calls),
             str(o.throttled), f"{100 * share:.2f} %", str(o.failed),
             ", ".join(f"{k}: {v}" for k, v in sorted(o.by_status.items())),
-        )  # fmt: skip
+        )
     Console(width=140).print(table)
 
 
@@ -245,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = [
             _drive(name, make(emulator, image), emulator=emulator, threads=args.threads,
                    duration=args.duration)
-            for name, make in (("ours (shared.vision)", ours),
+            for name, make in (("ours (shared.analysis.vision)", ours),
                                ("SDK default retry policy", baseline))
-        ]  # fmt: skip
+        ]
     finally:
         emulator.stop()
     report(outcomes, tps=args.tps, threads=args.threads)
@@ -264,7 +265,7 @@ def chart_of(outcomes: list[Outcome], *, tps: float) -> str:
     return _chart.lines(
         f"Successful analyses and 429 answers per second against an S1 limit of {tps:g}/s",
         "seconds into the window", "per second", series, [_chart.Mark("limit", tps)],
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Preprocessing a 24 MP JPEG: ours (``shared.preprocessing``) vs the naive Pillow path.
+"""Preprocessing a 24 MP JPEG: ours (``shared.analysis.preprocessing``) vs the naive Pillow path.
 
     .venv/bin/python bench/preprocess_bench.py [--repeat 5] [--max-dimension 2048]
 
@@ -74,7 +74,7 @@ Measured = tuple[float, int, tuple[int, int], str, dict[str, float]]
 
 
 def _ours(data: bytes, max_dimension: int) -> Run:
-    from shared.preprocessing import PreprocessOptions, preprocess
+    from shared.analysis.preprocessing import PreprocessOptions, preprocess
 
     record = preprocess(data, PreprocessOptions(max_dimension=max_dimension)).record
     drafts = [step.split("->")[1] for step in record.steps if step.startswith("draft:")]
@@ -110,7 +110,7 @@ def _child(variant: str, path: str, max_dimension: int, repeat: int, queue: mp.Q
     so a warm process would hide the peak); then the timed repeats."""
     import PIL.Image  # noqa: F401  (imports are not part of the measurement)
 
-    import shared.preprocessing  # noqa: F401
+    import shared.analysis.preprocessing  # noqa: F401
 
     data = Path(path).read_bytes()
     run = VARIANTS[variant]
@@ -225,7 +225,7 @@ def _passthrough_descriptors(repeat: int) -> None:
     A JPEG's validation already decodes at 1/8 (the descriptors reuse it); a PNG's is a CRC walk
     that inflates nothing, so describing it costs one decode: shown here, not hidden.
     """
-    from shared.preprocessing import PreprocessOptions, preprocess
+    from shared.analysis.preprocessing import PreprocessOptions, preprocess
 
     samples = Path(__file__).resolve().parents[1] / "samples"
     print(f"\nsent unchanged (samples/), median of {max(repeat, 5)}: preprocess with descriptors"

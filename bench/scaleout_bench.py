@@ -8,7 +8,7 @@ their client exactly as the app does from **default** app settings (only the end
 features and storage connection given) and analyse a small JPEG (``smartCrops``) from
 ``--threads`` threads in a loop:
 
-* ``ours``: ``shared.vision.build_vision_client`` — adaptive rate from the tier's limit;
+* ``ours``: ``shared.analysis.vision.build_vision_client`` — adaptive rate from the tier's limit;
 * ``static``: the same with ``VISION_RATE_MODE=static`` — today's fixed token bucket at the tier's
   limit in every instance, ``Retry-After`` pausing all threads;
 * ``sdk``: ``ImageAnalysisClient`` with the SDK's default ``RetryPolicy``.
@@ -62,8 +62,8 @@ def _client(variant: str, endpoint: str) -> Callable[[bytes], object]:
         sdk = ImageAnalysisClient(endpoint, AzureKeyCredential(KEY))
         features = [VisualFeatures(name) for name in FEATURES]
         return lambda image: sdk.analyze(image_data=image, visual_features=features)
+    from shared.analysis.vision import build_vision_client
     from shared.settings import Settings
-    from shared.vision import build_vision_client
 
     env = {
         "VISION_ENDPOINT": endpoint,
@@ -107,7 +107,7 @@ def worker(args: argparse.Namespace) -> int:
         thread.join()
     Path(args.out).write_text(json.dumps({"successes": successes, "failures": failures,
                                           "start": start - args.epoch,
-                                          "stop": stop - args.epoch}))  # fmt: skip
+                                          "stop": stop - args.epoch}))
     return 0
 
 
@@ -141,7 +141,7 @@ def scenarios(duration: float, tps: float) -> list[Scenario]:
         Scenario("2 + 2 join, then leave",
                  (whole, whole, Instance(third, 2 * third), Instance(third, 2 * third)),
                  changes=((third, tps), (2 * third, tps))),
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(slots=True)
@@ -198,7 +198,7 @@ class Run:
                 blocked = sum(self.throttled[i] for i in window)
                 allowed = sum(self.limit[i] for i in window)
                 if (sum(ok[i] for i in window) >= TARGET_GOODPUT * allowed
-                        and (not calls or blocked / calls <= TARGET_429)):  # fmt: skip
+                        and (not calls or blocked / calls <= TARGET_429)):
                     found = s - event
                     break
             out.append(found)
@@ -206,7 +206,7 @@ class Run:
 
 
 def run_once(scenario: Scenario, variant: str, *, emulator: Emulator, tps: float,
-             duration: float, threads: int, workdir: Path) -> Run:  # fmt: skip
+             duration: float, threads: int, workdir: Path) -> Run:
     initial = scenario.initial_tps or tps
     emulator.admin("PUT", "/admin/tier", {"tier": "S1", "tps": initial})
     emulator.admin("POST", "/admin/stats/reset")
@@ -218,7 +218,7 @@ def run_once(scenario: Scenario, variant: str, *, emulator: Emulator, tps: float
                 "--endpoint", emulator.endpoint, "--threads", str(threads),
                 "--epoch", repr(epoch), "--start-at", repr(epoch + instance.start_s),
                 "--duration", repr(instance.stop_s - instance.start_s),
-                "--out", str(out)]  # fmt: skip
+                "--out", str(out)]
         procs.append((subprocess.Popen(argv, cwd=REPO_ROOT), out))
     limit, calls, throttled = [], [], []
     current, changes = initial, list(scenario.changes)
@@ -252,7 +252,7 @@ def run_once(scenario: Scenario, variant: str, *, emulator: Emulator, tps: float
 
 
 def even_pacing_429_share(instances: int, utilisation: float, *, tps: float = 10.0,
-                          seconds: float = 200.0, seed: int = 1) -> float:  # fmt: skip
+                          seconds: float = 200.0, seed: int = 1) -> float:
     """Share of calls the emulator's own window refuses when K instances already know their fair
     share and pace evenly at ``utilisation`` of it (rates 1 % apart, random phases, 0-5 ms
     jitter): what no uncoordinated controller can beat. A simulation, no processes."""
@@ -276,7 +276,7 @@ def even_pacing_429_share(instances: int, utilisation: float, *, tps: float = 10
 
 def print_pacing_floor(tps: float) -> None:
     shares = [(k, [even_pacing_429_share(k, u, tps=tps) for u in (0.9, 0.95, 0.98)])
-              for k in (1, 2, 4, 8)]  # fmt: skip
+              for k in (1, 2, 4, 8)]
     print("429 share with a perfectly known fair share, evenly paced (simulated floor):")
     for k, values in shares:
         print(f"  K={k}: at 90 % {100 * values[0]:.1f} %, at 95 % {100 * values[1]:.1f} %,"
@@ -295,18 +295,18 @@ def report(runs: list[Run], *, tps: float, threads: int, duration: float) -> Non
     from rich.table import Table
 
     table = Table(title=f"Scale-out against one S1 limit of {tps:g} calls/s ({threads} threads "
-                        f"per instance, {duration:g} s per run)")  # fmt: skip
+                        f"per instance, {duration:g} s per run)")
     for column in ("scenario", "client", "goodput", "429 share", "failed", "calls/success",
-                   "fairness", "re-converge (start / changes)", "meets targets"):  # fmt: skip
+                   "fairness", "re-converge (start / changes)", "meets targets"):
         table.add_column(column, justify="left" if column in ("scenario", "client") else "right")
     for r in runs:
         times = r.reconverge()
         meets = (r.goodput_share >= TARGET_GOODPUT and r.share_429 <= TARGET_429
                  and r.failures == 0 and r.fairness >= TARGET_FAIRNESS
-                 and all(t is not None and t <= TARGET_RECONVERGE_S for t in times))  # fmt: skip
+                 and all(t is not None and t <= TARGET_RECONVERGE_S for t in times))
         table.add_row(r.scenario.name, r.variant, f"{100 * r.goodput_share:.1f} %",
                       f"{100 * r.share_429:.1f} %", str(r.failures), f"{r.calls_per_success:.2f}",
-                      f"{r.fairness:.2f}", _seconds(times), "yes" if meets else "no")  # fmt: skip
+                      f"{r.fairness:.2f}", _seconds(times), "yes" if meets else "no")
     Console(width=160).print(table)
 
 
@@ -319,7 +319,7 @@ def chart_of(runs: list[Run], scenario: Scenario) -> str:
         series.append(_chart.Series(f"{r.variant}: ok/s", list(enumerate(r.ok_per_second()))))
         series.append(_chart.Series(f"{r.variant}: 429/s", list(enumerate(r.throttled))))
     return _chart.lines(f"{scenario.name}: successful analyses and 429 answers per second",
-                        "seconds into the run", "per second", series)  # fmt: skip
+                        "seconds into the run", "per second", series)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,13 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="threads per instance")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds per run")
     parser.add_argument("--quick", action="store_true",
-                        help="20 s runs, ours and static only")  # fmt: skip
+                        help="20 s runs, ours and static only")
     parser.add_argument("--variant-only", dest="variants", action="append", choices=VARIANTS,
-                        help="only this client (repeatable)")  # fmt: skip
+                        help="only this client (repeatable)")
     parser.add_argument("--only", action="append", default=[],
-                        help="only scenarios whose name contains this (repeatable)")  # fmt: skip
+                        help="only scenarios whose name contains this (repeatable)")
     parser.add_argument("--charts", type=Path, default=Path("artifacts/bench"),
-                        help="folder for one SVG per scenario")  # fmt: skip
+                        help="folder for one SVG per scenario")
     parser.add_argument("--json", type=Path, help="also write the per-second series here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--variant", "--endpoint", "--out"):
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = 20.0 if args.quick else args.duration
     variants = args.variants or (("ours", "static") if args.quick else VARIANTS)
     chosen = [s for s in scenarios(duration, args.tps)
-              if not args.only or any(o in s.name for o in args.only)]  # fmt: skip
+              if not args.only or any(o in s.name for o in args.only)]
     emulator = Emulator(args.tps)
     runs: list[Run] = []
     try:
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {scenario.name}: {variant} ...", file=sys.stderr, flush=True)
                     runs.append(run_once(scenario, variant, emulator=emulator, tps=args.tps,
                                          duration=duration, threads=args.threads,
-                                         workdir=Path(tmp)))  # fmt: skip
+                                         workdir=Path(tmp)))
     finally:
         emulator.stop()
     report(runs, tps=args.tps, threads=args.threads, duration=duration)
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 def _series(r: Run) -> dict[str, Any]:
     return {"scenario": r.scenario.name, "variant": r.variant, "limit": r.limit,
             "ok": r.ok_per_second(), "calls": r.calls, "throttled": r.throttled,
-            "per_instance_ok": [len(s) for s in r.successes], "failed": r.failures}  # fmt: skip
+            "per_instance_ok": [len(s) for s in r.successes], "failed": r.failures}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ Measured, each through the real ``LogsQueryClient`` over loopback HTTP:
 * **ours, cold**: ``build_status`` with the dashboard's 1 h series — 5 + 3 single queries,
   ``STATUS_QUERY_CONCURRENCY`` at a time (timed interleaved with the baseline, so a busy moment
   of a shared machine hits both alike);
-* **ours, cached**: ``shared.status_service.StatusService.report`` (as the HTTP handler calls
+* **ours, cached**: ``shared.monitoring.status_service.StatusService.report`` (as the HTTP handler
+calls
   it) plus the JSON encoding of the body, from the shared cache.
 
 Queries per report are counted by the emulator (``/admin/limits`` ``queries``; a batch's items
@@ -54,12 +55,13 @@ from devstack import procs  # noqa: E402
 from devstack.monitor.config import DEFAULT_WORKSPACE_ID  # noqa: E402
 from devstack.monitor.envelopes import TABLES, Context, map_envelope  # noqa: E402
 from devstack.monitor.store import Received, Store  # noqa: E402
-from shared.alerts import alert_rules  # noqa: E402
-from shared.logsquery import load_queries  # noqa: E402
-from shared.reportcache import ReportCache  # noqa: E402
+from shared.composition import get_query_runner  # noqa: E402
+from shared.monitoring.alerts import alert_rules  # noqa: E402
+from shared.monitoring.logsquery import load_queries  # noqa: E402
+from shared.monitoring.reportcache import ReportCache  # noqa: E402
+from shared.monitoring.status import CLIENT_OPTIONS, WINDOWS, WINDOWS_BY_NAME, build_status  # noqa: E402
+from shared.monitoring.status_service import StatusService  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.status import CLIENT_OPTIONS, WINDOWS, WINDOWS_BY_NAME, build_status  # noqa: E402
-from shared.status_service import StatusService, get_query_runner  # noqa: E402
 from tests.e2e import telemetry_gen as gen  # noqa: E402
 
 TARGET_COLD_MS = 2000.0
@@ -223,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def measure(args: argparse.Namespace, base: str, total: int) -> int:
     from azure.monitor.query import LogsQueryClient
 
-    from shared.logsquery import LocalTokenCredential
+    from shared.monitoring.logsquery import LocalTokenCredential
 
     env = {"VISION_ENDPOINT": "http://127.0.0.1:9", "AzureWebJobsStorage":
            "UseDevelopmentStorage=true", "LOGS_QUERY_ENDPOINT": f"{base}/v1",

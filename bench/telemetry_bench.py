@@ -265,11 +265,11 @@ def main() -> int:
                            ("export threads", max(0.0, per_record_us(name, "cpu_s")
                                                   - per_record_us(name, "thread_s")))])
         for name, title in columns
-    ]  # fmt: skip
+    ]
     _chart.write(args.chart, _chart.bars(
         f"CPU per telemetry record (median of {args.repeat} x {records})", "us", bars,
         [_chart.Mark("seed caller CPU", per_record_us("seed", "thread_s"))],
-    ))  # fmt: skip
+    ))
     print(f"chart: {args.chart}")
     return 0
 

@@ -6,7 +6,8 @@
 
 ``pin`` snapshots the distribution of every image descriptor over the range (the
 ``drift_distribution`` query) into ``drift/baseline.json`` of the status container; the status
-evaluation then compares the current window with that range (``shared.drift``). It refuses a
+evaluation then compares the current window with that range (``shared.monitoring.drift``). It
+refuses a
 range with fewer than ``DRIFT_MIN_IMAGES`` analysed images: a baseline of nothing would make every
 window look new. Works against Azure and against the local stack (the same settings). Not part of
 the deployed app: it is run by a person, not on the analysis path.
@@ -21,9 +22,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from shared.drift import BASELINE_DOCUMENT, Baseline, JsonDocuments, load_baseline
-from shared.logsquery import QueryResult, Timespan
-from shared.replay import load_environment
+from devstack.replay import load_environment
+from shared.monitoring.drift import BASELINE_DOCUMENT, Baseline, JsonDocuments, load_baseline
+from shared.monitoring.logsquery import QueryResult, Timespan
 from shared.settings import Settings
 
 DISTRIBUTION_QUERY = "drift_distribution"
@@ -83,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settings", help="a local.settings.json whose Values to use")
     args = parser.parse_args(argv)
 
-    from shared.logsquery import LogsQueryRunner
-    from shared.probes import status_store
+    from shared.composition import status_store
+    from shared.monitoring.logsquery import LogsQueryRunner
 
     settings = Settings.from_env(load_environment(args.settings))
     documents = status_store(settings)

@@ -57,9 +57,10 @@ __all__ = [
     "send_marker",
 ]
 
-#: The multiwindow burn-rate rules of ``shared.alerts`` (fast: 14.4x over 1 h, slow: 6x over 6 h).
+#: The multiwindow burn-rate rules of ``shared.monitoring.alerts`` (fast: 14.4x over 1 h, slow: 6x
+#: over 6 h).
 BURN_RATE_ALERTS = ("slo-burn-fast", "slo-burn-slow")
-#: ``shared.probes.E2E_PROBE``; repeated here so the gate needs nothing of the app.
+#: ``shared.ops.probes.E2E_PROBE``; repeated here so the gate needs nothing of the app.
 E2E_PROBE = "pipeline-e2e"
 #: Name of the custom event (AppEvents / customEvents) that marks a deployment.
 MARKER_EVENT = "deployment"

@@ -1,4 +1,5 @@
-"""Renders the alert rules of ``shared.alerts`` into ``infra/alerts/scheduled-query-rules.json``.
+"""Renders the alert rules of ``shared.monitoring.alerts`` into
+``infra/alerts/scheduled-query-rules.json``.
 
 ``infra/main.bicep`` loads that file (``loadJsonContent``) and ``infra/app/alerts.bicep`` turns
 each entry into a scheduled query rule, so the rules the status function evaluates and the
@@ -22,7 +23,7 @@ RULES_FILE = REPO_ROOT / "infra" / "alerts" / "scheduled-query-rules.json"
 
 
 def render() -> str:
-    from shared.alerts import render_alert_rules
+    from shared.monitoring.alerts import render_alert_rules
 
     return json.dumps(render_alert_rules(), indent=2) + "\n"
 

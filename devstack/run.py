@@ -36,7 +36,7 @@ def sample_files(folder: Path) -> list[Path]:
 def upload_samples(connection_string: str, container: str, files: list[Path]) -> list[Tracked]:
     from azure.storage.blob import BlobServiceClient
 
-    from shared.results import normalize_etag
+    from shared.analysis.results import normalize_etag
 
     client = BlobServiceClient.from_connection_string(connection_string)
     images = client.get_container_client(container)
@@ -57,8 +57,8 @@ def poll_documents(
     from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import BlobServiceClient
 
+    from shared.analysis.results import normalize_etag
     from shared.naming import result_path
-    from shared.results import normalize_etag
 
     client = BlobServiceClient.from_connection_string(connection_string)
     for item in tracked:

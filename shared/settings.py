@@ -138,7 +138,8 @@ class StorageConnection:
 
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
-    """Telemetry and Log Analytics settings (see ``shared.telemetry`` / ``shared.logsquery``).
+    """Telemetry and Log Analytics settings (see ``shared.telemetry`` /
+    ``shared.monitoring.logsquery``).
 
     ``connection_string`` and the query endpoint only ever reach the SDKs, never a log line.
     """
@@ -175,8 +176,8 @@ class TelemetrySettings:
 
 
 # --------------------------------------------------------------------------- health (probes, quota)
-# Settings of the synthetic probes and the quota check (shared/probes.py, shared/quota.py; see
-# docs/probes-and-quota.md). The three schedules are read by the Functions host from
+# Settings of the synthetic probes and the quota check (shared/ops/probes.py, shared/ops/quota.py;
+# see docs/probes-and-quota.md). The three schedules are read by the Functions host from
 # ``%PROBE_SCHEDULE%`` / ``%PROBE_E2E_SCHEDULE%`` / ``%QUOTA_SCHEDULE%``; they are parsed here too
 # so a bad value is reported with every other bad setting.
 
@@ -229,7 +230,8 @@ def _connection_string_field(connection_string: str | None, key: str) -> str | N
 
 @dataclass(frozen=True, slots=True)
 class MonitoringSettings:
-    """Thresholds of the alert rules (``shared.alerts``) and the status endpoint's tunables.
+    """Thresholds of the alert rules (``shared.monitoring.alerts``) and the status endpoint's
+    tunables.
 
     The same values render into the Azure alert rules and decide the status page's state.
     """
@@ -262,7 +264,8 @@ class MonitoringSettings:
 
 
 # --------------------------------------------------------------------------- tuning review
-# The periodic review of the slow knobs (shared/tuning.py, docs/tuning.md). The schedule is read
+# The periodic review of the slow knobs (shared/ops/tuning/policy.py, docs/tuning.md). The schedule
+# is read
 # by the Functions host from ``%TUNING_SCHEDULE%``; parsed here too so a bad value is reported.
 
 DEFAULT_TUNING_SCHEDULE = "0 15 3 * * *"  # daily, 03:15 UTC
@@ -277,7 +280,7 @@ class TuningMode(StrEnum):
 
 
 # --------------------------------------------------------------------------- drift
-# Input and output drift of the analysed images (shared/descriptors.py, docs/drift.md).
+# Input and output drift of the analysed images (shared/analysis/descriptors.py, docs/drift.md).
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,10 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from shared.analysis.results import DocumentConflict, StoredDocument, normalize_etag
+from shared.analysis.sources import SourceChanged, SourceVersion, too_large
 from shared.errors import StorageError
 from shared.naming import result_path
-from shared.results import DocumentConflict, StoredDocument, normalize_etag
-from shared.sources import SourceChanged, SourceVersion, too_large
 
 _etags = itertools.count(1)
 

@@ -2,7 +2,8 @@
 bad input it must reject, each with the reason code it must end with.
 
 Pure Pillow/stdlib, deterministic (fixed seeds), no I/O. The one source of generated images for
-the unit tests of ``shared.preprocessing``, the pipeline integration tests and the benchmarks.
+the unit tests of ``shared.analysis.preprocessing``, the pipeline integration tests and the
+benchmarks.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def photo(size: tuple[int, int] = (320, 240), mode: str = "RGB") -> Image.Image:
     """A smooth synthetic picture (two crossed gradients and a disc): compresses like a photo."""
     gradient = Image.linear_gradient("L").resize(size)
     im = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90).resize(size),
-                             gradient.transpose(Image.Transpose.ROTATE_180)))  # fmt: skip
+                             gradient.transpose(Image.Transpose.ROTATE_180)))
     draw = ImageDraw.Draw(im)
     w, h = size
     draw.ellipse((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=(200, 60, 40))

@@ -1,12 +1,13 @@
 """Blob-triggered analysis: a thin adapter from the trigger's ``BlobClient`` to ``process_blob``.
-Also the timer that re-drives blobs parked while Vision was down (``shared.parking``).
+Also the timer that re-drives blobs parked while Vision was down (``shared.analysis.parking``).
 
 The trigger parameter is an SDK type (``azurefunctions-extensions-bindings-blob``): the worker
 declares the binding as deferred, so the host never reads the blob — it sends the blob's
 connection, container and name, and the worker builds an ``azure.storage.blob.BlobClient`` from
 the ``AzureWebJobsStorage`` setting. With ``func.InputStream`` the host would read the whole blob
 and ship it to the worker before our code could look at its size (a 200 MB upload = 200 MB+ of
-host and worker memory per invocation). ``shared.pipeline`` reads the size first and the bytes of
+host and worker memory per invocation). ``shared.analysis.pipeline`` reads the size first and the
+bytes of
 one version only, capped.
 
 The SDK type must be importable when the worker indexes the app (it resolves the annotation),
@@ -24,7 +25,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_sdk
 
 if TYPE_CHECKING:
-    from shared.sources import SourceBlob
+    from shared.analysis.sources import SourceBlob
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ untyped
 
@@ -43,7 +44,7 @@ def analyze_image(blob: blob_sdk.BlobClient, context: func.Context) -> None:
     trace context for the request span. It is annotated ``func.Context`` exactly: the worker
     refuses to load a function whose ``context`` annotation is anything else (e.g. Optional).
     """
-    from shared.sources import BlobClientSource
+    from shared.analysis.sources import BlobClientSource
 
     run_analysis(BlobClientSource(blob), context)
 
@@ -51,8 +52,8 @@ def analyze_image(blob: blob_sdk.BlobClient, context: func.Context) -> None:
 def run_analysis(source: SourceBlob, context: func.Context) -> None:
     """The handler's body over our own seam (tests pass an in-memory blob)."""
     from shared import telemetry
-    from shared.pipeline import process_blob
-    from shared.runtime import ensure_telemetry, get_pipeline_deps
+    from shared.analysis.pipeline import process_blob
+    from shared.composition import ensure_telemetry, get_pipeline_deps
 
     ensure_telemetry()
     trace_context = context.trace_context
@@ -72,8 +73,8 @@ def redrive_parked(timer: func.TimerRequest, context: func.Context) -> None:
     """Bring blobs parked during a Vision outage back once Vision answers (no operator)."""
     # No request span of its own: it runs every few seconds and would crowd the KPI queries;
     # the blobs it re-drives get their own spans when they are analysed.
-    from shared.runtime import ensure_telemetry
-    from shared.runtime import redrive_parked as run
+    from shared.composition import ensure_telemetry
+    from shared.composition import redrive_parked as run
 
     ensure_telemetry()
     run()

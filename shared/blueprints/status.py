@@ -1,6 +1,7 @@
 """HTTP status surface: ``/api/status`` (JSON), ``/api/health`` (anonymous) and ``/api/dashboard``.
 
-Thin adapters: each handler turns the request into plain values, calls ``shared.status`` and
+Thin adapters: each handler turns the request into plain values, calls ``shared.monitoring.status``
+and
 maps the result or the error to a response. Nothing is built at import; the report service
 (runner and cache) is created on the first request. A failure never leaks a stack trace: the
 report's own errors map to a JSON 503 naming the cause (with ``Retry-After`` when known).
@@ -28,7 +29,7 @@ async def status(req: func.HttpRequest) -> func.HttpResponse:
     it reads the instance's report cache and at most waits a moment for the report being built.
     """
     from shared import telemetry
-    from shared.runtime import ensure_telemetry
+    from shared.composition import ensure_telemetry
 
     ensure_telemetry()
     with telemetry.invocation("status", trigger=telemetry.Trigger.HTTP):
@@ -41,11 +42,11 @@ async def status_response(
     history: str | None, window: str | None
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(HTTP status, JSON body, headers) of ``/api/status`` for the given query parameters."""
-    from shared.logsquery import QueryError
-    from shared.reportcache import ReportPending
+    from shared.composition import get_status_service
+    from shared.monitoring.logsquery import QueryError
+    from shared.monitoring.reportcache import ReportPending
+    from shared.monitoring.status import WINDOWS_BY_NAME, StatusUnavailable, unavailable_from
     from shared.settings import SettingsError, get_settings
-    from shared.status import WINDOWS_BY_NAME, StatusUnavailable, unavailable_from
-    from shared.status_service import get_status_service
 
     now = datetime.now(UTC)
     try:
@@ -95,8 +96,8 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="dashboard", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def dashboard(req: func.HttpRequest) -> func.HttpResponse:
     """The local web dashboard: one self-contained page that polls ``/api/status``; its CSP
-    allows the page's own inline script and style by hash (``shared.dashboard``)."""
-    from shared.dashboard import dashboard_page
+    allows the page's own inline script and style by hash (``shared.monitoring.dashboard``)."""
+    from shared.monitoring.dashboard import dashboard_page
 
     page = dashboard_page()
     return func.HttpResponse(

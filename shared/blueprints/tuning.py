@@ -1,6 +1,6 @@
 """The tuning review: a daily timer, an on-demand run, its state, and manual pins.
 
-Thin adapters over ``shared.tuning_jobs``: the timer runs on ``%TUNING_SCHEDULE%`` and never
+Thin adapters over ``shared.ops.tuning.review``: the timer runs on ``%TUNING_SCHEDULE%`` and never
 on start-up; ``POST /api/tuning/review[?mode=recommend|apply]`` runs one now (function key);
 ``GET /api/tuning`` returns the last review and the overlay in force (function key);
 ``PUT``/``DELETE /api/tuning/pins/{tunable}`` pins or unpins a runtime tunable (admin key:
@@ -24,7 +24,7 @@ def _json(status: int, body: Any) -> func.HttpResponse:
 
 
 def _context() -> Any:
-    from shared.runtime import ensure_telemetry, get_review_context
+    from shared.composition import ensure_telemetry, get_review_context
 
     ensure_telemetry()
     return get_review_context()
@@ -33,7 +33,7 @@ def _context() -> Any:
 @bp.timer_trigger(arg_name="timer", schedule="%TUNING_SCHEDULE%", run_on_startup=False)
 def tuning_review(timer: func.TimerRequest, context: func.Context) -> None:
     """Review retries, timeout, backoff, preprocessing and rate from the last window's telemetry."""
-    from shared.tuning_jobs import tuning_timer
+    from shared.ops.tuning.review import tuning_timer
 
     tuning_timer(_context(), past_due=timer.past_due,
                  invocation_id=context.invocation_id)
@@ -41,7 +41,7 @@ def tuning_review(timer: func.TimerRequest, context: func.Context) -> None:
 
 @bp.route(route="tuning/review", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def tuning_review_now(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.tuning_jobs import review_now
+    from shared.ops.tuning.review import review_now
 
     return _json(*review_now(_context(), req.params.get("mode")))
 
@@ -49,7 +49,7 @@ def tuning_review_now(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tuning", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def tuning_get(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import StorageError
-    from shared.tuning_jobs import tuning_state
+    from shared.ops.tuning.review import tuning_state
 
     try:
         return _json(200, tuning_state(_context()))
@@ -61,7 +61,7 @@ def tuning_get(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ADMIN)
 def tuning_pin(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import StorageError
-    from shared.tuning_jobs import set_pin
+    from shared.ops.tuning.review import set_pin
 
     tunable = req.route_params.get("tunable", "")
     value: float | None = None

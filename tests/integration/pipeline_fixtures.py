@@ -36,8 +36,8 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient
 
 from devstack import procs, stack
+from shared.analysis.results import META_SOURCE_ETAG, normalize_etag
 from shared.naming import result_path
-from shared.results import META_SOURCE_ETAG, normalize_etag
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES, RESULTS, FAILED = "images", "results", "failed"
@@ -189,11 +189,11 @@ class PipelineStack:
             [sys.executable, "-m", "devstack", "--state-dir", str(self.state_dir), *args],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
             check=False,
-        )  # fmt: skip
+        )
 
     def up(self) -> None:
         started = self._devstack("up", "--auto-ports", "--json", "--vision-tps",
-                                 str(self.vision_tps), *self.up_args)  # fmt: skip
+                                 str(self.vision_tps), *self.up_args)
         if started.returncode != 0:
             self.down()
             raise StackError(f"devstack up failed:\n{started.stderr[-4000:]}")
@@ -313,7 +313,7 @@ class PipelineStack:
         return list(self.container(IMAGES).list_blob_names())
 
     def app_environment(self) -> dict[str, str]:
-        """What an operator tool (``shared.replay``) needs to reach this stack's storage."""
+        """What an operator tool (``devstack.replay``) needs to reach this stack's storage."""
         return {
             **os.environ,
             **self.settings,
@@ -389,7 +389,7 @@ class PipelineStack:
         return found
 
     def poison_messages(self) -> list[PoisonMessage]:
-        """Every message on the poison queue, peeked (they stay for ``shared.replay``)."""
+        """Every message on the poison queue, peeked (they stay for ``devstack.replay``)."""
         queue = QueueClient.from_connection_string(self.connection_string, POISON_QUEUE)
         count = queue.get_queue_properties().approximate_message_count or 0
         raw = [m.content for m in queue.peek_messages(max_messages=32)]
@@ -401,7 +401,7 @@ class PipelineStack:
             messages.append(PoisonMessage(
                 container=body["ContainerName"], name=body["BlobName"],
                 etag=normalize_etag(body.get("ETag")), function_id=body.get("FunctionId"),
-            ))  # fmt: skip
+            ))
         return messages
 
     # -- host ----------------------------------------------------------------------------------
@@ -410,14 +410,14 @@ class PipelineStack:
         response = httpx.get(
             f"{self.endpoints['functions_url']}/admin/host/status",
             headers={"x-functions-key": str(self.endpoints["master_key"])}, timeout=10,
-        )  # fmt: skip
+        )
         response.raise_for_status()
         status: dict[str, Any] = response.json()
         return status
 
     def wait_host_idle(self, *, timeout: float = 60) -> None:
         wait_for(lambda: self.host_status()["local"]["activeInvocations"] == 0,
-                 timeout=timeout, what="the host to finish its invocations")  # fmt: skip
+                 timeout=timeout, what="the host to finish its invocations")
 
     # -- Vision emulator admin -----------------------------------------------------------------
 
@@ -425,7 +425,7 @@ class PipelineStack:
         response = httpx.request(
             method, f"{self.endpoints['vision_endpoint']}{path}", json=body,
             headers={"Ocp-Apim-Subscription-Key": str(self.endpoints["vision_key"])}, timeout=10,
-        )  # fmt: skip
+        )
         response.raise_for_status()
         return response.json()
 
@@ -460,9 +460,9 @@ class PipelineStack:
 
 
 def run_replay(stack: PipelineStack, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m shared.replay`` against the stack, as an operator would run it."""
+    """``python -m devstack.replay`` against the stack, as an operator would run it."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.replay", *args],
+        [sys.executable, "-m", "devstack.replay", *args],
         cwd=REPO_ROOT, env=stack.app_environment(), capture_output=True, text=True,
         timeout=120, check=False,
-    )  # fmt: skip
+    )

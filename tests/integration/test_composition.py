@@ -15,17 +15,18 @@ from typing import Any
 import pytest
 
 from devstack.azurite import AzuriteConfig
-from shared import results, runtime, settings, status_service
+from shared import composition, settings
+from shared.analysis import results
 from shared.blueprints import status as status_bp
-from shared.logsquery import LogsQueryRunner
+from shared.monitoring.logsquery import LogsQueryRunner
 from tests.unit.test_status import FakeRunner, healthy_answers
 
 pytestmark = pytest.mark.integration
 
 CACHED: tuple[Any, ...] = (
-    settings.get_settings, runtime.blob_service_for, runtime.credential_for,
-    runtime.get_review_context, status_service.get_status_service,
-    status_service.get_query_runner,
+    settings.get_settings, composition.blob_service_for, composition.credential_for,
+    composition.get_review_context, composition.get_status_service,
+    composition.get_query_runner,
 )
 
 
@@ -60,7 +61,7 @@ def app_env(azurite: AzuriteConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 def test_a_hundred_reports_build_one_blob_client_and_one_runner(app_env: Counter[str]) -> None:
-    service = status_service.get_status_service()
+    service = composition.get_status_service()
     bodies = [service._core().to_json() for _ in range(100)]  # every one computed, no cache
     assert all(b["quota"]["source"] in ("none", "telemetry") for b in bodies)
     assert all("overlay" in b["tuning"] for b in bodies)  # read from storage each time

@@ -8,7 +8,7 @@ holds it equal to each rule's own ``alert_*.kql``, which Azure runs). Every eval
 run of a rule with a 1-minute frequency, so "active at k" means "fires at most k minutes after
 onset".
 
-Targets (issue 6): outage ≤ 2 simulated minutes, latency x3 ≤ 5, 429 storm ≤ 2; none on the
+Targets: outage ≤ 2 simulated minutes, latency x3 ≤ 5, 429 storm ≤ 2; none on the
 healthy period. No test waits for real minutes.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.logsquery import LogsQueryRunner
+from shared.monitoring.logsquery import LogsQueryRunner
+from shared.monitoring.status import CLIENT_OPTIONS, build_status
 from shared.settings import Settings
-from shared.status import CLIENT_OPTIONS, build_status
 from tests.e2e.telemetry_gen import MonitorEmulator, Traffic, running_monitor
 
 pytestmark = pytest.mark.integration

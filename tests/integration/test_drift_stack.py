@@ -10,7 +10,8 @@ emulator runs real OCR and detectors, about a second per image); a stream repeat
 Simulated time, as in ``test_detection``: for "k minutes after onset" the Monitor emulator is
 emptied and refilled with request rows laid out relative to the real now (the emulator's
 ``ago()`` reads the wall clock) and the rules are evaluated as the status endpoint does. The rows
-carry exactly the properties ``shared.telemetry.outcome_measures`` puts on an analysed image's
+carry exactly the properties ``shared.analysis.observer.outcome_measures`` puts on an analysed
+image's
 request span. Re-baselining: ``devstack.drift_baseline.pin`` runs against the same emulator and
 the status evaluation reads the pinned document back. No test waits for real minutes.
 """
@@ -30,15 +31,15 @@ from devstack import procs
 from devstack.drift_baseline import pin
 from devstack.vision.config import MODEL_VERSION
 from devstack.vision.models import REHEARSAL_VERSION
-from shared.drift import Baseline, load_baseline
-from shared.logsquery import LogsQueryRunner
-from shared.pipeline import AnalysisOutcome, Outcome, PipelineDeps, process_blob
-from shared.preprocessing import PreprocessOptions
-from shared.results import ResultRepository
+from shared.analysis.observer import outcome_measures
+from shared.analysis.pipeline import AnalysisOutcome, Outcome, PipelineDeps, process_blob
+from shared.analysis.preprocessing import PreprocessOptions
+from shared.analysis.results import ResultRepository
+from shared.analysis.vision import build_vision_client
+from shared.monitoring.drift import Baseline, load_baseline
+from shared.monitoring.logsquery import LogsQueryRunner
+from shared.monitoring.status import CLIENT_OPTIONS, build_status
 from shared.settings import Settings
-from shared.status import CLIENT_OPTIONS, build_status
-from shared.telemetry import outcome_measures
-from shared.vision import build_vision_client
 from tests.e2e.telemetry_gen import MonitorEmulator, request, running_monitor
 from tests.fakes import MemoryBlob, MemoryStore
 from tests.images import darker_blurrier, sample_images

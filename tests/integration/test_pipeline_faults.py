@@ -113,7 +113,7 @@ def test_every_image_ends_in_exactly_one_place(stack: PipelineStack) -> None:
         ("  injected faults", ", ".join(f"{k}: {n}" for k, n in stats["faults"].items())),
         ("client attempts in results", f"{result_attempts} for {len(results)} documents"),
         ("wall time to last receipt", f"{elapsed:.1f} s"),
-    ])  # fmt: skip
+    ])
     print(f"\nfault run summary\n{summary}")
     log.warning("fault run summary\n%s", summary)
 

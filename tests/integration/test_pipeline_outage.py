@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 from pipeline_fixtures import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack, wait_for
 
+from shared.analysis.results import META_SOURCE_ETAG
 from shared.naming import result_path
-from shared.results import META_SOURCE_ETAG
 from tests import images
 
 pytestmark = pytest.mark.integration
@@ -74,12 +74,12 @@ def test_a_minute_long_outage_parks_and_redrives_every_image(stack: PipelineStac
         wait_for(lambda due=due: time.monotonic() - outage_started >= due,
                  timeout=UPLOAD_EVERY_S * 2 + 5, interval=0.2, what="the next upload slot")
     wait_for(lambda: time.monotonic() - outage_started >= OUTAGE_S, timeout=OUTAGE_S + 5,
-             interval=0.5, what="the end of the outage")  # fmt: skip
+             interval=0.5, what="the end of the outage")
     during = stack.vision_stats()
     outage_calls = int(during["faults"].get("outage", 0))
 
     wait_for(lambda: all(_analysed_current(stack, names).values()), timeout=240, interval=2,
-             what="every image analysed after the outage")  # fmt: skip
+             what="every image analysed after the outage")
     stack.wait_host_idle()
     stats = stack.wait_vision_quiet(settle=3)
 
@@ -88,14 +88,14 @@ def test_a_minute_long_outage_parks_and_redrives_every_image(stack: PipelineStac
     parked = list(stack.container(PARKED).list_blob_names())
     retouched = sum(1 for name in names
                     if "replayed_at" in (stack.container(IMAGES).get_blob_client(name)
-                                         .get_blob_properties().metadata or {}))  # fmt: skip
+                                         .get_blob_properties().metadata or {}))
     ok = int(stats["by_status"].get("200", 0))
     # before the breaker opens: its threshold plus what was already in flight; then one probe
     # per interval (and the redrive's own probe blob rides on the same probe slot)
     bound = BREAKER_FAILURES + MAX_PARALLEL + OUTAGE_S // PROBE_INTERVAL_S + 1
     log.info("outage %ss: %d images, %d Vision calls during the outage (bound %d), %d re-driven,"
              " %d analysed (200), poison %d, failed %d, parked %d", OUTAGE_S, IMAGE_COUNT,
-             outage_calls, bound, retouched, ok, len(poison), len(failed), len(parked))  # fmt: skip
+             outage_calls, bound, retouched, ok, len(poison), len(failed), len(parked))
     print(f"\n  outage {OUTAGE_S} s, {IMAGE_COUNT} images: {outage_calls} Vision calls during it"
           f" (bound {bound}, {outage_calls / OUTAGE_S:.2f}/s), {retouched} re-driven, {ok} x 200")
     assert poison == []

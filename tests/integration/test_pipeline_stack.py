@@ -9,7 +9,7 @@ repo's ``function_app.py``), driven only through storage uploads and the emulato
   Vision call and without a poison message;
 * odd blob names get the safe document paths ``shared.naming.result_path`` promises, and a
   name with control characters forges no line in the host log or AppTraces;
-* an overwrite (new ETag) is analysed again; a poisoned blob comes back with ``shared.replay``;
+* an overwrite (new ETag) is analysed again; a poisoned blob comes back with ``devstack.replay``;
 * a host restart with its receipts gone re-triggers every blob, and the pipeline's own ETag
   check makes that cost no Vision call at all.
 
@@ -40,9 +40,9 @@ from pipeline_fixtures import (
     wait_for,
 )
 
-from shared.logsquery import LogsQueryRunner
+from shared.analysis.preprocessing import MAX_IMAGE_BYTES
+from shared.monitoring.logsquery import LogsQueryRunner
 from shared.naming import result_path
-from shared.preprocessing import MAX_IMAGE_BYTES
 from shared.settings import Settings
 from tests import images
 
@@ -117,7 +117,7 @@ def _expect_complete_result(doc: Document, name: str, data: bytes) -> dict[str, 
     analysis = body["analysis"]
     # coordinates refer to the image that was sent
     assert analysis["metadata"] == {"width": record["final_width"],
-                                    "height": record["final_height"]}  # fmt: skip
+                                    "height": record["final_height"]}
     assert {"readResult", "peopleResult", "smartCropsResult"} <= set(analysis)
     return record
 
@@ -131,7 +131,7 @@ def test_good_image_ends_with_a_complete_result(
     record = _expect_complete_result(doc, image.name, data)
     assert record["detected_format"] == image.detected_format
     within_limits = len(data) < MAX_IMAGE_BYTES and max(
-        record["original_width"], record["original_height"]) <= 2048  # fmt: skip
+        record["original_width"], record["original_height"]) <= 2048
     if within_limits and record["orientation"] == 1:
         assert record["reencoded"] is False
         assert record["final_bytes"] == len(data)
@@ -312,9 +312,9 @@ def test_replay_with_development_storage_needs_the_stack_it_means(
     env = {**stack.app_environment(), "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
 
     def replay(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shared.replay", "--failed", "--dry-run",
+        return subprocess.run([sys.executable, "-m", "devstack.replay", "--failed", "--dry-run",
                                *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                              timeout=120, check=False)  # fmt: skip
+                              timeout=120, check=False)
 
     refused = replay("--stack", str(tmp_path / "no-stack-here"))
     assert refused.returncode == 2, refused.stdout + refused.stderr

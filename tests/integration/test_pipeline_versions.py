@@ -40,8 +40,8 @@ from PIL import Image
 from pipeline_fixtures import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack, wait_for
 
 from devstack.stack import load_state
+from shared.analysis.results import META_SOURCE_ETAG
 from shared.naming import result_path
-from shared.results import META_SOURCE_ETAG
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,9 @@
 
 Timers get a yearly schedule so they never fire by themselves; each test runs one now through
 the host's admin endpoint (``POST /admin/functions/{name}``) and reads back what it reported:
-availability rows through ``shared.logsquery`` (``queries/probe_results.kql``) and the status
-documents through ``load_probe_results`` / ``load_quota_status``. Faults come from the Vision
+availability rows through ``shared.monitoring.logsquery`` (``queries/probe_results.kql``) and the
+status
+documents through ``read_probe_results`` / ``read_quota_status``. Faults come from the Vision
 emulator's admin API. Every wait polls with a deadline.
 """
 
@@ -23,9 +24,10 @@ import httpx
 import pytest
 
 from devstack import procs
-from shared.logsquery import LogsQueryRunner
-from shared.probes import load_probe_results
-from shared.quota import load_quota_status
+from shared.composition import status_store
+from shared.monitoring.logsquery import LogsQueryRunner
+from shared.ops.probes import read_probe_results
+from shared.ops.quota import read_quota_status
 from shared.settings import Settings
 from tests import images
 from tests.integration.pipeline_fixtures import (
@@ -85,7 +87,7 @@ def app_settings(stack: PipelineStack, **extra: str) -> Settings:
         "LOGS_QUERY_ENDPOINT": str(e["query_endpoint"]),
         "LOGS_WORKSPACE_ID": str(e["workspace_id"]),
         **extra,
-    })  # fmt: skip
+    })
 
 
 def invoke(base_url: str, master_key: str, function: str) -> None:
@@ -143,7 +145,7 @@ def _envelope(at: datetime, result_code: str, ikey: str) -> dict[str, Any]:
             "data": "http://127.0.0.1:7081/computervision/imageanalysis:analyze?features=read",
             "properties": {"vision.attempt": "1", "vision.features": "read",
                            "vision.throttled": str(result_code == "429")}}},
-    }  # fmt: skip
+    }
 
 
 def test_quota_forecast_and_exhaustion_match_a_hand_computation(stack: PipelineStack) -> None:
@@ -174,7 +176,7 @@ def test_quota_forecast_and_exhaustion_match_a_hand_computation(stack: PipelineS
     holder: list[Any] = []
 
     def stored() -> bool:
-        status = load_quota_status(settings)
+        status = read_quota_status(status_store(settings))
         holder[:] = [status]
         return status is not None and status.computed_at >= marker
 
@@ -217,7 +219,7 @@ def test_healthy_vision_probe_reports_success_with_a_plausible_duration(
     assert row["Location"] == LOCATION
     assert 0 < row["DurationMs"] < 60_000
     assert str(row["Message"]).startswith("passed")
-    kept = load_probe_results(app_settings(stack))["vision-analyze"]
+    kept = read_probe_results(status_store(app_settings(stack)))["vision-analyze"]
     assert kept.success and kept.run_location == LOCATION
 
 
@@ -253,7 +255,7 @@ def test_healthy_e2e_probe_proves_the_pipeline_and_spares_user_data(
     assert doc.container == RESULTS and doc.body["source"]["name"] == user
     assert list(stack.container(RESULTS).list_blob_names(name_starts_with=PROBE_FOLDER)) == [
         doc.path]
-    assert load_probe_results(app_settings(stack))["pipeline-e2e"].success
+    assert read_probe_results(status_store(app_settings(stack)))["pipeline-e2e"].success
 
     # KPIs tell the two apart by the probe's marker, not by the folder both share
     rows: list[dict[str, Any]] = []
@@ -293,7 +295,7 @@ def test_each_fault_is_a_failed_row_with_its_class(
     assert row["Success"] is False
     assert str(row["Message"]).startswith(message), row["Message"]
     assert row["Location"] == LOCATION
-    kept = load_probe_results(app_settings(stack))["vision-analyze"]
+    kept = read_probe_results(status_store(app_settings(stack)))["vision-analyze"]
     assert not kept.success and kept.message == row["Message"]
 
 
@@ -314,7 +316,7 @@ def test_wrong_probe_key_is_an_auth_failure(stack: PipelineStack, tmp_path: Path
         "LOGS_WORKSPACE_ID": str(e["workspace_id"]),
         "AzureFunctionsWebHost__hostid": "probe-wrong-key",
         "AzureWebJobs.analyze_image.Disabled": "true",  # the stack's host owns the images
-    }  # fmt: skip
+    }
     state = tmp_path / "host"
     argv = [sys.executable, "-m", "devstack.host", "--script-root", str(REPO_ROOT),
             "--port", str(port), "--state-dir", str(state)]

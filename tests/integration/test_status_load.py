@@ -40,8 +40,8 @@ import httpx
 import pytest
 from pipeline_fixtures import BASE_SETTINGS, REPO_ROOT, PipelineStack, wait_for
 
+from shared.monitoring.status import WINDOWS_BY_NAME, plan, series_plan
 from shared.settings import Settings
-from shared.status import WINDOWS_BY_NAME, plan, series_plan
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Telemetry end to end: the real blob trigger on a private stack, the real exporter, the Monitor
-emulator, and the named queries read back through LogsQueryClient (shared.logsquery).
+emulator, and the named queries read back through LogsQueryClient (shared.monitoring.logsquery).
 
 The mix: 40 good images (some with printed words, so OCR text exists), 7 invalid ones, 2
 synthetic uploads (carrying the probe's marker metadata), 1 user upload in the probe's folder
@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 
 from devstack import procs
 from shared import telemetry
-from shared.logsquery import LogsQueryRunner, QueryResult, load_queries
+from shared.monitoring.logsquery import LogsQueryRunner, QueryResult, load_queries
 from shared.settings import Settings
 from tests.integration.pipeline_fixtures import Execution, PipelineStack, host_executions
 

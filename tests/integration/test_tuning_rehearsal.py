@@ -32,10 +32,10 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from shared.logsquery import LogsQueryRunner
+from shared.monitoring.logsquery import LogsQueryRunner
+from shared.monitoring.status import CLIENT_OPTIONS
+from shared.ops.tuning.review import load_kpi
 from shared.settings import Settings
-from shared.status import CLIENT_OPTIONS
-from shared.tuning_jobs import load_kpi
 from tests.integration.pipeline_fixtures import (
     BASE_SETTINGS,
     REPO_ROOT,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.alerts import (
+from shared.monitoring.alerts import (
     Aggregation,
     AlertRule,
     Operator,
@@ -18,7 +18,7 @@ from shared.alerts import (
     iso_duration,
     render_alert_rules,
 )
-from shared.logsquery import load_queries
+from shared.monitoring.logsquery import load_queries
 from shared.settings import MonitoringSettings, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,7 +166,7 @@ def test_drift_rules_name_the_rows_that_breach_and_split_by_them_in_azure() -> N
 def test_drift_rules_follow_a_pinned_baseline() -> None:
     from datetime import UTC, datetime
 
-    from shared.drift import Baseline
+    from shared.monitoring.drift import Baseline
 
     now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     pinned = Baseline.pinned(datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC),

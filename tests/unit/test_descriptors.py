@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from shared.descriptors import THUMB_SIDE, describe, geometry
-from shared.preprocessing import PreprocessOptions, preprocess
+from shared.analysis.descriptors import THUMB_SIDE, describe, geometry
+from shared.analysis.preprocessing import PreprocessOptions, preprocess
 from tests.images import darker_blurrier, encode, photo, sample_images
 
 SAMPLES = sample_images()

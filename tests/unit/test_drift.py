@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.drift import BASELINE_DOCUMENT, Baseline, load_baseline, save_baseline
+from shared.monitoring.drift import BASELINE_DOCUMENT, Baseline, load_baseline, save_baseline
 from shared.settings import DriftSettings
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

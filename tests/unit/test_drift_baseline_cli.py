@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from devstack.drift_baseline import PinRefused, pin, unpin
-from shared.drift import load_baseline
-from shared.logsquery import QueryResult
+from shared.monitoring.drift import load_baseline
+from shared.monitoring.logsquery import QueryResult
 from shared.settings import Settings
 from tests.unit.test_drift import Documents
 

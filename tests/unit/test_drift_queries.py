@@ -12,7 +12,7 @@ import pytest
 
 from devstack.monitor.store import Store
 from shared import telemetry as t
-from shared.logsquery import load_queries
+from shared.monitoring.logsquery import load_queries
 from tests.unit.test_queries import Telemetry
 
 QUERIES = load_queries()

@@ -8,7 +8,7 @@
   cannot check these) have the values the design relies on;
 * the workflows and azd hooks run only commands that exist here, and CI runs the README's test
   command;
-* the seam for issue 6 (rendered scheduled query rules, workbook JSON) is well-formed.
+* the rendered scheduled query rules and workbook JSON are well-formed.
 
 The last test runs ``scripts/infra-scan`` (the static check of ``devstack.infracheck``) for real;
 checkov runs in CI on the compiled ARM. Nothing here talks to Azure.
@@ -339,7 +339,7 @@ def test_blob_subscription_targets_the_blob_trigger(repo_app: Any) -> None:
     assert "/runtime/webhooks/blobs?functionName=Host.Functions." in text
 
 
-# --- issue 6 seam -------------------------------------------------------------------------------
+# --- rendered alert rules and workbook ---------------------------------------------------------
 
 _CRITERION_AGGREGATIONS = {"Average", "Count", "Maximum", "Minimum", "Total"}
 _OPERATORS = {"Equals", "GreaterThan", "GreaterThanOrEqual", "LessThan", "LessThanOrEqual"}

@@ -1,7 +1,8 @@
 """Alert rules → Bicep stay in sync, and every KQL the infra deploys runs on duckdb-kql.
 
 The rules file is what ``infra/main.bicep`` loads; it must equal a fresh render of
-``shared.alerts``. Each rendered query (parameters filled in) and each workbook query is run on
+``shared.monitoring.alerts``. Each rendered query (parameters filled in) and each workbook query is
+run on
 the Monitor emulator's own table schema, so a query that Log Analytics would get but duckdb-kql
 cannot parse fails here, not in Azure.
 """

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from shared.analysis.pipeline import AnalysisOutcome, Outcome, PipelineDeps, process_blob
+from shared.analysis.results import COMMIT_ATTEMPTS
+from shared.analysis.vision import AttemptHook, VisionResult
 from shared.errors import ErrorClass, StorageError
 from shared.naming import result_path
-from shared.pipeline import AnalysisOutcome, Outcome, PipelineDeps, process_blob
-from shared.results import COMMIT_ATTEMPTS
-from shared.vision import AttemptHook, VisionResult
 from tests.fakes import MemoryBlob, MemoryStore
 from tests.unit.test_pipeline import IMAGE, OK_PAYLOAD, RecordingObserver, jpeg, make_deps
 
@@ -44,14 +44,14 @@ class HookedAnalyzer:
             hook()
         return VisionResult(payload=OK_PAYLOAD, model_version="2023-10-01",
                             features=tuple(features), attempts=1, duration_ms=5.0,
-                            limiter_wait_ms=0.0)  # fmt: skip
+                            limiter_wait_ms=0.0)
 
 
 def setup() -> tuple[MemoryStore, HookedAnalyzer, RecordingObserver, PipelineDeps]:
     store, analyzer, observer = MemoryStore(), HookedAnalyzer(), RecordingObserver()
     deps = make_deps(store, observer=observer)
     deps = PipelineDeps(analyzer=analyzer, repository=deps.repository, features=deps.features,
-                        observer=observer, clock=deps.clock, now=deps.now)  # fmt: skip
+                        observer=observer, clock=deps.clock, now=deps.now)
     return store, analyzer, observer, deps
 
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from devstack.host.__main__ import CONTINUATION, LOG_FORMAT, OneEntryFormatter
 from shared import telemetry
+from shared.analysis.pipeline import process_blob
 from shared.errors import ThrottledError
 from shared.naming import printable
-from shared.pipeline import process_blob
 from tests.fakes import MemoryStore
 from tests.unit.test_pipeline import FakeAnalyzer, blob, make_deps
 
@@ -87,11 +87,11 @@ def test_pipeline_logs_escape_the_name_and_documents_keep_it(
 
 @pytest.fixture
 def telemetry_state() -> Iterator[None]:
-    saved = telemetry._STATE.hash_blob_names
+    saved = telemetry.state._STATE.hash_blob_names
     try:
         yield
     finally:
-        telemetry._STATE.hash_blob_names = saved
+        telemetry.state._STATE.hash_blob_names = saved
 
 
 def _filtered(message: str, *args: object) -> str:
@@ -102,7 +102,7 @@ def _filtered(message: str, *args: object) -> str:
 
 @pytest.mark.usefixtures("telemetry_state")
 def test_telemetry_filter_escapes_the_invocations_name_logged_verbatim() -> None:
-    telemetry._STATE.hash_blob_names = False
+    telemetry.state._STATE.hash_blob_names = False
     with telemetry.invocation("analyze_image", trigger=telemetry.Trigger.DATASOURCE,
                               blob=("images", HOSTILE)):
         assert _filtered("careless %s", HOSTILE) == f"careless {printable(HOSTILE)}"
@@ -112,7 +112,7 @@ def test_telemetry_filter_escapes_the_invocations_name_logged_verbatim() -> None
 
 @pytest.mark.usefixtures("telemetry_state")
 def test_telemetry_filter_hashes_both_forms_of_the_name() -> None:
-    telemetry._STATE.hash_blob_names = True
+    telemetry.state._STATE.hash_blob_names = True
     with telemetry.invocation("analyze_image", trigger=telemetry.Trigger.DATASOURCE,
                               blob=("images", HOSTILE)) as inv:
         label = inv.blob_label

@@ -19,12 +19,12 @@ from azure.core.rest import HttpRequest
 from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import case_insensitive_dict
 
-from shared.parking import ParkingLot, redrive
-from shared.pipeline import Outcome, PipelineDeps, process_blob
-from shared.results import ResultRepository
+from shared.analysis.parking import ParkingLot, redrive
+from shared.analysis.pipeline import Outcome, PipelineDeps, process_blob
+from shared.analysis.results import ResultRepository
+from shared.analysis.sources import SourceChanged, SourceVersion
+from shared.analysis.vision import build_vision_client
 from shared.settings import Settings
-from shared.sources import SourceChanged, SourceVersion
-from shared.vision import build_vision_client
 from tests import images
 from tests.fakes import MemoryStore
 from tests.unit.test_vision_client import OK_BODY, FakeClock
@@ -57,7 +57,7 @@ class OutageTransport(HttpTransport):  # type: ignore[type-arg]
         else:
             self.ok += 1
         body = json.dumps({"error": {"code": "ServiceUnavailable", "message": "down"}}
-                          if down else OK_BODY).encode()  # fmt: skip
+                          if down else OK_BODY).encode()
 
         def stream(**_: Any) -> Any:
             yield body
@@ -68,7 +68,7 @@ class OutageTransport(HttpTransport):  # type: ignore[type-arg]
             headers=case_insensitive_dict({"Content-Type": "application/json",
                                            **({"Retry-After": "1"} if down else {})}),
             stream_download_generator=stream,
-        )  # fmt: skip
+        )
         response.read()
         return response
 
@@ -140,14 +140,14 @@ def test_a_ten_minute_outage_ends_with_every_image_analysed_once() -> None:
         "VISION_BREAKER_FAILURES": str(BREAKER_FAILURES),
         "VISION_PROBE_INTERVAL_SECONDS": str(PROBE_INTERVAL_S),
         "VISION_BACKOFF_BASE_SECONDS": "0.2", "VISION_BACKOFF_MAX_SECONDS": "2",
-    })  # fmt: skip
+    })
     client = build_vision_client(settings, transport=transport, clock=clock, sleep=clock.sleep,
-                                 limiter_clock=clock)  # fmt: skip
+                                 limiter_clock=clock)
     store, storage = MemoryStore(), Storage()
     repository = ResultRepository(store, results_container="results", failed_container="failed")
     lot = ParkingLot(store, "parked")
     deps = PipelineDeps(analyzer=client, repository=repository, features=("smartCrops",),
-                        parking=lot, clock=clock)  # fmt: skip
+                        parking=lot, clock=clock)
     poisoned: list[str] = []
     outcomes: dict[str, int] = {}
     data = images.tiny_jpeg(1)
@@ -172,7 +172,7 @@ def test_a_ten_minute_outage_ends_with_every_image_analysed_once() -> None:
                 break
         if clock.now >= next_redrive:
             redrive(lot, blobs=storage, repository=repository, images_container="images",
-                    gate=client.flow.breaker, batch=200)  # fmt: skip
+                    gate=client.flow.breaker, batch=200)
             next_redrive = clock.now + REDRIVE_EVERY_S
         second += 1
 

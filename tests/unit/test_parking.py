@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from shared.analysis.parking import ParkingLot, RedriveReport, redrive
+from shared.analysis.pipeline import Outcome, process_blob
+from shared.analysis.ratecontrol import CircuitBreaker
+from shared.analysis.results import ResultRepository
 from shared.errors import TransientError, VisionUnavailableError
-from shared.parking import ParkingLot, RedriveReport, redrive
-from shared.pipeline import Outcome, process_blob
-from shared.ratecontrol import CircuitBreaker
-from shared.results import ResultRepository
 from tests.fakes import MemoryStore
 from tests.unit.test_pipeline import FakeAnalyzer, blob, make_deps
 
@@ -89,7 +89,7 @@ def test_redrive_waits_while_the_breaker_is_open_then_probes_with_one_blob() -> 
 
     def run() -> RedriveReport:
         return redrive(lot, blobs=blobs, repository=repo(store), images_container="images",
-                       gate=breaker, batch=100)  # fmt: skip
+                       gate=breaker, batch=100)
 
     assert run().seen == 0 and blobs.retouched == []
     clock.now += 5
@@ -111,7 +111,7 @@ def test_redrive_drops_versions_that_are_gone_newer_or_done() -> None:
     repo(store).write_result("images", "done.jpg", "0x1", {"outcome": "analyzed"})
     blobs = Blobs({"newer.jpg": "0x2", "done.jpg": "0x1", "todo.jpg": "0x1"})
     report = redrive(lot, blobs=blobs, repository=repo(store), images_container="images",
-                     gate=CircuitBreaker(), batch=10)  # fmt: skip
+                     gate=CircuitBreaker(), batch=10)
     assert (report.requeued, report.dropped) == (1, 3)
     assert blobs.retouched == ["todo.jpg"]
     assert list(store.list_paths("parked")) == []
@@ -124,7 +124,7 @@ def test_two_parked_versions_of_one_blob_are_two_documents() -> None:
     lot.park("images", "x.jpg", '"0x2"', reason="circuit_open", now=lambda: NOW)
     assert sorted(store.list_paths("parked")) == ["x.jpg/0x1.json", "x.jpg/0x2.json"]
     report = redrive(lot, blobs=Blobs({"x.jpg": "0x2"}), repository=repo(store),
-                     images_container="images", gate=CircuitBreaker(), batch=10)  # fmt: skip
+                     images_container="images", gate=CircuitBreaker(), batch=10)
     assert (report.requeued, report.dropped) == (1, 1)  # the stale one dropped, not re-driven
 
 
@@ -132,5 +132,5 @@ def test_an_unreadable_parked_document_is_kept_and_counted() -> None:
     store = MemoryStore()
     store.write("parked", "junk.json", b"not json", {})
     report = redrive(ParkingLot(store, "parked"), blobs=Blobs({}), repository=repo(store),
-                     images_container="images", gate=CircuitBreaker(), batch=10)  # fmt: skip
+                     images_container="images", gate=CircuitBreaker(), batch=10)
     assert report.undecodable == 1 and list(store.list_paths("parked")) == ["junk.json"]

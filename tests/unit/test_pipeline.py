@@ -15,6 +15,18 @@ import azure.functions as func
 import pytest
 from PIL import Image
 
+from devstack.replay import QueuedMessage, Replayer, decode_poison
+from shared.analysis.attempts import VisionAttempt
+from shared.analysis.pipeline import (
+    AnalysisOutcome,
+    BlobInput,
+    Outcome,
+    PipelineDeps,
+    process_blob,
+)
+from shared.analysis.preprocessing import PreprocessRecord
+from shared.analysis.results import ResultRepository
+from shared.analysis.vision import AttemptHook, VisionResult
 from shared.errors import (
     AuthError,
     Disposition,
@@ -24,18 +36,7 @@ from shared.errors import (
     ThrottledError,
 )
 from shared.naming import result_path
-from shared.pipeline import (
-    AnalysisOutcome,
-    BlobInput,
-    Outcome,
-    PipelineDeps,
-    process_blob,
-)
-from shared.preprocessing import PreprocessRecord
-from shared.replay import QueuedMessage, Replayer, decode_poison
-from shared.results import ResultRepository
 from shared.settings import Settings
-from shared.vision import AttemptHook, VisionAttempt, VisionResult
 from tests.fakes import MemoryBlob, MemoryStore
 
 # --------------------------------------------------------------------------- fakes
@@ -343,13 +344,13 @@ def test_function_binding_is_an_event_grid_blob_trigger(repo_app: Any) -> None:
 
 
 def test_handler_raises_only_for_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
-    import shared.runtime
+    import shared.composition
     from devstack.host.invoker import InvocationContext
     from shared.blueprints.analysis import run_analysis
 
     store = MemoryStore()
     deps = make_deps(store, FakeAnalyzer([ThrottledError("429")]))
-    monkeypatch.setattr(shared.runtime, "get_pipeline_deps", lambda: deps)
+    monkeypatch.setattr(shared.composition, "get_pipeline_deps", lambda: deps)
     context = InvocationContext(invocation_id="i-1", function_name="analyze_image",
                                 function_directory=".", trace_parent="")
 

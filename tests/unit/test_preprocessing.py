@@ -10,15 +10,15 @@ from collections.abc import Callable
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from shared import preprocessing
-from shared.errors import InvalidImageError
-from shared.preprocessing import (
+from shared.analysis import preprocessing
+from shared.analysis.preprocessing import (
     MAX_IMAGE_BYTES,
     PreprocessOptions,
     RejectReason,
     preprocess,
     sniff_format,
 )
+from shared.errors import InvalidImageError
 from tests import images
 from tests.images import (
     bomb_png,

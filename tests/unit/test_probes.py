@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from shared.analysis.results import ResultRepository
+from shared.analysis.vision import AttemptHook, VisionResult
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -22,15 +24,13 @@ from shared.errors import (
     TransientError,
 )
 from shared.naming import result_path
-from shared.probes import (
+from shared.ops.jobs import ProbeFailure, ProbeResult, StatusStore, run_timer
+from shared.ops.probes import (
     E2E_PROBE,
     VISION_PROBE,
     E2EProbe,
     ProbeAsset,
-    ProbeFailure,
-    ProbeResult,
     ProbeRuntime,
-    StatusStore,
     check_content,
     classify_probe_error,
     e2e_probe_timer,
@@ -38,14 +38,11 @@ from shared.probes import (
     probe_vision_settings,
     read_probe_results,
     run_e2e_probe,
-    run_timer,
     run_vision_probe,
     vision_probe_timer,
 )
-from shared.results import ResultRepository
 from shared.settings import Settings
 from shared.telemetry import PROBE_BLOB_MARKER, is_synthetic_blob
-from shared.vision import AttemptHook, VisionResult
 from tests.fakes import MemoryStore
 
 NOW = datetime(2024, 5, 17, 12, 0, tzinfo=UTC)
@@ -389,7 +386,7 @@ def test_overlapping_run_is_skipped_and_logged(caplog: pytest.LogCaptureFixture)
         inner = run_timer("vision_probe", lambda: ran.append("inner"), past_due=False, lock=lock)
         assert inner is False
 
-    with caplog.at_level(logging.INFO, logger="shared.probes"):
+    with caplog.at_level(logging.INFO, logger="shared.ops.jobs"):
         assert run_timer("vision_probe", job, past_due=False, lock=lock) is True
     assert ran == ["outer"]
     assert "previous run still in progress" in caplog.text
@@ -399,7 +396,7 @@ def test_overlapping_run_is_skipped_and_logged(caplog: pytest.LogCaptureFixture)
 
 def test_past_due_is_logged_and_runs_once(caplog: pytest.LogCaptureFixture) -> None:
     ran: list[int] = []
-    with caplog.at_level(logging.INFO, logger="shared.probes"):
+    with caplog.at_level(logging.INFO, logger="shared.ops.jobs"):
         run_timer("quota_check", lambda: ran.append(1), past_due=True, lock=MemoryLock())
     assert ran == [1]
     assert "past due; running once now" in caplog.text

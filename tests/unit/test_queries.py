@@ -18,7 +18,7 @@ from azure.monitor.query import LogsQueryError, LogsQueryResult, LogsTable
 from devstack.monitor.envelopes import Context, map_envelope
 from devstack.monitor.store import QueryResult, Received, Store
 from shared import telemetry as t
-from shared.logsquery import (
+from shared.monitoring.logsquery import (
     BadQueryError,
     LogsQueryRunner,
     QueryAuthError,
@@ -42,7 +42,7 @@ EXPECTED = {
 
 
 def _duration(ms: float) -> str:
-    return t._ai_duration(ms)
+    return t.api._ai_duration(ms)
 
 
 class Telemetry:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from shared.probes import ProbeFailure, ProbeResult, StatusStore
-from shared.quota import (
+from shared.ops.jobs import ProbeFailure, ProbeResult, StatusStore
+from shared.ops.quota import (
     QUOTA_STATUS_PATH,
     QuotaCheckError,
     QuotaLimits,
@@ -150,7 +150,7 @@ def test_thresholds_warn_once_per_crossing_and_again_next_month(
     def warnings_after(calls: int) -> list[str]:
         source.quota_calls = calls
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="shared.quota"):
+        with caplog.at_level(logging.WARNING, logger="shared.ops.quota"):
             check_quota(rt)
         return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
@@ -178,7 +178,7 @@ def test_timer_stores_status_readable_by_the_status_page() -> None:
     rt = make_runtime(source, clock, store, recorded=recorded, events=[], metrics=[])
     status = quota_timer(past_due=True, runtime=rt)
     assert status is not None and status.quota_calls == 1234
-    from shared.quota import _read_status
+    from shared.ops.quota import _read_status
 
     assert _read_status(StatusStore(store, "status")) == status
     assert [(r.name, r.success) for r in recorded] == [("quota-check", True)]
@@ -197,7 +197,7 @@ def test_failed_check_warns_records_and_never_raises(
     events: list[tuple[str, Any]] = []
     rt = make_runtime(source, [datetime(2024, 5, 20, tzinfo=UTC)], store, recorded=recorded,
                       events=events, metrics=[])
-    with caplog.at_level(logging.WARNING, logger="shared.quota"):
+    with caplog.at_level(logging.WARNING, logger="shared.ops.quota"):
         assert quota_timer(past_due=False, runtime=rt) is None
     assert "quota: check failed" in caplog.text
     assert [(r.name, r.success, r.failure) for r in recorded] == [

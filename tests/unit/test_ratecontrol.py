@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from devstack.vision.limits import window_for_tps
-from shared.ratecontrol import (
+from shared.analysis.ratecontrol import (
     AdaptiveRate,
     BreakerState,
     CircuitBreaker,
@@ -47,13 +47,13 @@ class SimClient:
 
 def simulate(clients: int, *, limit: float = 10.0, duration: float = 90.0,
              changes: tuple[tuple[float, float], ...] = (),
-             seed: int = 7) -> tuple[list[SimClient], list[float], int]:  # fmt: skip
+             seed: int = 7) -> tuple[list[SimClient], list[float], int]:
     """K saturated clients (each as fast as its limiter lets it) against one rolling-second
     limit, with 20-40 ms of latency; Retry-After as the emulator computes it (rounded up)."""
     clock, rng = Clock(0.0), random.Random(seed)
     window = window_for_tps(limit)
     sims = [SimClient(FlowControl(ceiling=limit, clock=clock, sleep=lambda s: None))
-            for _ in range(clients)]  # fmt: skip
+            for _ in range(clients)]
     events: list[tuple[float, int, str, int, float]] = []
     order = 0
 
@@ -84,7 +84,7 @@ def simulate(clients: int, *, limit: float = 10.0, duration: float = 90.0,
             calls += 1
             wait = window.try_acquire(at)
             push(at + rng.uniform(0.01, 0.02), "ok" if wait is None else "429", who,
-                 sent if wait is None else -max(1.0, math.ceil(wait)))  # fmt: skip
+                 sent if wait is None else -max(1.0, math.ceil(wait)))
         elif kind == "ok":
             flow.on_answered()
             sims[who].admitted.append(at)

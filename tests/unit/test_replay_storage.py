@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared import replay
-from shared.replay import ReplayConfigError, is_development_storage, resolve_storage
+from devstack import replay
+from devstack.replay import ReplayConfigError, is_development_storage, resolve_storage
 
 STACK_STORAGE = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=k;"
                  "BlobEndpoint=http://127.0.0.1:41000/devstoreaccount1;"
@@ -90,7 +90,7 @@ def test_main_exits_2_with_the_reason_and_touches_no_storage(
     monkeypatch.setattr(replay, "devstack_status",
                         lambda state_dir: asked.append(state_dir) or {"running": False})
     touched: list[str] = []
-    monkeypatch.setattr("shared.results.blob_service_client",
+    monkeypatch.setattr("shared.analysis.results.blob_service_client",
                         lambda *a, **k: touched.append("storage"))
     assert replay.main(["--dry-run"]) == replay.EXIT_CONFIG
     err = capsys.readouterr().err

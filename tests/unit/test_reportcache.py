@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.reportcache import ReportCache, ReportPending
+from shared.monitoring.reportcache import ReportCache, ReportPending
 
 
 class Ticks:

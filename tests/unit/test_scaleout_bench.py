@@ -12,13 +12,13 @@ import scaleout_bench as bench  # the benchmarks' own folder, put on sys.path ab
 
 
 def make_run(ok: list[int], throttled: list[int], *, limit: float = 10.0,
-             changes: tuple[tuple[float, float], ...] = ()) -> bench.Run:  # fmt: skip
+             changes: tuple[tuple[float, float], ...] = ()) -> bench.Run:
     seconds = len(ok)
     scenario = bench.Scenario("test", (bench.Instance(0, seconds), bench.Instance(0, seconds)),
-                              changes=changes)  # fmt: skip
+                              changes=changes)
     run = bench.Run(scenario, "ours", float(seconds), [limit] * seconds,
                     calls=[o + t for o, t in zip(ok, throttled, strict=True)],
-                    throttled=list(throttled))  # fmt: skip
+                    throttled=list(throttled))
     # two instances: the first gets 60 % of every second's successes
     first = [s + 0.1 for s, n in enumerate(ok) for _ in range(round(0.6 * n))]
     second = [s + 0.5 for s, n in enumerate(ok) for _ in range(n - round(0.6 * n))]

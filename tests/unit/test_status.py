@@ -17,12 +17,12 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-from shared import status as status_mod
-from shared import status_service
-from shared.alerts import STATUS_QUERY_RULES, alert_rules
+from shared import composition
 from shared.blueprints import status as status_bp
-from shared.drift import Baseline
-from shared.logsquery import (
+from shared.monitoring import status as status_mod
+from shared.monitoring.alerts import STATUS_QUERY_RULES, alert_rules
+from shared.monitoring.drift import Baseline
+from shared.monitoring.logsquery import (
     BadQueryError,
     QueryBackendError,
     QueryError,
@@ -30,16 +30,16 @@ from shared.logsquery import (
     QuerySpec,
     QueryThrottledError,
 )
-from shared.reportcache import ReportCache
-from shared.settings import Settings
-from shared.status import (
+from shared.monitoring.reportcache import ReportCache
+from shared.monitoring.status import (
     WINDOWS_BY_NAME,
     StatusUnavailable,
     build_status,
     plan,
     series_plan,
 )
-from shared.status_service import StatusService
+from shared.monitoring.status_service import StatusService
+from shared.settings import Settings
 from tests.e2e.status_schema import SCHEMA, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -374,12 +374,12 @@ def wired(monkeypatch: pytest.MonkeyPatch, settings: Settings,
           ticks: Ticks) -> Iterator[FakeRunner]:
     runner = FakeRunner(healthy_answers())
     # the settings carry a (fake) connection string: never set up an exporter in unit tests
-    monkeypatch.setattr("shared.runtime.ensure_telemetry", lambda: None)
+    monkeypatch.setattr("shared.composition.ensure_telemetry", lambda: None)
     monkeypatch.setattr("shared.settings.get_settings", lambda: settings)
     cache: ReportCache[Any] = ReportCache(ttl_s=30, wait_s=5, clock=ticks)
     service = StatusService(settings, runner, cache=cache, quota_loader=lambda _s: None,
                             clock=lambda: NOW)
-    monkeypatch.setattr(status_service, "get_status_service", lambda: service)
+    monkeypatch.setattr(composition, "get_status_service", lambda: service)
     yield runner
     cache.shutdown()
 
@@ -461,12 +461,12 @@ def test_no_report_yet_and_a_slow_backend_is_a_fast_503_pending(
             release.wait(10)
             return super().run_many(items)
 
-    monkeypatch.setattr("shared.runtime.ensure_telemetry", lambda: None)
+    monkeypatch.setattr("shared.composition.ensure_telemetry", lambda: None)
     monkeypatch.setattr("shared.settings.get_settings", lambda: settings)
     cache: ReportCache[Any] = ReportCache(ttl_s=30, wait_s=0.05)
     service = StatusService(settings, Hung(healthy_answers()), cache=cache,
                             quota_loader=lambda _s: None, clock=lambda: NOW)
-    monkeypatch.setattr(status_service, "get_status_service", lambda: service)
+    monkeypatch.setattr(composition, "get_status_service", lambda: service)
     try:
         response = call(http("status"))
         assert response.status_code == 503
@@ -555,7 +555,7 @@ def test_dashboard_csp_allows_only_the_pages_own_inline_blocks_by_hash() -> None
 
 
 def test_csp_of_a_page_follows_its_bytes() -> None:
-    from shared.dashboard import content_security_policy
+    from shared.monitoring.dashboard import content_security_policy
 
     one = content_security_policy("<style>a{}</style><script>go()</script>")
     other = content_security_policy("<style>a{}</style><script>go();</script>")
@@ -587,8 +587,8 @@ def test_function_app_registers_the_status_functions() -> None:
 
 def test_the_report_carries_the_tuning_state(settings: Settings) -> None:
     from shared.errors import StorageError
-    from shared.tuning import Overlay, pin
-    from shared.tuning_jobs import tuning_summary
+    from shared.ops.tuning.policy import Overlay, pin
+    from shared.ops.tuning.review import tuning_summary
     from tests.unit.test_tuning_jobs import FakeStore, context
 
     store = FakeStore()
@@ -609,7 +609,7 @@ def test_the_report_carries_the_tuning_state(settings: Settings) -> None:
 
 
 def test_the_tuning_state_after_a_review_fits_the_schema(settings: Settings) -> None:
-    from shared.tuning_jobs import run_review, tuning_summary
+    from shared.ops.tuning.review import run_review, tuning_summary
     from tests.unit.test_tuning_jobs import FakeStore, context
 
     store = FakeStore()
@@ -661,7 +661,7 @@ def test_a_failing_baseline_loader_falls_back_to_rolling(settings: Settings) -> 
 def test_vision_rate_is_the_sum_of_instances_against_the_tier_limit(settings: Settings) -> None:
     answers = healthy_answers()
     answers["status_vision_rate"] = [{"instances": 3, "effective_per_second": 9.4,
-                                      "reported": NOW - timedelta(seconds=30)}]  # fmt: skip
+                                      "reported": NOW - timedelta(seconds=30)}]
     rate = report(settings, answers)["vision_rate"]
     assert (rate["mode"], rate["instances"], rate["effective_per_second"]) == ("adaptive", 3, 9.4)
     assert rate["tier_limit_per_second"] == 10.0 and rate["share_of_limit"] == 0.94

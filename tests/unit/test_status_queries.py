@@ -20,16 +20,16 @@ import pytest
 
 from devstack.monitor.envelopes import Context, map_envelope
 from devstack.monitor.store import Received, Store
-from shared.alerts import (
+from shared.monitoring.alerts import (
     STATUS_QUERY,
     STATUS_QUERY_RULES,
     alert_rules,
     evaluate,
     status_query_params,
 )
-from shared.logsquery import load_queries
+from shared.monitoring.logsquery import load_queries
+from shared.monitoring.status import WINDOWS
 from shared.settings import Settings
-from shared.status import WINDOWS
 from tests.e2e import telemetry_gen as gen
 
 CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")

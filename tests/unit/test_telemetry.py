@@ -48,11 +48,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from devstack.monitor.ingest import decode_body, split_items
 from shared import telemetry as t
+from shared.analysis.attempts import VisionAttempt
+from shared.analysis.observer import TelemetryObserver
+from shared.analysis.pipeline import AnalysisOutcome, BlobInput, Outcome
+from shared.analysis.preprocessing import PreprocessRecord
 from shared.errors import ErrorClass, ThrottledError, classify
-from shared.pipeline import AnalysisOutcome, BlobInput, Outcome
-from shared.preprocessing import PreprocessRecord
 from shared.settings import Settings
-from shared.vision import VisionAttempt
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPANS = InMemorySpanExporter()
@@ -94,8 +95,8 @@ def clean() -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
-        t._STATE.hash_blob_names = False
-        t._STATE.secrets = ()
+        t.state._STATE.hash_blob_names = False
+        t.state._STATE.secrets = ()
 
 
 def spans() -> dict[str, list[ReadableSpan]]:
@@ -127,7 +128,7 @@ def analysed(attempts: int = 2) -> AnalysisOutcome:
 
 
 def test_invocation_is_a_server_span_under_the_host_trace_with_faas_attributes() -> None:
-    observer = t.TelemetryObserver("http://127.0.0.1:7081")
+    observer = TelemetryObserver("http://127.0.0.1:7081")
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, invocation_id="inv-1",
                       trace_parent=TRACEPARENT, blob=("images", SOURCE.name)):
         observer.on_started(SOURCE)
@@ -174,7 +175,7 @@ def test_invocation_is_a_server_span_under_the_host_trace_with_faas_attributes()
 
 
 def test_exception_marks_the_request_failed_and_passes_through_unchanged() -> None:
-    observer = t.TelemetryObserver("http://127.0.0.1:7081", poison_after_attempts=2)
+    observer = TelemetryObserver("http://127.0.0.1:7081", poison_after_attempts=2)
     error = ThrottledError("429", reason="throttled")
     for _ in range(2):
         with pytest.raises(ThrottledError) as raised, t.invocation(
@@ -194,7 +195,7 @@ def test_exception_marks_the_request_failed_and_passes_through_unchanged() -> No
 
 def test_plain_logging_inside_an_invocation_is_correlated() -> None:
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE) as inv:
-        logging.getLogger("shared.pipeline").warning("blob %s rejected", "x.jpg")
+        logging.getLogger("shared.analysis.pipeline").warning("blob %s rejected", "x.jpg")
     [record] = [r for r in logs() if r.body == "blob x.jpg rejected"]
     assert record.trace_id == inv.span.get_span_context().trace_id
     assert record.span_id == inv.span.get_span_context().span_id
@@ -202,14 +203,14 @@ def test_plain_logging_inside_an_invocation_is_correlated() -> None:
 
 
 def test_hashing_blob_names_and_redacting_secrets() -> None:
-    t._STATE.hash_blob_names = True
-    t._STATE.secrets = ("super-secret-vision-key",)
+    t.state._STATE.hash_blob_names = True
+    t.state._STATE.secrets = ("super-secret-vision-key",)
     label = t.blob_label("images", SOURCE.name, hash_names=True)
     assert label.startswith("sha256:") and SOURCE.name not in label
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", SOURCE.name)):
-        logging.getLogger("shared.pipeline").warning(
+        logging.getLogger("shared.analysis.pipeline").warning(
             "blob images/%s failed with key %s", SOURCE.name, "super-secret-vision-key")
-        t.TelemetryObserver("http://v").on_outcome(SOURCE, analysed())
+        TelemetryObserver("http://v").on_outcome(SOURCE, analysed())
     [record] = [r for r in logs() if "failed with key" in str(r.body)]
     assert record.body == f"blob images/{label} failed with key ***"
     assert spans()["analyze_image"][0].attributes["faas.document.name"] == label  # type: ignore[index]
@@ -230,7 +231,7 @@ def test_synthetic_blobs_are_tagged_everywhere() -> None:
                       blob=("images", probe.name),
                       synthetic=t.is_synthetic_blob(probe.metadata)) as inv:
         assert inv.synthetic
-        observer = t.TelemetryObserver("http://v")
+        observer = TelemetryObserver("http://v")
         observer.on_vision_attempt(probe, attempt(1, 200))
         observer.on_outcome(probe, analysed())
     for span in SPANS.get_finished_spans():
@@ -260,7 +261,7 @@ def test_a_user_blob_under_the_probe_folder_counts_as_user_traffic() -> None:
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", user.name),
                       synthetic=t.is_synthetic_blob(user.metadata)) as inv:
         assert not inv.synthetic
-        t.TelemetryObserver("http://v").on_outcome(user, analysed())
+        TelemetryObserver("http://v").on_outcome(user, analysed())
     finished = SPANS.get_finished_spans()
     assert finished
     for span in finished:
@@ -284,7 +285,7 @@ def test_track_availability_carries_the_exporter_contract() -> None:
 
 
 def test_metrics_are_recorded() -> None:
-    observer = t.TelemetryObserver("http://v")
+    observer = TelemetryObserver("http://v")
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE):
         observer.on_started(SOURCE)
         observer.on_preprocessed(SOURCE, RECORD)
@@ -304,7 +305,7 @@ def test_metrics_are_recorded() -> None:
 def test_preprocessing_stages_are_a_histogram_by_stage() -> None:
     record = replace(RECORD, reencoded=True, duration_ms=9.0,
                      stage_ms={"decode": 5.0, "resample": 3.0, "encode": 1.0})
-    t.TelemetryObserver("http://v").on_preprocessed(SOURCE, record)
+    TelemetryObserver("http://v").on_preprocessed(SOURCE, record)
     data = METRICS.get_metrics_data()
     assert data is not None
     points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
@@ -321,7 +322,7 @@ def test_observer_failures_are_swallowed(monkeypatch: pytest.MonkeyPatch,
         raise RuntimeError("exporter on fire")
 
     monkeypatch.setattr(t, "instruments", broken)  # our own seam, not the SDK's
-    observer = t.TelemetryObserver("http://v")
+    observer = TelemetryObserver("http://v")
     with caplog.at_level(logging.WARNING, logger="shared.telemetry"):
         assert observer.on_started(SOURCE) is None  # type: ignore[func-returns-value]
     assert "RuntimeError" in caplog.text and "on fire" not in caplog.text
@@ -340,11 +341,11 @@ def log_queue() -> Iterator[t.LogQueue]:
     queued = t.LogQueue([LoggingHandler(logger_provider=get_logger_provider())])
     queued.start()
     root.addHandler(queued.handler)
-    t._STATE.log_queue = queued
+    t.state._STATE.log_queue = queued
     try:
         yield queued
     finally:
-        t._STATE.log_queue = None
+        t.state._STATE.log_queue = None
         root.removeHandler(queued.handler)
         queued.stop()
         for handler in direct:
@@ -353,10 +354,10 @@ def log_queue() -> Iterator[t.LogQueue]:
 
 def test_queued_record_keeps_the_span_it_was_logged_in(log_queue: t.LogQueue) -> None:
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE) as inv:
-        logging.getLogger("shared.pipeline").warning("blob %s rejected", "x.jpg")
+        logging.getLogger("shared.analysis.pipeline").warning("blob %s rejected", "x.jpg")
         with t.get_tracer().start_as_current_span("child") as child:
-            logging.getLogger("shared.pipeline").warning("inside the child")
-    logging.getLogger("shared.pipeline").warning("outside any span")
+            logging.getLogger("shared.analysis.pipeline").warning("inside the child")
+    logging.getLogger("shared.analysis.pipeline").warning("outside any span")
     assert t.force_flush()
     got = {str(r.body): r for r in logs()}
     request = inv.span.get_span_context()
@@ -366,18 +367,18 @@ def test_queued_record_keeps_the_span_it_was_logged_in(log_queue: t.LogQueue) ->
     assert got["inside the child"].span_id == child.get_span_context().span_id
     assert got["outside any span"].trace_id == 0
     # the stamp is ours, never an exported attribute
-    assert all(t._CONTEXT_ATTR not in (r.attributes or {}) for r in got.values())
+    assert all(t.logqueue._CONTEXT_ATTR not in (r.attributes or {}) for r in got.values())
 
 
 def test_queued_records_are_redacted_on_the_callers_side(log_queue: t.LogQueue) -> None:
-    t._STATE.hash_blob_names = True
-    t._STATE.secrets = ("super-secret-vision-key",)
+    t.state._STATE.hash_blob_names = True
+    t.state._STATE.secrets = ("super-secret-vision-key",)
     label = t.blob_label("images", SOURCE.name, hash_names=True)
     args = ["super-secret-vision-key"]
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", SOURCE.name)):
-        logging.getLogger("shared.pipeline").warning("blob %s failed with key %s", SOURCE.name,
-                                                     args[0])
-        logging.getLogger("shared.pipeline").warning("arguments %s", args)
+        logging.getLogger("shared.analysis.pipeline").warning(
+            "blob %s failed with key %s", SOURCE.name, args[0])
+        logging.getLogger("shared.analysis.pipeline").warning("arguments %s", args)
         args.append("changed later")  # the message is frozen when logged, not when exported
     logging.getLogger("azure.monitor.opentelemetry.exporter.export._base").warning("retrying")
     assert t.force_flush()
@@ -393,7 +394,7 @@ def test_queued_exception_still_carries_its_type_and_stack(log_queue: t.LogQueue
         try:
             fail()
         except ValueError:
-            logging.getLogger("shared.pipeline").exception("analysis failed")
+            logging.getLogger("shared.analysis.pipeline").exception("analysis failed")
     assert t.force_flush()
     [record] = logs()
     attributes = record.attributes or {}
@@ -405,13 +406,13 @@ def test_queued_exception_still_carries_its_type_and_stack(log_queue: t.LogQueue
 
 def test_force_flush_drains_the_queue_and_stop_hands_on_the_rest(log_queue: t.LogQueue) -> None:
     for i in range(500):
-        logging.getLogger("shared.pipeline").warning("record %d", i)
+        logging.getLogger("shared.analysis.pipeline").warning("record %d", i)
     assert t.force_flush()  # no waiting of our own: after flush, all are exported
     assert len(logs()) == 500
-    logging.getLogger("shared.pipeline").warning("flushed by the handler")
+    logging.getLogger("shared.analysis.pipeline").warning("flushed by the handler")
     log_queue.handler.flush()  # what a host flushing every root handler on its stop calls
     assert str(logs()[-1].body) == "flushed by the handler"
-    logging.getLogger("shared.pipeline").warning("just before exit")
+    logging.getLogger("shared.analysis.pipeline").warning("just before exit")
     log_queue.stop()  # what shutdown() does at exit, before the providers shut down
     assert str(logs()[-1].body) == "just before exit"
     assert log_queue.drain(1.0)  # stopped: nothing to wait for, never blocks
@@ -522,14 +523,14 @@ def test_configure_once_locally_and_never_when_the_worker_owns_it() -> None:
         worker = telemetry.configure(Settings.from_env({{**base,
             "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
             "APPLICATIONINSIGHTS_CONNECTION_STRING": {LOCAL_CS!r}}}))
-        telemetry._STATE.mode = telemetry.Mode.UNCONFIGURED
+        telemetry.state._STATE.mode = telemetry.Mode.UNCONFIGURED
         s = Settings.from_env({{**base, "APPLICATIONINSIGHTS_CONNECTION_STRING": {LOCAL_CS!r}}})
         first = telemetry.configure(s)
         second = telemetry.configure(s)
         from opentelemetry.instrumentation.logging.handler import LoggingHandler
         root = logging.getLogger().handlers
-        queued = [h for h in root if h is telemetry._STATE.log_queue.handler]
-        behind = telemetry._STATE.log_queue.listener.handlers
+        queued = [h for h in root if h is telemetry.state._STATE.log_queue.handler]
+        behind = telemetry.state._STATE.log_queue.listener.handlers
         print(json.dumps({{"worker": worker, "first": first, "second": second,
                           "on_root": sum(isinstance(h, LoggingHandler) for h in root),
                           "queued": len(queued),
@@ -709,7 +710,7 @@ _EXIT_SCRIPT = """
     from shared.settings import Settings
     marks["mode"] = telemetry.configure(Settings.from_env(ENV))
     with telemetry.invocation("analyze_image", trigger=telemetry.Trigger.DATASOURCE):
-        logging.getLogger("shared.pipeline").warning("the last record before exit")
+        logging.getLogger("shared.analysis.pipeline").warning("the last record before exit")
     marks["end"] = time.monotonic()
 """
 
@@ -754,8 +755,8 @@ def test_exit_is_bounded_when_the_endpoint_hangs(
 def test_an_analysed_image_carries_its_descriptors_outputs_and_model_version() -> None:
     from dataclasses import replace
 
-    from shared.descriptors import ImageDescriptors
-    from shared.outputs import OutputSummary
+    from shared.analysis.descriptors import ImageDescriptors
+    from shared.analysis.outputs import OutputSummary
 
     descriptors = ImageDescriptors(brightness=0.42, contrast=0.2, sharpness=2.5, saturation=0.3,
                                    aspect_ratio=1.25, megapixels=0.008, format="jpeg",
@@ -766,7 +767,7 @@ def test_an_analysed_image_carries_its_descriptors_outputs_and_model_version() -
                                            word_confidence_min=0.8, people=1,
                                            people_confidence_max=0.7,
                                            smart_crop_area_share=0.5))
-    observer = t.TelemetryObserver("http://127.0.0.1:7081")
+    observer = TelemetryObserver("http://127.0.0.1:7081")
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE, blob=("images", SOURCE.name)):
         observer.on_outcome(SOURCE, outcome)
     [request] = spans()["analyze_image"]

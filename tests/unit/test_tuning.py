@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.tuning import (
+from shared.ops.tuning.policy import (
     TUNABLES,
     AppliedChange,
     AttemptStats,

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from shared.errors import StorageError
-from shared.logsquery import QueryResult
-from shared.settings import Settings
-from shared.tuning import Overlay, Review
-from shared.tuning_jobs import (
+from shared.monitoring.logsquery import QueryResult
+from shared.ops.tuning.policy import Overlay, Review
+from shared.ops.tuning.review import (
     EVENT_CHANGED,
     EVENT_REVIEWED,
     OverlayCache,
@@ -28,6 +27,7 @@ from shared.tuning_jobs import (
     set_pin,
     tuning_state,
 )
+from shared.settings import Settings
 
 BASE = {"VISION_ENDPOINT": "http://127.0.0.1:9",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true"}

@@ -18,6 +18,14 @@ from azure.core.rest import HttpRequest
 from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import case_insensitive_dict
 
+from shared.analysis.attempts import VisionAttempt
+from shared.analysis.vision import (
+    RetryRules,
+    TokenBucket,
+    VisionClient,
+    build_vision_client,
+    parse_retry_after,
+)
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -29,14 +37,6 @@ from shared.errors import (
     VisionUnavailableError,
 )
 from shared.settings import Settings
-from shared.vision import (
-    RetryRules,
-    TokenBucket,
-    VisionAttempt,
-    VisionClient,
-    build_vision_client,
-    parse_retry_after,
-)
 
 # --------------------------------------------------------------------------- fakes
 
@@ -499,17 +499,17 @@ def settings_with(**values: str) -> Settings:
 
 
 def build(settings: Settings, script: Sequence[Reply | Exception],
-          clock: FakeClock) -> tuple[VisionClient, FakeTransport]:  # fmt: skip
+          clock: FakeClock) -> tuple[VisionClient, FakeTransport]:
     transport = FakeTransport(script)
     client = build_vision_client(settings, transport=transport, clock=clock, sleep=clock.sleep,
-                                 limiter_clock=clock, rng=random.Random(3))  # fmt: skip
+                                 limiter_clock=clock, rng=random.Random(3))
     return client, transport
 
 
 def test_each_attempt_takes_a_rate_limiter_token() -> None:
     clock = FakeClock()
     settings = settings_with(VISION_RATE_LIMIT_PER_SECOND="2", VISION_BACKOFF_BASE_SECONDS="0",
-                             VISION_BACKOFF_MAX_SECONDS="0")  # fmt: skip
+                             VISION_BACKOFF_MAX_SECONDS="0")
     client, transport = build(settings, [Reply(503), Reply(503), Reply(200, OK_BODY)], clock)
     result = client.analyze(b"img", FEATURES)
     assert result.attempts == 3 and len(transport.requests) == 3
@@ -537,7 +537,7 @@ def test_a_long_retry_after_pauses_every_caller_a_short_one_only_the_retry() -> 
         settings_with(VISION_RATE_LIMIT_PER_SECOND="100"),
         transport=FakeTransport([Reply(429, None, {"Retry-After": "1"}), Reply(200, OK_BODY)]),
         clock=clock2, sleep=sleep, limiter_clock=clock2, rng=random.Random(3),
-    )  # fmt: skip
+    )
     flow = holder["flow"] = short.flow
     short.analyze(b"img", FEATURES)
     assert clock2.sleeps[0] == pytest.approx(1.0, abs=0.2)  # the retry waited Retry-After
@@ -558,7 +558,7 @@ def test_the_breaker_opens_after_consecutive_failures_and_probes_at_its_interval
     settings = settings_with(
         VISION_RATE_LIMIT_PER_SECOND="100", VISION_MAX_RETRIES="1",
         VISION_BREAKER_FAILURES="4", VISION_PROBE_INTERVAL_SECONDS="5",
-    )  # fmt: skip
+    )
     client, transport = build(settings, [Reply(503)] * 5 + [Reply(200, OK_BODY)], clock)
     with pytest.raises(TransientError) as first:
         client.analyze(b"img", FEATURES)  # 2 failures: still closed
@@ -586,7 +586,7 @@ def test_the_breaker_opens_after_consecutive_failures_and_probes_at_its_interval
 def test_the_retry_budget_stops_retries_in_a_failure_storm() -> None:
     clock = FakeClock()
     settings = settings_with(VISION_RATE_LIMIT_PER_SECOND="1000", VISION_BREAKER_FAILURES="1000",
-                             VISION_RETRY_BUDGET_RATIO="0.2")  # fmt: skip
+                             VISION_RETRY_BUDGET_RATIO="0.2")
     calls = 40
     client, transport = build(settings, [Reply(500)] * 1000, clock)
     attempts: list[VisionAttempt] = []
@@ -606,7 +606,7 @@ def test_a_probe_that_dies_of_a_bug_does_not_wedge_the_breaker_half_open() -> No
     settings = settings_with(
         VISION_RATE_LIMIT_PER_SECOND="100", VISION_MAX_RETRIES="0",
         VISION_BREAKER_FAILURES="1", VISION_PROBE_INTERVAL_SECONDS="5",
-    )  # fmt: skip
+    )
     script = [Reply(503), KeyError("bug"), Reply(200, OK_BODY)]
     client, transport = build(settings, script, clock)
     with pytest.raises(VisionUnavailableError):

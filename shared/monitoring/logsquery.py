@@ -37,13 +37,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.identity import DefaultAzureCredential
+from azure.monitor.query import LogsQueryClient
+
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, TokenCredential
     from azure.monitor.query import LogsQueryClient
 
     from shared.settings import Settings
 
-QUERIES_DIR = Path(__file__).resolve().parent.parent / "queries"
+QUERIES_DIR = Path(__file__).resolve().parents[2] / "queries"  # the app root: shared/monitoring/..
 
 Timespan: TypeAlias = timedelta | tuple[datetime, timedelta] | tuple[datetime, datetime] | None
 ParamValue: TypeAlias = str | int | float | bool | timedelta
@@ -227,8 +232,6 @@ class LocalTokenCredential:
     """A ``TokenCredential`` for the local emulator only: a fixed, meaningless bearer token."""
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        from azure.core.credentials import AccessToken
-
         return AccessToken("devstack-local-token", 4_102_444_800)  # 2100-01-01
 
 
@@ -306,19 +309,12 @@ class LogsQueryRunner:
         (``connection_timeout``, ``read_timeout``, ``retry_total``, …): an interactive caller
         wants short ones, azure-core's defaults may wait minutes.
         """
-        from azure.monitor.query import LogsQueryClient
-
         t = settings.telemetry
         if not t.workspace_id:
             raise QueryConfigError("LOGS_WORKSPACE_ID is not set", code="not_configured")
         loopback = t.query_is_loopback
         if credential is None:
-            if loopback:
-                credential = LocalTokenCredential()
-            else:
-                from azure.identity import DefaultAzureCredential
-
-                credential = DefaultAzureCredential()
+            credential = LocalTokenCredential() if loopback else DefaultAzureCredential()
         options: dict[str, Any] = dict(client_options or {})
         if t.query_endpoint:
             options["endpoint"] = t.query_endpoint
@@ -348,8 +344,6 @@ class LogsQueryRunner:
         params: Mapping[str, ParamValue] | None = None,
     ) -> QueryResult:
         """Run one named query; raise a ``QueryError`` subclass on failure."""
-        from azure.core.exceptions import AzureError, HttpResponseError
-
         kql = self.query(name).render(params)
         try:
             response = self._client.query_workspace(

@@ -32,9 +32,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import ContentSettings
+
+from shared import telemetry
 from shared.errors import StorageError
-from shared.logsquery import QueryError
-from shared.tuning import (
+from shared.monitoring.logsquery import QueryError
+from shared.ops.tuning.policy import (
     RUNTIME_TUNABLES,
     TUNABLES,
     AttemptStats,
@@ -55,7 +65,7 @@ from shared.tuning import (
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
-    from shared.logsquery import LogsQueryRunner
+    from shared.monitoring.logsquery import LogsQueryRunner
     from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -156,8 +166,6 @@ class BlobTuningStore:
         self._container = container
 
     def read_overlay(self) -> tuple[Overlay, str | None]:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
         try:
             downloader = self._container.get_blob_client(OVERLAY_PATH).download_blob()
             body, etag = downloader.readall(), downloader.properties.etag
@@ -173,9 +181,6 @@ class BlobTuningStore:
             return Overlay(), etag
 
     def write_overlay(self, overlay: Overlay, etag: str | None) -> str:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
-
         body = json.dumps(overlay.as_dict(), sort_keys=True, indent=1).encode("utf-8")
         blob = self._container.get_blob_client(OVERLAY_PATH)
         try:
@@ -193,9 +198,6 @@ class BlobTuningStore:
         return str(props["etag"])
 
     def write_review(self, result: Review, text: str) -> None:
-        from azure.core.exceptions import AzureError
-        from azure.storage.blob import ContentSettings
-
         doc = json.dumps(result.as_dict(), sort_keys=True, indent=1).encode("utf-8")
         try:
             self._ensure_container()
@@ -210,8 +212,6 @@ class BlobTuningStore:
             raise StorageError("writing the tuning review failed", reason="storage_write") from exc
 
     def latest_review(self) -> dict[str, Any] | None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
         try:
             body = self._container.get_blob_client(f"{LATEST_PATH}.json").download_blob().readall()
         except ResourceNotFoundError:
@@ -225,8 +225,6 @@ class BlobTuningStore:
         return data if isinstance(data, dict) else None
 
     def _ensure_container(self) -> None:
-        from azure.core.exceptions import ResourceExistsError
-
         with contextlib.suppress(ResourceExistsError):
             self._container.create_container()
 
@@ -300,7 +298,7 @@ def current_values(settings: Settings, host_concurrency: int | None) -> dict[str
 # --------------------------------------------------------------------------- the job
 
 #: host.json beside the app's code (the app root, deployed with it)
-HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+HOST_JSON = Path(__file__).resolve().parents[3] / "host.json"  # the app root: shared/ops/tuning/..
 
 
 def host_blob_concurrency(path: Path = HOST_JSON) -> int | None:
@@ -396,8 +394,6 @@ JOB_NAME = "tuning_review"
 def tuning_timer(ctx: ReviewContext, *, past_due: bool,
                  invocation_id: str | None = None) -> Review | None:
     """The timer's body. Never raises: a failed review is logged and the next run tries again."""
-    from shared import telemetry
-
     if past_due:
         logger.info("%s: timer is past due; running once now", JOB_NAME)
     with telemetry.invocation(JOB_NAME, trigger=telemetry.Trigger.TIMER,

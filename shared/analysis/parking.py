@@ -8,7 +8,7 @@ version, why and when. The invocation then succeeds, so the host completes its r
 ``redrive`` (the ``redrive_parked`` timer, every ``REDRIVE_SCHEDULE``) brings them back without
 an operator: for each parked document, if the blob is gone, has a newer version (that version
 triggers by itself) or its version already has a result document, the parked document is
-dropped; otherwise the blob is *re-touched* exactly as ``shared.replay`` does (same bytes,
+dropped; otherwise the blob is *re-touched* exactly as ``devstack.replay`` does (same bytes,
 content settings and metadata, under ``If-Match`` on the parked ETag), which gives it a new ETag
 and a new BlobCreated event, and only then is the parked document deleted. A crash in between
 leaves the document, whose ETag is then stale, so the next run drops it: nothing is lost and
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
+from shared.analysis.results import DocumentStore, ResultRepository, normalize_etag
 from shared.errors import StorageError
 from shared.naming import safe_stem
-from shared.results import DocumentStore, ResultRepository, normalize_etag
 
 if TYPE_CHECKING:
-    from shared.sources import SourceBlobs
+    from shared.analysis.sources import SourceBlobs
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ParkingLot:
         return f"{safe_stem(name)}/{etag}.json"
 
     def park(self, container: str, name: str, etag: str | None, *, reason: str,
-             now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> str:  # fmt: skip
+             now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> str:
         """Record the blob version; returns ``<parked container>/<path>``."""
         version = normalize_etag(etag) or "unknown"
         path = self.path_for(name, version)
@@ -75,7 +75,7 @@ class ParkingLot:
             "source": {"container": container, "name": name, "etag": version},
             "reason": reason,
             "parked_at": now().isoformat(),
-        }, ensure_ascii=False, sort_keys=True).encode("utf-8")  # fmt: skip
+        }, ensure_ascii=False, sort_keys=True).encode("utf-8")
         self.store.write(self.container, path, body, {"source_etag": version})
         return f"{self.container}/{path}"
 
@@ -133,7 +133,7 @@ def allowance(gate: RedriveGate, batch: int) -> int:
 
 
 def redrive(lot: ParkingLot, *, blobs: SourceBlobs, repository: ResultRepository,
-            images_container: str, gate: RedriveGate, batch: int) -> RedriveReport:  # fmt: skip
+            images_container: str, gate: RedriveGate, batch: int) -> RedriveReport:
     """Re-touch parked blob versions while Vision answers (see the module docstring)."""
     report = RedriveReport()
     budget = allowance(gate, batch)
@@ -149,18 +149,18 @@ def redrive(lot: ParkingLot, *, blobs: SourceBlobs, repository: ResultRepository
             continue
         try:
             _redrive_one(item, lot=lot, blobs=blobs, repository=repository,
-                         images_container=images_container, report=report)  # fmt: skip
+                         images_container=images_container, report=report)
         except StorageError:
             report.errors += 1  # kept for the next run
     if report.seen:
         logger.info("redrive: %d re-driven, %d dropped, %d errors, %d left", report.requeued,
-                    report.dropped, report.errors, report.left)  # fmt: skip
+                    report.dropped, report.errors, report.left)
     return report
 
 
 def _redrive_one(item: ParkedBlob, *, lot: ParkingLot, blobs: SourceBlobs,
                  repository: ResultRepository, images_container: str,
-                 report: RedriveReport) -> None:  # fmt: skip
+                 report: RedriveReport) -> None:
     current = normalize_etag(blobs.current_etag(item.container, item.name))
     if item.container != images_container or current != item.etag:
         lot.release(item.path)  # gone, foreign, or a newer version that triggers by itself

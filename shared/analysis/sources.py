@@ -11,7 +11,7 @@ The pipeline never receives image bytes from the Functions host. It gets a handl
   describe the ETag it records. A newer version (412) or a deleted blob (404) raises
   ``SourceChanged``: the version asked for is no longer the blob's;
 * ``properties()`` again just before a document is written, to tell whether the version
-  analysed is still the current one (see ``shared.results.ResultRepository.commit``).
+  analysed is still the current one (see ``shared.analysis.results.ResultRepository.commit``).
 
 ``BlobClientSource`` implements it over an ``azure.storage.blob.BlobClient`` (what the trigger
 binding hands the function); unit tests use an in-memory fake. Never logs blob content.
@@ -21,24 +21,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+
+from shared.analysis.results import normalize_etag
 from shared.errors import InvalidImageError, StorageError
-from shared.results import normalize_etag
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobClient
+    from azure.storage.blob import BlobClient, BlobServiceClient
 
 __all__ = [
     "INPUT_TOO_LARGE",
     "BlobClientSource",
+    "BlobSourceBlobs",
     "SourceBlob",
     "SourceChanged",
     "SourceVersion",
     "too_large",
 ]
 
-#: ``shared.preprocessing.RejectReason.INPUT_TOO_LARGE``; the same reason whoever finds it.
+#: ``shared.analysis.preprocessing.RejectReason.INPUT_TOO_LARGE``; the same reason whoever finds it.
 INPUT_TOO_LARGE = "input_too_large"
 
 
@@ -116,15 +121,13 @@ class BlobClientSource:
         return str(self._client.url)
 
     def properties(self) -> SourceVersion | None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
         try:
             props = self._client.get_blob_properties()
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
             raise StorageError("reading the source blob's properties failed",
-                               reason="storage_read") from exc  # fmt: skip
+                               reason="storage_read") from exc
         settings = props.content_settings
         modified = props.last_modified
         return SourceVersion(
@@ -136,13 +139,6 @@ class BlobClientSource:
         )
 
     def read(self, etag: str | None, limit: int) -> bytes:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import (
-            AzureError,
-            ResourceModifiedError,
-            ResourceNotFoundError,
-        )
-
         chunks: list[bytes] = []
         received = 0
         try:
@@ -152,7 +148,7 @@ class BlobClientSource:
                 downloader = self._client.download_blob(
                     etag=f'"{etag}"', match_condition=MatchConditions.IfNotModified,
                     max_concurrency=1,
-                )  # fmt: skip
+                )
             # The cap holds even if the service sent more than the size we checked.
             if downloader.size > limit:
                 raise too_large(downloader.size, limit)
@@ -170,3 +166,40 @@ class BlobClientSource:
     def _current_etag(self) -> str | None:
         current = self.properties()
         return current.etag if current is not None else None
+
+
+class BlobSourceBlobs:
+    """``SourceBlobs`` over azure-storage-blob: the re-touch that re-drive (parked blobs) and the
+    operator's replay tool (``devstack.replay``) use to make the trigger fire again."""
+
+    def __init__(self, service: BlobServiceClient) -> None:
+        self._service = service
+
+    def current_etag(self, container: str, name: str) -> str | None:
+        try:
+            props = self._service.get_blob_client(container, name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return str(props.etag)
+
+    def retouch(self, container: str, name: str, etag: str) -> str:
+        blob = self._service.get_blob_client(container, name)
+        try:
+            downloader = blob.download_blob(
+                etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+            data = downloader.readall()
+            props = downloader.properties
+            metadata = dict(props.metadata or {})
+            metadata["replayed_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            result = blob.upload_blob(
+                data,
+                overwrite=True,
+                metadata=metadata,
+                content_settings=props.content_settings,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except AzureError as exc:
+            raise StorageError("re-touching the blob failed", reason="replay_retouch") from exc
+        return str(result.get("etag", ""))

@@ -28,20 +28,21 @@ keys or connection strings into a message, log or status document.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+
+from shared.analysis.results import BlobDocumentStore
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -52,16 +53,23 @@ from shared.errors import (
     TransientError,
     VisionOpsError,
 )
-from shared.results import BlobDocumentStore
+from shared.ops.jobs import (
+    AvailabilitySink,
+    ProbeFailure,
+    ProbeResult,
+    RunLock,
+    StatusStore,
+    run_timer,
+    track_probe_availability,
+)
 from shared.settings import RateMode
+from shared.telemetry import PROBE_BLOB_MARKER, is_synthetic_blob
 from shared.units import ms
 
 if TYPE_CHECKING:
-    from azure.storage.blob import ContainerClient
-
-    from shared.results import DocumentStore, ResultRepository
+    from shared.analysis.results import ResultRepository
+    from shared.analysis.vision import AttemptHook, VisionAnalyzer
     from shared.settings import Settings
-    from shared.vision import AttemptHook, VisionAnalyzer
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +80,6 @@ VISION_PROBE: Final = "vision-analyze"
 E2E_PROBE: Final = "pipeline-e2e"
 #: Blob (in the status container) holding the last result of probe ``<name>``.
 PROBE_RESULT_PATH: Final = "probes/{name}.json"
-LOCK_PATH: Final = "locks/{name}"
 #: Features the Vision probe asks for: OCR is what it validates; metadata always comes back.
 PROBE_FEATURES: Final = ("read",)
 
@@ -83,59 +90,6 @@ Now = Callable[[], datetime]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class ProbeFailure(StrEnum):
-    """Why a probe run failed: the first word of its availability message."""
-
-    AUTH = "auth"  # 401/403 from Vision: key or role wrong
-    THROTTLED = "throttled"  # 429 (or the monthly quota's 403 with Retry-After)
-    TIMEOUT = "timeout"  # connect/read timeout, 408
-    SERVER_ERROR = "server_error"  # 5xx
-    UNREACHABLE = "unreachable"  # connection refused/reset, DNS, dropped mid-response
-    WRONG_CONTENT = "wrong_content"  # 200 but unreadable body, or not the known answer
-    CONFIG = "config"  # 404 endpoint, unsupported feature, bad settings
-    REJECTED = "rejected"  # the service or the pipeline rejected the probe image
-    STORAGE = "storage"  # e2e: upload/read/delete in storage failed
-    DEADLINE = "deadline"  # e2e: no result document before the deadline
-    UNEXPECTED = "unexpected"  # a bug; the exception type is in the message
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """One probe run: what the availability row says, and what the status function reads."""
-
-    name: str
-    success: bool
-    duration_ms: float
-    message: str
-    run_location: str
-    started_at: datetime
-    failure: ProbeFailure | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "success": self.success,
-            "duration_ms": self.duration_ms,
-            "message": self.message,
-            "run_location": self.run_location,
-            "started_at": self.started_at.isoformat(),
-            "failure": self.failure.value if self.failure else None,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> ProbeResult:
-        failure = raw.get("failure")
-        return cls(
-            name=str(raw["name"]),
-            success=bool(raw["success"]),
-            duration_ms=float(raw["duration_ms"]),
-            message=str(raw.get("message", "")),
-            run_location=str(raw.get("run_location", "")),
-            started_at=datetime.fromisoformat(str(raw["started_at"])),
-            failure=ProbeFailure(failure) if failure else None,
-        )
 
 
 class ProbeError(Exception):
@@ -297,12 +251,12 @@ def run_vision_probe(
                 raise ProbeError(ProbeFailure.WRONG_CONTENT, f"{asset.file}: {problem}")
     except Exception as exc:  # every failure is a result (classified), never a raise
         return _failed(VISION_PROBE, exc, started_at=started_at,
-                       duration_ms=ms(clock() - t0), location=run_location)  # fmt: skip
+                       duration_ms=ms(clock() - t0), location=run_location)
     return ProbeResult(
         name=VISION_PROBE, success=True, duration_ms=ms(clock() - t0),
         message=f"passed: {len(assets)} image(s), content as expected",
         run_location=run_location, started_at=started_at,
-    )  # fmt: skip
+    )
 
 
 def probe_vision_settings(settings: Settings) -> Settings:
@@ -326,7 +280,7 @@ def probe_vision_settings(settings: Settings) -> Settings:
         # the probe measures Vision: it must always call it, never adapt away or be refused
         vision_rate_mode=RateMode.STATIC,
         vision_breaker_failures=1000,
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- end-to-end probe
@@ -366,8 +320,6 @@ class E2EProbe:
 
 
 def _marker() -> dict[str, str]:
-    from shared.telemetry import PROBE_BLOB_MARKER
-
     return {PROBE_BLOB_MARKER: E2E_PROBE}
 
 
@@ -385,12 +337,12 @@ def run_e2e_probe(probe: E2EProbe) -> ProbeResult:
     except Exception as exc:  # every failure is a result (classified), never a raise
         return _failed(E2E_PROBE, exc, started_at=started_at,
                        duration_ms=ms(probe.clock() - t0),
-                       location=probe.run_location)  # fmt: skip
+                       location=probe.run_location)
     return ProbeResult(
         name=E2E_PROBE, success=True, duration_ms=ms(probe.clock() - t0),
         message="passed: result document with the expected content",
         run_location=probe.run_location, started_at=started_at,
-    )  # fmt: skip
+    )
 
 
 def _await_result(probe: E2EProbe, name: str, etag: str, t0: float) -> None:
@@ -448,8 +400,6 @@ class BlobProbeBlobs(BlobDocumentStore):
     """``ProbeBlobs`` over azure-storage-blob, on top of the document store's client."""
 
     def upload(self, container: str, name: str, data: bytes, metadata: Mapping[str, str]) -> str:
-        from azure.core.exceptions import AzureError
-
         try:
             props = self._service.get_blob_client(container, name).upload_blob(
                 data, overwrite=False, metadata=dict(metadata))
@@ -458,9 +408,6 @@ class BlobProbeBlobs(BlobDocumentStore):
         return str(props["etag"])
 
     def delete_version(self, container: str, name: str, etag: str) -> bool:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
-
         try:
             self._service.get_blob_client(container, name).delete_blob(
                 etag=etag, match_condition=MatchConditions.IfNotModified)
@@ -471,10 +418,6 @@ class BlobProbeBlobs(BlobDocumentStore):
         return True
 
     def list_marked(self, container: str, prefix: str) -> list[tuple[str, str]]:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-        from shared.telemetry import is_synthetic_blob
-
         try:
             blobs = self._service.get_container_client(container).list_blobs(
                 name_starts_with=prefix, include=["metadata"])
@@ -485,49 +428,14 @@ class BlobProbeBlobs(BlobDocumentStore):
             raise StorageError("listing probe blobs failed", reason="storage_list") from exc
 
 
-# --------------------------------------------------------------------------- status documents
+# --------------------------------------------------------------------------- kept results
 
 
-class StatusStore:
-    """JSON documents in the status container (``STATUS_CONTAINER``) over a ``DocumentStore``."""
-
-    def __init__(self, store: DocumentStore, container: str) -> None:
-        self.store = store
-        self.container = container
-
-    def read_json(self, path: str) -> dict[str, Any] | None:
-        body = self.store.read(self.container, path)
-        if body is None:
-            return None
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            logger.warning("status document %s/%s is not JSON; ignored", self.container, path)
-            return None
-        return doc if isinstance(doc, dict) else None
-
-    def write_json(self, path: str, doc: Mapping[str, Any]) -> None:
-        body = json.dumps(doc, sort_keys=True, indent=1).encode("utf-8")
-        self.store.write(self.container, path, body, {})
-
-
-def status_store(settings: Settings) -> StatusStore:
-    """The status container over the one blob client of ``settings``' storage connection."""
-    from shared.runtime import blob_service_for
-
-    return StatusStore(BlobDocumentStore(blob_service_for(settings.storage)),
-                       settings.health.status_container)
-
-
-def load_probe_results(settings: Settings) -> dict[str, ProbeResult]:
+def read_probe_results(store: StatusStore) -> dict[str, ProbeResult]:
     """The last result of each probe (``probes/<name>.json``); probes never run are absent.
 
     Raises ``StorageError`` when storage cannot be read; an unreadable document is skipped.
     """
-    return read_probe_results(status_store(settings))
-
-
-def read_probe_results(store: StatusStore) -> dict[str, ProbeResult]:
     results: dict[str, ProbeResult] = {}
     for name in (VISION_PROBE, E2E_PROBE):
         raw = store.read_json(PROBE_RESULT_PATH.format(name=name))
@@ -540,127 +448,9 @@ def read_probe_results(store: StatusStore) -> dict[str, ProbeResult]:
     return results
 
 
-# --------------------------------------------------------------------------- no-overlap lock
-
-
-class RunLock(Protocol):
-    """A named lock across instances: ``hold(name)`` yields whether this run got it."""
-
-    def hold(self, name: str) -> contextlib.AbstractContextManager[bool]: ...
-
-
-class BlobLeaseLock:
-    """One blob per timer in the status container, leased while the run lasts.
-
-    The lease (15-60 s, ``HEALTH_LOCK_LEASE_SECONDS``) is renewed every third of its duration
-    by a daemon thread, so a long run keeps it and a crashed instance frees it within one lease.
-    """
-
-    def __init__(self, container: ContainerClient, *, lease_seconds: int = 60) -> None:
-        self._container = container
-        self._lease_seconds = lease_seconds
-
-    @contextlib.contextmanager
-    def hold(self, name: str) -> Iterator[bool]:
-        from azure.core.exceptions import (
-            AzureError,
-            HttpResponseError,
-            ResourceExistsError,
-            ResourceNotFoundError,
-        )
-
-        blob = self._container.get_blob_client(LOCK_PATH.format(name=name))
-        try:
-            try:
-                lease = blob.acquire_lease(lease_duration=self._lease_seconds)
-            except ResourceNotFoundError:
-                with contextlib.suppress(ResourceExistsError):
-                    self._container.create_container()
-                with contextlib.suppress(ResourceExistsError, HttpResponseError):
-                    # 412 when another instance leased it between our two calls
-                    blob.upload_blob(b"", overwrite=False)
-                lease = blob.acquire_lease(lease_duration=self._lease_seconds)
-        except HttpResponseError as exc:
-            if exc.status_code == 409:  # LeaseAlreadyPresent: a run is in progress
-                yield False
-                return
-            raise StorageError("taking the timer lock failed", reason="storage_lock") from exc
-        except AzureError as exc:
-            raise StorageError("taking the timer lock failed", reason="storage_lock") from exc
-        stop = threading.Event()
-
-        def renew() -> None:
-            while not stop.wait(self._lease_seconds / 3):
-                try:
-                    lease.renew()
-                except AzureError as exc:
-                    logger.warning("timer lock %s: renewal failed (%s)", name, type(exc).__name__)
-
-        renewer = threading.Thread(target=renew, name=f"lock-{name}", daemon=True)
-        renewer.start()
-        try:
-            yield True
-        finally:
-            stop.set()
-            renewer.join(timeout=5)
-            try:
-                lease.release()
-            except AzureError as exc:  # the lease then expires on its own
-                logger.warning("timer lock %s: release failed (%s)", name, type(exc).__name__)
-
-
-# --------------------------------------------------------------------------- timer runs
-
-AvailabilitySink = Callable[[ProbeResult], None]
-
-
-def track_probe_availability(result: ProbeResult) -> None:
-    """The availability row of a run (never raises: telemetry swallows its own failures)."""
-    from shared import telemetry
-
-    telemetry.track_availability(
-        result.name, result.success, result.duration_ms, message=result.message,
-        run_location=result.run_location,
-        properties={telemetry.ATTR_PROBE_NAME: result.name,
-                    "probe.failure": result.failure.value if result.failure else "none"},
-        synthetic=True,
-    )  # fmt: skip
-
-
-def run_timer(
-    function_name: str,
-    job: Callable[[], None],
-    *,
-    past_due: bool,
-    lock: RunLock,
-    invocation_id: str | None = None,
-) -> bool:
-    """The body every health timer shares; returns whether ``job`` ran.
-
-    ``past_due`` is logged and the job runs once (missed occurrences are not caught up). A run
-    that finds the lock taken is skipped with an INFO log. Exceptions from the lock are the
-    caller's to turn into a failed result.
-    """
-    from shared import telemetry
-
-    if past_due:
-        logger.info("%s: timer is past due; running once now", function_name)
-    with (
-        telemetry.invocation(function_name, trigger=telemetry.Trigger.TIMER,
-                             invocation_id=invocation_id, synthetic=True),
-        lock.hold(function_name) as acquired,
-    ):
-        if not acquired:
-            logger.info("%s: previous run still in progress (lock held); this run skipped",
-                        function_name)
-            return False
-        job()
-        return True
-
-
 @dataclass(frozen=True, slots=True)
 class ProbeRuntime:
-    """What the probe timers need, built once per process (``get_probe_runtime``)."""
+    """What the probe timers need, built once per process by the composition root."""
 
     settings: Settings
     lock: RunLock
@@ -671,49 +461,14 @@ class ProbeRuntime:
     on_vision_attempt: AttemptHook | None = None
 
 
-@functools.cache
-def get_probe_runtime() -> ProbeRuntime:
-    from shared.results import ResultRepository
-    from shared.runtime import get_blob_service
-    from shared.settings import get_settings
-    from shared.vision import build_vision_client
-
-    settings = get_settings()
-    h = settings.health
-    service = get_blob_service()
-    store = BlobDocumentStore(service)
-    lock = BlobLeaseLock(service.get_container_client(h.status_container),
-                         lease_seconds=h.lock_lease_seconds)
-    analyzer = functools.cache(lambda: build_vision_client(probe_vision_settings(settings)))
-
-    def e2e() -> E2EProbe:
-        return E2EProbe(
-            blobs=BlobProbeBlobs(service),
-            repository=ResultRepository.from_settings(store, settings),
-            images_container=settings.images_container, prefix=h.probe_e2e_prefix,
-            asset=load_probe_assets()[0], deadline_seconds=h.probe_e2e_deadline_seconds,
-            poll_seconds=h.probe_e2e_poll_seconds, run_location=h.probe_run_location,
-        )  # fmt: skip
-
-    return ProbeRuntime(settings=settings, lock=lock, status=StatusStore(store,
-                        h.status_container), analyzer_factory=analyzer, e2e_factory=e2e,
-                        on_vision_attempt=_vision_attempt_hook(settings))
-
-
-def _vision_attempt_hook(settings: Settings) -> AttemptHook:
-    """Probe calls appear as Vision dependencies too (they use quota), marked synthetic."""
-    from shared.pipeline import BlobInput
-    from shared.telemetry import TelemetryObserver
-
-    observer = TelemetryObserver.from_settings(settings)
-    source = BlobInput(container="", name=VISION_PROBE, data=b"")
-    return functools.partial(observer.on_vision_attempt, source)
-
-
 def vision_probe_timer(
-    *, past_due: bool, invocation_id: str | None = None, runtime: ProbeRuntime | None = None
+    *, past_due: bool, runtime: ProbeRuntime | Callable[[], ProbeRuntime],
+    invocation_id: str | None = None,
 ) -> ProbeResult | None:
-    """The Vision probe's timer body. Never raises; ``None`` when the run was skipped."""
+    """The Vision probe's timer body. Never raises; ``None`` when the run was skipped.
+
+    ``runtime`` may be the factory the composition root offers: a failure to build it is then
+    a failed result too."""
     return _probe_timer(
         "vision_probe", VISION_PROBE, past_due=past_due, invocation_id=invocation_id,
         runtime=runtime,
@@ -721,31 +476,30 @@ def vision_probe_timer(
             rt.analyzer_factory(), load_probe_assets(),
             run_location=rt.settings.health.probe_run_location,
             on_attempt=rt.on_vision_attempt),
-    )  # fmt: skip
+    )
 
 
 def e2e_probe_timer(
-    *, past_due: bool, invocation_id: str | None = None, runtime: ProbeRuntime | None = None
+    *, past_due: bool, runtime: ProbeRuntime | Callable[[], ProbeRuntime],
+    invocation_id: str | None = None,
 ) -> ProbeResult | None:
     """The end-to-end probe's timer body. Never raises; ``None`` when the run was skipped."""
     return _probe_timer(
         "e2e_probe", E2E_PROBE, past_due=past_due, invocation_id=invocation_id,
         runtime=runtime, probe=lambda rt: run_e2e_probe(rt.e2e_factory()),
-    )  # fmt: skip
+    )
 
 
 def _probe_timer(
     function_name: str, probe_name: str, *, past_due: bool, invocation_id: str | None,
-    runtime: ProbeRuntime | None, probe: Callable[[ProbeRuntime], ProbeResult],
+    runtime: ProbeRuntime | Callable[[], ProbeRuntime],
+    probe: Callable[[ProbeRuntime], ProbeResult],
 ) -> ProbeResult | None:
-    from shared.runtime import ensure_telemetry
-
-    ensure_telemetry()
     started_at, t0 = _utc_now(), time.perf_counter()
     outcome: list[ProbeResult] = []
-    rt: ProbeRuntime | None = runtime
+    rt: ProbeRuntime | None = None
     try:
-        rt = rt or get_probe_runtime()
+        rt = runtime if isinstance(runtime, ProbeRuntime) else runtime()
         bound = rt
 
         def job() -> None:

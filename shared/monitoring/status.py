@@ -5,7 +5,8 @@ queries (``runner.run_many``: a few at a time, never the deprecated ``$batch``) 
 core report (``plan``):
 
 * ``status_windows`` — every KPI of the three windows (15m, 1h, 24h) in one scan;
-* ``status_alerts`` — every alert rule of ``shared.alerts``, each over its own window, in one
+* ``status_alerts`` — every alert rule of ``shared.monitoring.alerts``, each over its own window,
+in one
   (the drift rules, which compare with a baseline, run their own three queries);
 * ``status_probes``, ``status_freshness``, ``status_quota``;
 
@@ -18,7 +19,8 @@ the overall state:
 * ``healthy`` — none of that.
 
 When the telemetry backend cannot be asked (unreachable, throttled, refusing us),
-``StatusUnavailable`` names the cause; ``shared.status_service`` (the cache every caller of one
+``StatusUnavailable`` names the cause; ``shared.monitoring.status_service`` (the cache every caller
+of one
 instance shares) then serves the last good report marked stale, or the HTTP adapter answers a
 JSON 503. ``config`` carries tunables only: never a key, a connection string
 or an endpoint URL. ``Status.to_json()`` is documented by ``docs/status.schema.json`` (see
@@ -40,7 +42,9 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from shared.alerts import (
+from shared import telemetry
+from shared.errors import StorageError
+from shared.monitoring.alerts import (
     STATUS_QUERY,
     STATUS_QUERY_RULES,
     AlertRule,
@@ -52,9 +56,8 @@ from shared.alerts import (
     status_query_params,
     status_query_window,
 )
-from shared.drift import Baseline
-from shared.errors import StorageError
-from shared.logsquery import (
+from shared.monitoring.drift import Baseline
+from shared.monitoring.logsquery import (
     BadQueryError,
     QueryAuthError,
     QueryConfigError,
@@ -192,7 +195,7 @@ class Status:
     config: Mapping[str, Any]
     series: Mapping[str, Any] | None = None
     tuning: Mapping[str, Any] | None = None
-    #: the drift baseline in force (``shared.drift``)
+    #: the drift baseline in force (``shared.monitoring.drift``)
     drift: Mapping[str, Any] | None = None
     vision_rate: Mapping[str, Any] | None = None
 
@@ -278,7 +281,7 @@ def _drift_queries(
 
 QuotaLoader = Callable[["Settings"], Any]
 BaselineLoader = Callable[["Settings"], "Baseline"]
-#: the tuning review's state for the report (``shared.tuning_jobs.tuning_summary``)
+#: the tuning review's state for the report (``shared.ops.tuning.review.tuning_summary``)
 TuningLoader = Callable[[], Mapping[str, Any] | None]
 
 
@@ -507,8 +510,8 @@ def _quota(
     rows: list[dict[str, Any]], settings: Settings, loader: QuotaLoader | None
 ) -> dict[str, Any]:
     metrics = {str(r.get("metric")): r for r in rows}
-    used = metrics.get("quota.used_ratio", {})
-    forecast = metrics.get("quota.forecast_ratio", {})
+    used = metrics.get(telemetry.METRIC_QUOTA_USED_RATIO, {})
+    forecast = metrics.get(telemetry.METRIC_QUOTA_FORECAST_RATIO, {})
     out: dict[str, Any] = {
         "tier": settings.vision_tier.value,
         "used_ratio": _num(used.get("value")),
@@ -543,7 +546,7 @@ def _vision_rate(rows: list[dict[str, Any]], settings: Settings) -> dict[str, An
 
 def _load_quota(settings: Settings, loader: QuotaLoader | None) -> Any:
     """The quota check's last result, from the loader the composition root injects
-    (``shared.quota.read_quota_status`` over the status container); none without a loader."""
+    (``shared.ops.quota.read_quota_status`` over the status container); none without a loader."""
     if loader is None:
         return None
     try:

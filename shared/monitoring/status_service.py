@@ -1,9 +1,11 @@
 """The status report as every caller of one instance gets it: one runner, one report cache.
 
-``get_status_service()`` builds, once per process and on first use, the ``LogsQueryRunner``
-(short timeouts, no retries, ``STATUS_QUERY_CONCURRENCY`` queries at a time on its own threads)
-and the ``ReportCache`` (``STATUS_CACHE_TTL_SECONDS``, ``STATUS_WAIT_SECONDS``) that
-``StatusService`` puts ``shared.status.build_status`` behind. The HTTP adapter only ever talks to
+The composition root (``shared.composition.get_status_service``) builds it once per process,
+on first use, over the process's one ``LogsQueryRunner`` (short timeouts, no retries,
+``STATUS_QUERY_CONCURRENCY`` queries at a time on its own threads), with the ``ReportCache``
+(``STATUS_CACHE_TTL_SECONDS``, ``STATUS_WAIT_SECONDS``) that
+``StatusService`` puts ``shared.monitoring.status.build_status`` behind. The HTTP adapter only ever
+talks to
 ``StatusService.report``.
 
 Must never: compute a report on the caller's thread, or send more than one report's queries per
@@ -14,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.logsquery import LogsQueryRunner
-from shared.reportcache import Cached, ReportCache
-from shared.status import (
+from shared.monitoring.reportcache import Cached, ReportCache
+from shared.monitoring.status import (
     CLIENT_OPTIONS,
     BaselineLoader,
     QueryRunner,
@@ -41,22 +41,6 @@ if TYPE_CHECKING:
 
 def client_options(settings: Settings) -> dict[str, Any]:
     return {**CLIENT_OPTIONS, "read_timeout": settings.monitoring.status_query_timeout_s}
-
-
-@functools.cache
-def get_query_runner() -> LogsQueryRunner:
-    """The process's one query runner (status, quota check, tuning review), built on first use;
-    its identity is the app's one credential."""
-    from shared.runtime import get_credential
-    from shared.settings import get_settings
-
-    settings = get_settings()
-    m = settings.monitoring
-    return LogsQueryRunner.from_settings(
-        settings, client_options=client_options(settings),
-        credential=None if settings.telemetry.query_is_loopback else get_credential(),
-        server_timeout_s=max(1, math.ceil(m.status_query_timeout_s)),
-        max_concurrency=m.status_query_concurrency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,21 +129,4 @@ def _cache_error(exc: BaseException) -> dict[str, Any]:
     return {"cause": "report_failed", "message": type(exc).__name__}
 
 
-@functools.cache
-def get_status_service() -> StatusService:
-    """The process's service (settings, runner and cache built once, on first use)."""
-    from shared.probes import status_store
-    from shared.quota import read_quota_status
-    from shared.runtime import get_review_context, load_drift_baseline
-    from shared.settings import get_settings
-    from shared.tuning_jobs import tuning_summary
-
-    settings = get_settings()
-    return StatusService(settings, get_query_runner(),
-                         quota_loader=lambda _s: read_quota_status(status_store(settings)),
-                         tuning_loader=lambda: tuning_summary(get_review_context()),
-                         baseline_loader=load_drift_baseline)
-
-
-__all__ = ["Served", "StatusService", "client_options", "get_query_runner",
-           "get_status_service"]
+__all__ = ["Served", "StatusService", "client_options"]

@@ -25,10 +25,12 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any
 
-from shared.drift import ROLLING, Baseline
+from shared.monitoring.drift import ROLLING, Baseline
+from shared.monitoring.logsquery import load_queries
+from shared.settings import DriftSettings, MonitoringSettings, Settings
 
 if TYPE_CHECKING:
-    from shared.logsquery import NamedQuery, ParamValue
+    from shared.monitoring.logsquery import NamedQuery, ParamValue
     from shared.settings import DriftSettings, MonitoringSettings, Settings
 
 RUNBOOK = "docs/runbook.md"
@@ -99,8 +101,6 @@ class AlertRule:
 
     def kql(self, queries: Mapping[str, NamedQuery] | None = None) -> str:
         """The rule's query text with its parameters bound."""
-        from shared.logsquery import load_queries
-
         return (queries or load_queries())[self.query].render(self.params)
 
 
@@ -115,8 +115,6 @@ def alert_rules(
     The drift rules compare with ``baseline`` as of ``now`` (default: the rolling baseline,
     which is what the rendered Azure rules use).
     """
-    from shared.settings import DriftSettings, MonitoringSettings, Settings
-
     m = settings if isinstance(settings, MonitoringSettings) else (
         settings.monitoring if settings is not None else MonitoringSettings())
     drift = settings.drift if isinstance(settings, Settings) else DriftSettings()
@@ -438,7 +436,7 @@ def _fmt(value: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m shared.alerts``: print the rendered rules (defaults) as JSON."""
+    """``python -m shared.monitoring.alerts``: print the rendered rules (defaults) as JSON."""
     del argv
     print(json.dumps(render_alert_rules(), indent=2))
     return 0

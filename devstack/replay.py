@@ -1,6 +1,6 @@
 """Re-queue poisoned and failed blobs.
 
-``python -m shared.replay [--poison] [--failed] [--dry-run] [--settings local.settings.json]
+``python -m devstack.replay [--poison] [--failed] [--dry-run] [--settings local.settings.json]
 [--stack STATE_DIR]``
 
 Sources of work:
@@ -42,18 +42,16 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from shared.analysis.results import DocumentStore, ResultRepository, normalize_etag
+from shared.analysis.sources import BlobSourceBlobs, SourceBlobs
 from shared.errors import StorageError
 from shared.naming import printable
-from shared.results import DocumentStore, ResultRepository, normalize_etag
 from shared.settings import STORAGE_CONNECTION, Settings, StorageConnection
-from shared.sources import SourceBlobs
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueClient
 
 POISON_QUEUE = "webjobs-blobtrigger-poison"
@@ -231,47 +229,6 @@ class StorageQueuePoison:
         self._client.delete_message(message.handle)  # type: ignore[arg-type]
 
 
-class BlobSourceBlobs:
-    """``SourceBlobs`` over azure-storage-blob."""
-
-    def __init__(self, service: BlobServiceClient) -> None:
-        self._service = service
-
-    def current_etag(self, container: str, name: str) -> str | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            props = self._service.get_blob_client(container, name).get_blob_properties()
-        except ResourceNotFoundError:
-            return None
-        return str(props.etag)
-
-    def retouch(self, container: str, name: str, etag: str) -> str:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError
-
-        blob = self._service.get_blob_client(container, name)
-        try:
-            downloader = blob.download_blob(
-                etag=etag, match_condition=MatchConditions.IfNotModified
-            )
-            data = downloader.readall()
-            props = downloader.properties
-            metadata = dict(props.metadata or {})
-            metadata["replayed_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            result = blob.upload_blob(
-                data,
-                overwrite=True,
-                metadata=metadata,
-                content_settings=props.content_settings,
-                etag=etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except AzureError as exc:
-            raise StorageError("re-touching the blob failed", reason="replay_retouch") from exc
-        return str(result.get("etag", ""))
-
-
 def _queue_client(storage: StorageConnection) -> QueueClient:
     try:
         from azure.storage.queue import QueueClient
@@ -312,7 +269,7 @@ def devstack_status(state_dir: str | None) -> Mapping[str, Any] | None:
     argv += ["status", "--json"]
     try:
         run = subprocess.run(argv, cwd=_CHECKOUT, capture_output=True, text=True, timeout=60,
-                             check=False)  # fmt: skip
+                             check=False)
         payload = json.loads(run.stdout)
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None
@@ -367,12 +324,12 @@ def load_environment(settings_file: str | None) -> Mapping[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.replay", description="Re-queue poisoned and failed blobs."
+        prog="python -m devstack.replay", description="Re-queue poisoned and failed blobs."
     )
     parser.add_argument("--poison", action="store_true", help="replay poison-queue messages")
     parser.add_argument("--failed", action="store_true", help="replay documents in failed/")
     parser.add_argument("--class", dest="classes", action="append", default=[],
-                        help="with --failed: only this error class (repeatable)")  # fmt: skip
+                        help="with --failed: only this error class (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="show what would be done")
     parser.add_argument("--settings", help="a local.settings.json whose Values to use")
     parser.add_argument("--stack", metavar="STATE_DIR",
@@ -381,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     both = not (args.poison or args.failed)
 
-    from shared.results import BlobDocumentStore, blob_service_client
+    from shared.analysis.results import BlobDocumentStore, blob_service_client
 
     try:
         env, stack_note = resolve_storage(load_environment(args.settings), stack_dir=args.stack,

@@ -32,6 +32,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.identity import DefaultAzureCredential
+from azure.storage.blob import BlobServiceClient, ContentSettings
+
 from shared.errors import StorageError
 from shared.naming import result_path
 
@@ -211,7 +221,7 @@ class ResultRepository:
 
         def describes_ours(found: StoredDocument | None) -> bool:
             return (found is not None and found.metadata.get(META_SOURCE_ETAG) == ours
-                    and found.metadata.get(META_SOURCE_NAME_SHA256) == digest)  # fmt: skip
+                    and found.metadata.get(META_SOURCE_NAME_SHA256) == digest)
 
         wrote = False  # by this call, in an earlier round that then lost a delete
         for _ in range(COMMIT_ATTEMPTS):
@@ -227,7 +237,7 @@ class ResultRepository:
                     written = self.store.write(
                         target, path, body, metadata,
                         if_match=mine.etag if mine is not None else None, if_absent=mine is None,
-                    )  # fmt: skip
+                    )
                     wrote = True
                 if theirs is not None:
                     # a blob ends in exactly one place: drop what another version left behind,
@@ -287,8 +297,6 @@ class BlobDocumentStore:
         return self._service
 
     def read_metadata(self, container: str, path: str) -> Mapping[str, str] | None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
         try:
             props = self._service.get_blob_client(container, path).get_blob_properties()
         except ResourceNotFoundError:
@@ -298,8 +306,6 @@ class BlobDocumentStore:
         return dict(props.metadata or {})
 
     def read(self, container: str, path: str) -> bytes | None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
         try:
             return self._service.get_blob_client(container, path).download_blob().readall()
         except ResourceNotFoundError:
@@ -308,8 +314,6 @@ class BlobDocumentStore:
             raise StorageError("reading document failed", reason="storage_read") from exc
 
     def head(self, container: str, path: str) -> StoredDocument | None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
         try:
             props = self._service.get_blob_client(container, path).get_blob_properties()
         except ResourceNotFoundError:
@@ -322,15 +326,6 @@ class BlobDocumentStore:
         self, container: str, path: str, body: bytes, metadata: Mapping[str, str], *,
         if_match: str | None = None, if_absent: bool = False,
     ) -> str:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import (
-            AzureError,
-            ResourceExistsError,
-            ResourceModifiedError,
-            ResourceNotFoundError,
-        )
-        from azure.storage.blob import ContentSettings
-
         blob = self._service.get_blob_client(container, path)
         options: dict[str, Any] = {
             "metadata": dict(metadata),
@@ -338,7 +333,7 @@ class BlobDocumentStore:
         }
         if if_match is not None:
             options.update(overwrite=True, etag=if_match,
-                           match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                           match_condition=MatchConditions.IfNotModified)
         else:
             # overwrite=False sends If-None-Match: *
             options["overwrite"] = not if_absent
@@ -359,9 +354,6 @@ class BlobDocumentStore:
         return str(written["etag"])
 
     def delete(self, container: str, path: str, *, if_match: str | None = None) -> bool:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
-
         options: dict[str, Any] = {}
         if if_match is not None:
             options.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
@@ -378,8 +370,6 @@ class BlobDocumentStore:
         return True
 
     def list_paths(self, container: str, prefix: str | None = None) -> Iterator[str]:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
         try:
             client = self._service.get_container_client(container)
             yield from client.list_blob_names(name_starts_with=prefix)
@@ -389,8 +379,6 @@ class BlobDocumentStore:
             raise StorageError("listing documents failed", reason="storage_list") from exc
 
     def _create_container(self, container: str) -> None:
-        from azure.core.exceptions import ResourceExistsError
-
         try:
             self._service.create_container(container)
             logger.info("created missing container %s", container)
@@ -402,14 +390,10 @@ def blob_service_client(
     storage: StorageConnection, *, credential: TokenCredential | None = None
 ) -> BlobServiceClient:
     """A client for the ``AzureWebJobsStorage`` account (connection string or identity)."""
-    from azure.storage.blob import BlobServiceClient
-
     if storage.connection_string is not None:
         return BlobServiceClient.from_connection_string(storage.connection_string)
     if storage.blob_service_uri is None:  # Settings.from_env guarantees one of the two
         raise StorageError("no blob endpoint configured", reason="storage_config")
     if credential is None:
-        from azure.identity import DefaultAzureCredential
-
         credential = DefaultAzureCredential(managed_identity_client_id=storage.client_id)
     return BlobServiceClient(storage.blob_service_uri, credential=credential)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from shared.logsquery import ParamValue
+    from shared.monitoring.logsquery import ParamValue
     from shared.settings import DriftSettings
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ PINNED = "pinned"
 
 
 class JsonDocuments(Protocol):
-    """Read and write small JSON documents (``shared.probes.StatusStore`` is one)."""
+    """Read and write small JSON documents (``shared.ops.probes.StatusStore`` is one)."""
 
     def read_json(self, path: str) -> dict[str, Any] | None: ...
 

@@ -12,7 +12,7 @@ docs/probes-and-quota.md), with ``f`` the elapsed fraction of the calendar month
                      (only when that falls before month end, i.e. forecast_ratio >= 1)
     avg_tps        = calls / elapsed seconds;  throttled_ratio = throttled / calls
 
-Each result is kept in the status container at ``quota/latest.json`` (``load_quota_status``
+Each result is kept in the status container at ``quota/latest.json`` (``read_quota_status``
 reads it) and published as the gauges ``quota.used_ratio`` / ``quota.forecast_ratio``. A WARNING
 is logged once per threshold crossing per month (``QUOTA_WARN_THRESHOLDS``); the thresholds
 already crossed this month travel in the stored status. A failed check (telemetry backend
@@ -25,7 +25,6 @@ Must never: raise from the timer, log a key or a connection string.
 from __future__ import annotations
 
 import calendar
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,22 +32,26 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from shared import telemetry
 from shared.errors import StorageError, VisionOpsError
+from shared.monitoring.logsquery import QueryError
+from shared.ops.jobs import (
+    ProbeFailure,
+    ProbeResult,
+    RunLock,
+    StatusStore,
+    run_timer,
+    track_probe_availability,
+)
 
 if TYPE_CHECKING:
-    # the API exports the synchronous gauge only under its provisional name
-    from opentelemetry.metrics import _Gauge as Gauge
-
-    from shared.probes import ProbeResult, RunLock, StatusStore
+    from shared.monitoring.logsquery import LogsQueryRunner
     from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 QUOTA_STATUS_PATH: Final = "quota/latest.json"
 QUOTA_CHECK: Final = "quota-check"  # availability test name
-EVENT_CHECK_FAILED: Final = "quota.check_failed"
-METRIC_USED_RATIO: Final = "quota.used_ratio"
-METRIC_FORECAST_RATIO: Final = "quota.forecast_ratio"
 USAGE_QUERY: Final = "calls_this_month"
 #: The query cuts at the start of the month itself; the timespan only has to cover a month.
 USAGE_TIMESPAN: Final = timedelta(days=32)
@@ -183,7 +186,7 @@ def compute_quota_status(
         used_ratio=used_ratio, forecast_calls=forecast, forecast_ratio=forecast / quota,
         exhaustion_at=exhaustion, warn_thresholds=limits.warn_thresholds,
         crossed_thresholds=crossed,
-    )  # fmt: skip
+    )
 
 
 def new_crossings(status: QuotaStatus, previously_crossed: tuple[float, ...]) -> list[float]:
@@ -209,17 +212,14 @@ class QuotaCheckError(Exception):
 
 
 class LogsUsageSource:
-    """``UsageSource`` over ``shared.logsquery`` and ``queries/calls_this_month.kql``."""
+    """``UsageSource`` over ``shared.monitoring.logsquery`` and ``queries/calls_this_month.kql``."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, runner: LogsQueryRunner) -> None:
+        self._runner = runner
 
     def usage(self) -> QuotaUsage:
-        from shared.logsquery import QueryError
-        from shared.status_service import get_query_runner
-
         try:
-            result = get_query_runner().run(USAGE_QUERY, USAGE_TIMESPAN)
+            result = self._runner.run(USAGE_QUERY, USAGE_TIMESPAN)
             rows = result.rows
         except QueryError as exc:
             raise QuotaCheckError(str(exc), reason=type(exc).__name__) from exc
@@ -235,32 +235,11 @@ def _int(value: object) -> int:
     return int(value) if isinstance(value, int | float | str) and value != "" else 0
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaGauges:
-    used_ratio: Gauge
-    forecast_ratio: Gauge
-
-
-@functools.cache
-def _gauges() -> QuotaGauges:
-    from shared.telemetry import get_meter
-
-    meter = get_meter()
-    return QuotaGauges(
-        used_ratio=meter.create_gauge(METRIC_USED_RATIO, unit="1",
-                                      description="Share of the monthly Vision quota used"),
-        forecast_ratio=meter.create_gauge(METRIC_FORECAST_RATIO, unit="1",
-                                          description="Month-end forecast / monthly quota"),
-    )  # fmt: skip
-
-
 def publish_metrics(status: QuotaStatus) -> None:
     """Record both gauges; telemetry must never break the check."""
-    from shared.telemetry import ATTR_QUOTA_TIER
-
     try:
-        gauges = _gauges()
-        attributes = {ATTR_QUOTA_TIER: status.tier}
+        gauges = telemetry.quota_gauges()
+        attributes = {telemetry.ATTR_QUOTA_TIER: status.tier}
         gauges.used_ratio.set(status.used_ratio, attributes)
         gauges.forecast_ratio.set(status.forecast_ratio, attributes)
     except Exception as exc:  # telemetry never breaks the app (see shared.telemetry)
@@ -283,24 +262,6 @@ class QuotaRuntime:
     metrics: Callable[[QuotaStatus], None] = publish_metrics
 
 
-@functools.cache
-def get_quota_runtime() -> QuotaRuntime:
-    from shared.probes import BlobLeaseLock, status_store
-    from shared.runtime import get_blob_service
-    from shared.settings import get_settings
-
-    settings = get_settings()
-    h = settings.health
-    service = get_blob_service()
-    return QuotaRuntime(
-        limits=QuotaLimits.from_settings(settings), source=LogsUsageSource(settings),
-        status=status_store(settings),
-        lock=BlobLeaseLock(service.get_container_client(h.status_container),
-                           lease_seconds=h.lock_lease_seconds),
-        run_location=h.probe_run_location,
-    )  # fmt: skip
-
-
 def check_quota(rt: QuotaRuntime) -> QuotaStatus:
     """One check: usage → status → warnings → stored. Raises ``QuotaCheckError``/storage."""
     now = rt.now()
@@ -318,7 +279,7 @@ def check_quota(rt: QuotaRuntime) -> QuotaStatus:
             status.forecast_ratio * 100,
             f", exhausted around {status.exhaustion_at:%Y-%m-%d %H:%M} UTC"
             if status.exhaustion_at else "",
-        )  # fmt: skip
+        )
     rt.metrics(status)
     rt.status.write_json(QUOTA_STATUS_PATH, status.as_dict())
     logger.info("quota: used %.1f%%, forecast %.1f%% of %d calls (%s)", status.used_ratio * 100,
@@ -327,19 +288,18 @@ def check_quota(rt: QuotaRuntime) -> QuotaStatus:
 
 
 def quota_timer(
-    *, past_due: bool, invocation_id: str | None = None, runtime: QuotaRuntime | None = None
+    *, past_due: bool, runtime: QuotaRuntime | Callable[[], QuotaRuntime],
+    invocation_id: str | None = None,
 ) -> QuotaStatus | None:
-    """The quota check's timer body. Never raises; ``None`` when skipped or failed."""
-    from shared import telemetry
-    from shared.probes import ProbeFailure, ProbeResult, run_timer, track_probe_availability
-    from shared.runtime import ensure_telemetry
+    """The quota check's timer body. Never raises; ``None`` when skipped or failed.
 
-    ensure_telemetry()
+    ``runtime`` may be the factory the composition root offers: a failure to build it is then
+    a failed check too."""
     started_at, t0 = datetime.now(UTC), time.perf_counter()
     out: list[QuotaStatus] = []
-    rt = runtime
+    rt: QuotaRuntime | None = None
     try:
-        rt = rt or get_quota_runtime()
+        rt = runtime if isinstance(runtime, QuotaRuntime) else runtime()
         bound = rt
 
         def job() -> None:
@@ -368,11 +328,12 @@ def quota_timer(
             message=f"{failure.value}: {reason}",
             run_location=rt.run_location if rt is not None else "unknown",
             started_at=started_at, failure=failure,
-        )  # fmt: skip
+        )
         (rt.availability if rt is not None and rt.availability else track_probe_availability)(
             result)
         emit = rt.event if rt is not None and rt.event else telemetry.track_event
-        emit(EVENT_CHECK_FAILED, {"quota.failure": failure.value, "quota.reason": reason})
+        emit(telemetry.EVENT_QUOTA_CHECK_FAILED, {telemetry.ATTR_QUOTA_FAILURE: failure.value,
+                                                  telemetry.ATTR_QUOTA_REASON: reason})
         return None
     return out[-1] if out else None
 
@@ -391,17 +352,10 @@ def _read_status(store: StatusStore) -> QuotaStatus | None:
         return None
 
 
-def load_quota_status(settings: Settings) -> QuotaStatus | None:
+def read_quota_status(store: StatusStore) -> QuotaStatus | None:
     """The last successful quota check (``quota/latest.json`` in ``STATUS_CONTAINER``).
 
     ``None`` when no check has succeeded yet (or the document is unreadable); raises
     ``StorageError`` when storage cannot be read. ``computed_at`` tells how fresh it is.
     """
-    from shared.probes import status_store
-
-    return read_quota_status(status_store(settings))
-
-
-def read_quota_status(store: StatusStore) -> QuotaStatus | None:
-    """The last successful quota check in ``store`` (see ``load_quota_status``)."""
     return _read_status(store)

@@ -2,7 +2,8 @@
 
 ``VisionAnalyzer`` is the seam the pipeline depends on; unit tests pass a hand-written fake.
 ``VisionClient`` is the real implementation: the SDK's ``ImageAnalysisClient`` whose azure-core
-pipeline carries our retry policy and a per-attempt flow policy (``shared.vision_policies``), so
+pipeline carries our retry policy and a per-attempt flow policy
+(``shared.analysis.vision_policies``), so
 there is one retry loop — azure-core's — and every attempt takes a token from the client's
 rate limiter and is reported to the observer with its classification.
 
@@ -11,7 +12,8 @@ never sooner than the service's ``Retry-After`` (429, 503 and 408 alike); only
 throttled/transient/timeout errors are retried, never 400/401/403/404. A ``Retry-After`` longer
 than ``VISION_MAX_RETRY_AFTER_SECONDS`` ends the local loop (the host retries the blob later).
 Retries of failed calls spend a retry budget; a breaker stops calls to a service that is down
-(``shared.ratecontrol``), and the call then raises ``VisionUnavailableError`` so the pipeline
+(``shared.analysis.ratecontrol``), and the call then raises ``VisionUnavailableError`` so the
+pipeline
 parks the blob.
 
 The rate starts at the ceiling (``VISION_RATE_LIMIT_PER_SECOND``, else the tier's documented
@@ -37,18 +39,21 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from shared.errors import (
-    AuthError,
-    ConfigError,
-    ErrorClass,
-    InvalidImageError,
-    OperationTimeoutError,
-    ThrottledError,
-    TransientError,
-    VisionOpsError,
-    VisionUnavailableError,
+from azure.ai.vision.imageanalysis import ImageAnalysisClient
+from azure.ai.vision.imageanalysis.models import VisualFeatures
+from azure.core.credentials import AzureKeyCredential
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
-from shared.ratecontrol import (
+from azure.identity import DefaultAzureCredential
+
+from shared.analysis.attempts import VisionAttempt
+from shared.analysis.ratecontrol import (
     BreakerState,
     CircuitBreaker,
     Clock,
@@ -56,6 +61,23 @@ from shared.ratecontrol import (
     RetryBudget,
     Sleep,
     TokenBucket,
+)
+from shared.analysis.vision_policies import (
+    ATTEMPT_HOOK_OPTION,
+    AdaptiveRetryPolicy,
+    CircuitOpenError,
+    FlowPolicy,
+    error_body,
+)
+from shared.errors import (
+    AuthError,
+    ConfigError,
+    InvalidImageError,
+    OperationTimeoutError,
+    ThrottledError,
+    TransientError,
+    VisionOpsError,
+    VisionUnavailableError,
 )
 from shared.settings import RateMode
 from shared.units import ms
@@ -73,36 +95,6 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True, slots=True)
-class VisionAttempt:
-    """One HTTP attempt, as the observer sees it (no payload, no OCR text)."""
-
-    attempt: int
-    features: tuple[str, ...]
-    image_bytes: int
-    duration_ms: float
-    limiter_wait_ms: float
-    status_code: int | None = None
-    error_class: ErrorClass | None = None
-    reason: str | None = None
-    error_code: str | None = None
-    inner_code: str | None = None
-    retry_after_s: float | None = None
-    backoff_s: float | None = None
-    #: the client's sending rate (calls/s) when the attempt went out
-    rate_per_second: float | None = None
-    #: the last attempt of a call that the retry budget did not allow to be retried
-    budget_exhausted: bool = False
-
-    @property
-    def succeeded(self) -> bool:
-        return self.error_class is None
-
-    @property
-    def will_retry(self) -> bool:
-        return self.backoff_s is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,14 +248,6 @@ def classify_http(
 
 def classify_azure_error(exc: AzureError) -> VisionOpsError:
     """Translate an azure-core exception raised by the SDK into our error tree."""
-    from azure.core.exceptions import (
-        HttpResponseError,
-        ServiceRequestError,
-        ServiceRequestTimeoutError,
-        ServiceResponseError,
-        ServiceResponseTimeoutError,
-    )
-
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
         error = exc.error
         inner = error.innererror if error is not None else None
@@ -316,10 +300,6 @@ class VisionClient:
         *,
         on_attempt: AttemptHook | None = None,
     ) -> VisionResult:
-        from azure.ai.vision.imageanalysis.models import VisualFeatures
-        from azure.core.exceptions import AzureError
-
-        from shared.vision_policies import ATTEMPT_HOOK_OPTION, CircuitOpenError
 
         features = tuple(features)
         started = self._clock()
@@ -345,7 +325,7 @@ class VisionClient:
             raise VisionUnavailableError(
                 "Vision is failing; the call was not sent", reason="circuit_open",
                 attempts=len(seen),
-            ) from exc  # fmt: skip
+            ) from exc
         except AzureError as exc:
             error = classify_azure_error(exc)
             error.attempts = len(seen)
@@ -354,7 +334,7 @@ class VisionClient:
                     error.message, reason="vision_unavailable", status_code=error.status_code,
                     error_code=error.error_code, inner_code=error.inner_code,
                     attempts=len(seen),
-                ) from exc  # fmt: skip
+                ) from exc
             if seen and seen[-1].budget_exhausted:
                 error.reason = f"{error.reason}_retry_budget_exhausted"
             raise error from exc
@@ -405,10 +385,6 @@ def build_vision_client(
 
     ``flow`` reuses a rate controller (a client rebuilt for new tunables keeps what it learnt).
     """
-    from azure.ai.vision.imageanalysis import ImageAnalysisClient
-    from azure.core.credentials import AzureKeyCredential
-
-    from shared.vision_policies import AdaptiveRetryPolicy, FlowPolicy
 
     auth: AzureKeyCredential | TokenCredential
     if settings.vision_key:
@@ -416,8 +392,6 @@ def build_vision_client(
     elif credential is not None:
         auth = credential
     else:
-        from azure.identity import DefaultAzureCredential
-
         auth = DefaultAzureCredential()
     flow = flow or build_flow_control(settings, clock=limiter_clock, sleep=sleep)
     options: dict[str, Any] = {
@@ -428,7 +402,7 @@ def build_vision_client(
             FlowPolicy(flow, features=_request_features, classify_http=_classify_response,
                        classify_error=classify_azure_error),
         ],
-    }  # fmt: skip
+    }
     if transport is not None:
         options["transport"] = transport
     client = ImageAnalysisClient(settings.vision_endpoint, auth, **options)
@@ -437,7 +411,7 @@ def build_vision_client(
         model_version=settings.vision_model_version,
         connection_timeout=settings.vision_connect_timeout_seconds,
         read_timeout=settings.vision_timeout_seconds, clock=clock,
-    )  # fmt: skip
+    )
 
 
 def _request_features(request: PipelineRequest[Any]) -> tuple[str, ...]:
@@ -446,14 +420,12 @@ def _request_features(request: PipelineRequest[Any]) -> tuple[str, ...]:
 
 
 def _classify_response(response: PipelineResponse[Any, Any]) -> VisionOpsError:
-    from shared.vision_policies import error_body
-
     code, inner, message = error_body(response)
     http = response.http_response
     return classify_http(
         http.status_code, error_code=code, inner_code=inner, message=message,
         retry_after=parse_retry_after(dict(http.headers or {})),
-    )  # fmt: skip
+    )
 
 
 __all__ = [

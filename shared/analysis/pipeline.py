@@ -1,6 +1,7 @@
 """The blob pipeline: HEAD → size check → read one version → preprocess → analyse → commit.
 
-``process_blob`` takes a handle on the triggering blob (``shared.sources.SourceBlob``, never its
+``process_blob`` takes a handle on the triggering blob (``shared.analysis.sources.SourceBlob``,
+never its
 bytes) and its dependencies (``PipelineDeps``), so tests drive it without any Functions type.
 Contract with the host:
 
@@ -14,7 +15,7 @@ Contract with the host:
   never drops an image silently;
 * returns a ``parked`` outcome when Vision is down (``VisionUnavailableError``) and
   ``PipelineDeps.parking`` is set: the version is recorded in the parking lot and re-driven by
-  ``shared.parking.redrive`` once Vision answers, instead of spending the host's tries.
+  ``shared.analysis.parking.redrive`` once Vision answers, instead of spending the host's tries.
 
 Memory: the blob's size comes from its properties before any byte is read; a blob larger than
 ``PREPROCESS_MAX_INPUT_BYTES`` is rejected (``input_too_large``) from that HEAD alone, and a
@@ -35,6 +36,24 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from shared.analysis.attempts import VisionAttempt
+from shared.analysis.outputs import OutputSummary, summarize
+from shared.analysis.parking import ParkingLot
+from shared.analysis.preprocessing import (
+    PreprocessOptions,
+    PreprocessRecord,
+    PreprocessResult,
+    preprocess,
+)
+from shared.analysis.results import (
+    SCHEMA_VERSION,
+    Commit,
+    CommitResult,
+    ResultRepository,
+    normalize_etag,
+)
+from shared.analysis.sources import SourceBlob, SourceChanged, SourceVersion, too_large
+from shared.analysis.vision import VisionAnalyzer, VisionResult
 from shared.errors import (
     Disposition,
     ErrorClass,
@@ -45,13 +64,7 @@ from shared.errors import (
     classify,
 )
 from shared.naming import printable
-from shared.outputs import OutputSummary, summarize
-from shared.parking import ParkingLot
-from shared.preprocessing import PreprocessOptions, PreprocessRecord, PreprocessResult, preprocess
-from shared.results import SCHEMA_VERSION, Commit, CommitResult, ResultRepository, normalize_etag
-from shared.sources import SourceBlob, SourceChanged, SourceVersion, too_large
 from shared.units import ms
-from shared.vision import VisionAnalyzer, VisionAttempt, VisionResult
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +196,7 @@ def process_blob(blob: SourceBlob, deps: PipelineDeps) -> AnalysisOutcome:
         logger.warning(
             "blob %s/%s not processed (%s/%s); the host will retry it",
             blob.container, printable(blob.name), disposition.error_class, disposition.reason,
-        )  # fmt: skip
+        )
         deps.observer.on_retryable_failure(run.source, exc, disposition)
         raise
 
@@ -254,20 +267,20 @@ class _Run:
         return self._accept(document, result, record=prepared.record)
 
     def _park(self, lot: ParkingLot, error: VisionOpsError) -> AnalysisOutcome:
-        """Vision is down: record this version for ``shared.parking.redrive`` instead of
+        """Vision is down: record this version for ``shared.analysis.parking.redrive`` instead of
         spending the host's tries (it would poison the blob before a long outage ends)."""
         source, deps = self.source, self.deps
         path = lot.park(source.container, source.name, source.etag, reason=error.reason,
-                        now=deps.now)  # fmt: skip
+                        now=deps.now)
         logger.warning("blob %s/%s parked: Vision is unavailable (%s); it is re-driven when"
                        " Vision answers", source.container, printable(source.name),
-                       error.reason)  # fmt: skip
+                       error.reason)
         return self._finish(AnalysisOutcome(
             status=Outcome.PARKED, container=source.container, name=source.name,
             etag=source.etag, document=path, attempts=error.attempts,
             duration_ms=ms(deps.clock() - self.started), error_class=error.error_class,
             reason=error.reason, status_code=error.status_code,
-        ))  # fmt: skip
+        ))
 
     def _current_etag(self) -> str | None:
         current = self.blob.properties()
@@ -294,7 +307,7 @@ class _Run:
         details: dict[str, Any] = {
             "attempts": result.attempts, "model_version": result.model_version,
             "preprocessing": record,
-        }  # fmt: skip
+        }
         commit, settled = self._commit(deps.repository.commit_result, document, details)
         if settled is not None:
             return settled
@@ -303,7 +316,7 @@ class _Run:
             etag=source.etag, document=commit.path, **details,
             duration_ms=ms(deps.clock() - self.started),
             vision_ms=result.duration_ms, output=summarize(result.payload),
-        ))  # fmt: skip
+        ))
 
     def _reject(
         self,
@@ -340,7 +353,7 @@ class _Run:
             "error_class": error.error_class, "reason": error.reason, "stage": stage,
             "status_code": error.status_code, "service_error_code": error.error_code,
             "service_inner_code": error.inner_code,
-        }  # fmt: skip
+        }
         commit, settled = self._commit(deps.repository.commit_failure, document, details)
         if settled is not None:
             return settled
@@ -348,12 +361,12 @@ class _Run:
             "blob %s/%s rejected at %s: %s/%s (service code %s/%s)",
             source.container, printable(source.name), stage, error.error_class, error.reason,
             error.error_code, error.inner_code,
-        )  # fmt: skip
+        )
         return self._finish(AnalysisOutcome(
             status=Outcome.REJECTED, container=source.container, name=source.name,
             etag=source.etag, document=commit.path, **details,
             duration_ms=ms(deps.clock() - self.started),
-        ))  # fmt: skip
+        ))
 
     def _commit(
         self, write: Callable[..., CommitResult], document: dict[str, Any],
@@ -375,7 +388,7 @@ class _Run:
         if commit.status is Commit.SUPERSEDED:
             # keep what was spent (attempts, preprocessing) but not the outcome it would have had
             kept = {k: details[k] for k in ("attempts", "model_version", "preprocessing")
-                    if k in details}  # fmt: skip
+                    if k in details}
             return self._superseded(commit.current_etag, **kept)
         return self._duplicate(commit.path)
 
@@ -387,7 +400,7 @@ class _Run:
             status=Outcome.DUPLICATE, container=source.container, name=source.name,
             etag=source.etag, document=document,
             duration_ms=ms(self.deps.clock() - self.started),
-        ))  # fmt: skip
+        ))
 
     def _superseded(self, current: str | None, **details: Any) -> AnalysisOutcome:
         source = self.source
@@ -395,12 +408,12 @@ class _Run:
         logger.info(
             "blob %s/%s version %s superseded (%s, current %s); its document is not written",
             source.container, printable(source.name), source.etag, reason, current,
-        )  # fmt: skip
+        )
         return self._finish(AnalysisOutcome(
             status=Outcome.SUPERSEDED, container=source.container, name=source.name,
             etag=source.etag, document=None, reason=reason, current_etag=current,
             duration_ms=ms(self.deps.clock() - self.started), **details,
-        ))  # fmt: skip
+        ))
 
     def _finish(self, outcome: AnalysisOutcome) -> AnalysisOutcome:
         self.deps.observer.on_outcome(self.source, outcome)
@@ -412,7 +425,7 @@ def _described(source: BlobInput, version: SourceVersion) -> BlobInput:
         container=source.container, name=source.name, data=b"", etag=version.etag,
         content_type=version.content_type, last_modified=version.last_modified,
         uri=source.uri, declared_size=version.size, metadata=dict(version.metadata),
-    )  # fmt: skip
+    )
 
 
 def _with_data(source: BlobInput, data: bytes) -> BlobInput:
@@ -420,7 +433,7 @@ def _with_data(source: BlobInput, data: bytes) -> BlobInput:
         container=source.container, name=source.name, data=data, etag=source.etag,
         content_type=source.content_type, last_modified=source.last_modified,
         uri=source.uri, metadata=source.metadata,
-    )  # fmt: skip
+    )
 
 
 def _source_document(source: BlobInput, deps: PipelineDeps) -> dict[str, Any]:

@@ -24,12 +24,13 @@ from azure.core.exceptions import AzureError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import HTTPPolicy, RetryPolicy
 
+from shared.analysis.attempts import VisionAttempt
+from shared.analysis.ratecontrol import BreakerState, FlowControl
 from shared.errors import ErrorClass, RetryableError, ThrottledError, VisionOpsError
-from shared.ratecontrol import BreakerState, FlowControl
 from shared.units import ms
 
 if TYPE_CHECKING:
-    from shared.vision import RetryRules, VisionAttempt
+    from shared.analysis.vision import RetryRules
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ class FlowPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generics
         self._classify_error = classify_error
 
     def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
-        from shared.vision import VisionAttempt
-
         context = request.context
         number = int(context.get("retry_count", 0)) + 1
         outcome: CallOutcome = context.setdefault(_OUTCOME, CallOutcome())
@@ -94,7 +93,7 @@ class FlowPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generics
             attempt=number, features=self._features(request),
             image_bytes=len(body) if isinstance(body, bytes | bytearray) else 0,
             duration_ms=0.0, limiter_wait_ms=0.0,
-        )  # fmt: skip
+        )
         if number == 1:
             self._flow.budget.record_first_attempt()
         if not self._flow.breaker.allow():
@@ -102,7 +101,7 @@ class FlowPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generics
             refused = VisionOpsError("the breaker is open", reason="circuit_open")
             context[_PENDING] = _Pending(
                 replace(base, error_class=ErrorClass.TRANSIENT, reason="circuit_open",
-                        rate_per_second=self._flow.rate()), refused)  # fmt: skip
+                        rate_per_second=self._flow.rate()), refused)
             raise CircuitOpenError("Vision is failing; only probing calls go out")
         wait = self._flow.acquire()
         outcome.limiter_wait_s += wait
@@ -116,7 +115,7 @@ class FlowPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generics
                 replace(base, duration_ms=ms(self._flow.clock() - started),
                         limiter_wait_ms=ms(wait), error_class=failure.error_class,
                         reason=failure.reason, rate_per_second=self._flow.rate()),
-                failure)  # fmt: skip
+                failure)
             raise
         except BaseException:
             # not an answer either: a probe in flight must not hold the breaker half-open
@@ -137,7 +136,7 @@ class FlowPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generics
                     reason=error.reason if error else None,
                     error_code=error.error_code if error else None,
                     inner_code=error.inner_code if error else None,
-                    retry_after_s=_retry_after(error)), error)  # fmt: skip
+                    retry_after_s=_retry_after(error)), error)
         return response
 
 
@@ -175,7 +174,7 @@ class AdaptiveRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
         return response
 
     def _report(self, request: PipelineRequest[Any] | PipelineResponse[Any, Any],
-                *, backoff: float | None) -> None:  # fmt: skip
+                *, backoff: float | None) -> None:
         context = request.context
         pending: _Pending | None = context.get(_PENDING)
         if pending is None:
@@ -186,12 +185,12 @@ class AdaptiveRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
             return
         outcome: CallOutcome = context[_OUTCOME]
         hook(replace(pending.attempt, backoff_s=backoff,
-                     budget_exhausted=outcome.budget_exhausted and backoff is None))  # fmt: skip
+                     budget_exhausted=outcome.budget_exhausted and backoff is None))
 
     # -- decisions (hooks of azure-core's loop) -----------------------------------------------
 
     def _is_method_retryable(self, settings: dict[str, Any], request: Any,
-                             response: Any = None) -> bool:  # fmt: skip
+                             response: Any = None) -> bool:
         return True  # the analyze POST only reads: repeating it is safe
 
     def is_retry(self, settings: dict[str, Any], response: PipelineResponse[Any, Any]) -> bool:
@@ -199,7 +198,7 @@ class AdaptiveRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
         return pending is not None and pending.error is not None and pending.error.retryable
 
     def increment(self, settings: dict[str, Any], response: Any = None,
-                  error: Exception | None = None) -> bool:  # fmt: skip
+                  error: Exception | None = None) -> bool:
         context = response.context
         pending: _Pending | None = context.get(_PENDING)
         outcome: CallOutcome = context[_OUTCOME]
@@ -214,7 +213,7 @@ class AdaptiveRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
         logger.info(
             "vision attempt %d failed (%s/%s); retrying in %.2fs", pending.attempt.attempt,
             pending.attempt.error_class, pending.attempt.reason, delay,
-        )  # fmt: skip
+        )
         self._report(response, backoff=delay)
         return True
 
@@ -238,7 +237,7 @@ class AdaptiveRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
         return True
 
     def sleep(self, settings: dict[str, Any], transport: Any,
-              response: PipelineResponse[Any, Any] | None = None) -> None:  # fmt: skip
+              response: PipelineResponse[Any, Any] | None = None) -> None:
         delay, retry_after = settings.pop(_DELAY, (0.0, None))
         if retry_after is not None and retry_after > 0:
             self._flow.pause(retry_after)

@@ -45,7 +45,7 @@ from PIL import (
 from PIL.Image import Image as PILImage
 from PIL.ImageFile import ImageFile
 
-from shared.descriptors import ImageDescriptors, camera_model_of, describe, geometry
+from shared.analysis.descriptors import ImageDescriptors, camera_model_of, describe, geometry
 from shared.errors import InvalidImageError
 from shared.units import ms
 
@@ -70,7 +70,7 @@ _BYTES_PER_PIXEL = {
     "1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "La": 4, "RGB": 4, "RGBA": 4, "RGBa": 4,
     "RGBX": 4, "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4, "F": 4,
     "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2,
-}  # fmt: skip
+}
 
 
 class RejectReason(StrEnum):
@@ -120,7 +120,7 @@ _PLUGINS = (
 _HEIF_BRANDS = frozenset(
     {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
      b"msf1", b"avif", b"avis"}
-)  # fmt: skip
+)
 _PREFIXES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -242,7 +242,7 @@ def _sniff_containers(data: bytes) -> str | None:
 
 def _as_text(head: bytes) -> str | None:
     for bom, encoding in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"),
-                          (b"\xfe\xff", "utf-16-be")):  # fmt: skip
+                          (b"\xfe\xff", "utf-16-be")):
         if head.startswith(bom):
             return head[len(bom) :].decode(encoding, errors="replace")
     if b"\x00" in head:
@@ -324,7 +324,7 @@ def _check_header(im: ImageFile, options: PreprocessOptions) -> None:
     metadata = sum(
         len(value) for key, value in im.info.items()
         if key != "icc_profile" and isinstance(value, bytes | bytearray | str)
-    )  # fmt: skip
+    )
     if metadata > MAX_METADATA_BYTES:
         raise _reject(RejectReason.METADATA_TOO_LARGE, f"{metadata} bytes of metadata")
     if min(width, height) <= MIN_SIDE_EXCLUSIVE:
@@ -421,7 +421,7 @@ def preprocess(
                 final_height=height, final_bytes=len(data), orientation=orientation,
                 reencoded=False, steps=tuple(steps), duration_ms=ms(clock() - started),
                 stage_ms=stages.ms, descriptors=descriptors,
-            )  # fmt: skip
+            )
             return PreprocessResult(data, record)
         if resize:
             steps.append(f"downscale:{width}x{height}->{target_w}x{target_h}")
@@ -431,14 +431,14 @@ def preprocess(
         out, fmt, final_size, descriptors = _reencode(
             im, kind=kind, target=(target_w, target_h), orientation=orientation,
             options=options, steps=steps, stages=stages, described=described,
-        )  # fmt: skip
+        )
     record = PreprocessRecord(
         detected_format=kind, original_width=width, original_height=height,
         original_bytes=len(data), final_format=fmt, final_width=final_size[0],
         final_height=final_size[1], final_bytes=len(out), orientation=orientation,
         reencoded=True, steps=tuple(steps), duration_ms=ms(clock() - started),
         stage_ms=stages.ms, descriptors=descriptors,
-    )  # fmt: skip
+    )
     return PreprocessResult(out, record)
 
 

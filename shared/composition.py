@@ -1,31 +1,70 @@
-"""Builds the pipeline's real dependencies once per process, on first use (never at import).
+"""The composition root: builds the app's real dependencies once per process, on first use
+(never at import).
 
-The only place that turns ``Settings`` into SDK clients. Tests build ``PipelineDeps`` with
-fakes instead. The tuning overlay (``shared.tuning_jobs``) is read here, once per its TTL, and
+The only place that turns ``Settings`` into SDK clients: one credential, one
+``BlobServiceClient`` per storage connection, one query runner, and the runtimes of the
+pipeline, the probes, the quota check, the tuning review and the status service built from
+them. Everything below it (ops, monitoring, analysis, telemetry) receives what it needs instead
+of calling back up here; only blueprints import this module. Tests build the runtimes with
+fakes instead. The tuning overlay (``shared.ops.tuning.review``) is read here, once per its TTL, and
 merged into the settings the Vision client and preprocessing are built from.
 ``ensure_telemetry()`` runs before the first request span so that span is already exported; the
-pipeline gets ``shared.telemetry.TelemetryObserver``.
+pipeline gets ``shared.analysis.observer.TelemetryObserver``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from shared.settings import Settings, SettingsError, StorageConnection, get_settings
+from azure.identity import DefaultAzureCredential
+
+from shared import telemetry
+from shared.analysis import results
+from shared.analysis.observer import TelemetryObserver
+from shared.analysis.parking import ParkingLot
+from shared.analysis.pipeline import BlobInput, NoOpObserver, PipelineDeps
+from shared.analysis.preprocessing import PreprocessOptions
+from shared.analysis.results import BlobDocumentStore, ResultRepository
+from shared.analysis.vision import build_vision_client
+from shared.monitoring.drift import load_baseline
+from shared.monitoring.logsquery import LogsQueryRunner
+from shared.monitoring.status_service import StatusService, client_options
+from shared.ops import redrive
+from shared.ops.jobs import BlobLeaseLock, StatusStore
+from shared.ops.probes import (
+    VISION_PROBE,
+    BlobProbeBlobs,
+    E2EProbe,
+    ProbeRuntime,
+    load_probe_assets,
+    probe_vision_settings,
+)
+from shared.ops.quota import LogsUsageSource, QuotaLimits, QuotaRuntime, read_quota_status
+from shared.ops.tuning.policy import Overlay
+from shared.ops.tuning.review import (
+    BlobTuningStore,
+    OverlayCache,
+    ReviewContext,
+    apply_overlay,
+    host_blob_concurrency,
+    tuning_summary,
+)
+from shared.settings import Settings, SettingsError, StorageConnection, TuningMode, get_settings
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.storage.blob import BlobServiceClient
 
-    from shared.drift import Baseline
-    from shared.parking import RedriveReport
-    from shared.pipeline import PipelineDeps, PipelineObserver
-    from shared.ratecontrol import FlowControl
-    from shared.results import ResultRepository
-    from shared.tuning_jobs import OverlayCache, ReviewContext
+    from shared.analysis.parking import RedriveReport
+    from shared.analysis.pipeline import PipelineObserver
+    from shared.analysis.ratecontrol import FlowControl
+    from shared.analysis.vision import AttemptHook
+    from shared.monitoring.drift import Baseline
 
 
 def build_pipeline_deps(
@@ -37,16 +76,9 @@ def build_pipeline_deps(
 ) -> PipelineDeps:
     """The pipeline's dependencies from ``settings``; ``flow`` keeps an adaptive rate
     controller (its learned rate, budget and breaker) across a rebuild."""
-    from shared import telemetry
-    from shared.parking import ParkingLot
-    from shared.pipeline import NoOpObserver, PipelineDeps
-    from shared.preprocessing import PreprocessOptions
-    from shared.results import BlobDocumentStore, ResultRepository, blob_service_client
-    from shared.vision import build_vision_client
-
     if repository is None:
         repository = ResultRepository.from_settings(
-            BlobDocumentStore(blob_service_client(settings.storage)), settings)
+            BlobDocumentStore(results.blob_service_client(settings.storage)), settings)
     analyzer = build_vision_client(settings, flow=flow,
                                    credential=None if settings.vision_key else get_credential())
     if flow is None:  # a new controller: its rate is what the gauge reports from now on
@@ -73,8 +105,6 @@ def get_credential() -> TokenCredential:
 @functools.cache
 def credential_for(client_id: str | None) -> TokenCredential:
     """One credential per managed identity (the app has one: ``AzureWebJobsStorage__clientId``)."""
-    from azure.identity import DefaultAzureCredential
-
     return DefaultAzureCredential(managed_identity_client_id=client_id)
 
 
@@ -86,10 +116,8 @@ def get_blob_service() -> BlobServiceClient:
 @functools.cache
 def blob_service_for(storage: StorageConnection) -> BlobServiceClient:
     """One client per storage connection (the app has one; operator tools may name another)."""
-    from shared.results import blob_service_client
-
     credential = credential_for(storage.client_id) if storage.uses_identity else None
-    return blob_service_client(storage, credential=credential)
+    return results.blob_service_client(storage, credential=credential)
 
 
 @dataclass(slots=True)
@@ -108,11 +136,6 @@ class _PipelineRuntime:
 
 @functools.cache
 def _pipeline_runtime() -> _PipelineRuntime:
-    from shared.results import BlobDocumentStore, ResultRepository
-    from shared.settings import TuningMode
-    from shared.telemetry import TelemetryObserver
-    from shared.tuning_jobs import BlobTuningStore, OverlayCache
-
     settings = get_settings()
     service = get_blob_service()
     overlay = None
@@ -132,9 +155,6 @@ def get_pipeline_deps() -> PipelineDeps:
     Clients are built once; a new overlay version (a review applied a change, or a pin) builds
     a new Vision client and preprocessing options from the merged settings, nothing else.
     """
-    from shared.tuning import Overlay
-    from shared.tuning_jobs import apply_overlay
-
     rt = _pipeline_runtime()
     overlay = rt.overlay.get() if rt.overlay is not None else Overlay()
     with rt.lock:
@@ -154,18 +174,13 @@ def get_pipeline_deps() -> PipelineDeps:
 @functools.cache
 def get_review_context() -> ReviewContext:
     """What the tuning review needs, built once per process."""
-    from shared.probes import BlobLeaseLock
-    from shared.status_service import get_query_runner
-    from shared.telemetry import track_event
-    from shared.tuning_jobs import BlobTuningStore, ReviewContext, host_blob_concurrency
-
     settings = get_settings()
     status = get_blob_service().get_container_client(settings.health.status_container)
     lock = BlobLeaseLock(status, lease_seconds=settings.health.lock_lease_seconds)
     return ReviewContext(
         settings=settings, runner=get_query_runner(),
         store=BlobTuningStore(status), host_concurrency=host_blob_concurrency(),
-        event=track_event, hold=lock.hold)
+        event=telemetry.track_event, hold=lock.hold)
 
 
 _BASELINE_TTL_S = 60.0
@@ -177,11 +192,6 @@ def load_drift_baseline(settings: Settings) -> Baseline:
 
     Read at most once a minute per process: pinning is rare, the status page is not.
     """
-    import time
-
-    from shared.drift import load_baseline
-    from shared.probes import status_store
-
     cached = _baseline_cache.get("baseline")
     if cached is not None and time.monotonic() - cached[0] < _BASELINE_TTL_S:
         return cached[1]
@@ -196,8 +206,6 @@ def ensure_telemetry() -> None:
     Bad settings leave it unconfigured; the invocation then fails on them as before, and the
     next invocation tries again.
     """
-    from shared import telemetry
-
     try:
         settings: Settings | None = get_settings()
     except SettingsError:
@@ -207,19 +215,82 @@ def ensure_telemetry() -> None:
 
 def redrive_parked() -> RedriveReport:
     """Re-drive parked blobs with this process's Vision breaker as the gate (the timer's job)."""
-    from shared.parking import ParkingLot, redrive
-    from shared.replay import BlobSourceBlobs
-    from shared.results import BlobDocumentStore
-    from shared.vision import VisionClient
+    return redrive.redrive_parked(get_settings(), get_pipeline_deps())
 
+
+def status_store(settings: Settings) -> StatusStore:
+    """The status container over the one blob client of ``settings``' storage connection."""
+    return StatusStore(BlobDocumentStore(blob_service_for(settings.storage)),
+                       settings.health.status_container)
+
+
+@functools.cache
+def get_query_runner() -> LogsQueryRunner:
+    """The process's one query runner (status, quota check, tuning review), built on first use;
+    its identity is the app's one credential."""
     settings = get_settings()
-    deps = get_pipeline_deps()
-    lot = deps.parking or ParkingLot(deps.repository.store, settings.parked_container)
-    store = lot.store
-    if not isinstance(store, BlobDocumentStore) or not isinstance(deps.analyzer, VisionClient):
-        raise TypeError("redrive needs the real storage and Vision clients")
-    return redrive(
-        lot, blobs=BlobSourceBlobs(store.service), repository=deps.repository,
-        images_container=settings.images_container, gate=deps.analyzer.flow.breaker,
-        batch=settings.redrive_batch,
-    )  # fmt: skip
+    m = settings.monitoring
+    return LogsQueryRunner.from_settings(
+        settings, client_options=client_options(settings),
+        credential=None if settings.telemetry.query_is_loopback else get_credential(),
+        server_timeout_s=max(1, math.ceil(m.status_query_timeout_s)),
+        max_concurrency=m.status_query_concurrency)
+
+
+@functools.cache
+def get_status_service() -> StatusService:
+    """The process's status service (settings, runner and cache built once, on first use)."""
+    settings = get_settings()
+    store = status_store(settings)
+    return StatusService(settings, get_query_runner(),
+                         quota_loader=lambda _s: read_quota_status(store),
+                         tuning_loader=lambda: tuning_summary(get_review_context()),
+                         baseline_loader=load_drift_baseline)
+
+
+@functools.cache
+def get_probe_runtime() -> ProbeRuntime:
+    """What the probe timers need: the one blob client, the lock, the probe's own Vision client
+    (built on first use) and the end-to-end probe over the pipeline's result store."""
+    settings = get_settings()
+    h = settings.health
+    service = get_blob_service()
+    store = BlobDocumentStore(service)
+    lock = BlobLeaseLock(service.get_container_client(h.status_container),
+                         lease_seconds=h.lock_lease_seconds)
+    analyzer = functools.cache(lambda: build_vision_client(probe_vision_settings(settings)))
+
+    def e2e() -> E2EProbe:
+        return E2EProbe(
+            blobs=BlobProbeBlobs(service),
+            repository=ResultRepository.from_settings(store, settings),
+            images_container=settings.images_container, prefix=h.probe_e2e_prefix,
+            asset=load_probe_assets()[0], deadline_seconds=h.probe_e2e_deadline_seconds,
+            poll_seconds=h.probe_e2e_poll_seconds, run_location=h.probe_run_location,
+        )
+
+    return ProbeRuntime(settings=settings, lock=lock, status=StatusStore(store,
+                        h.status_container), analyzer_factory=analyzer, e2e_factory=e2e,
+                        on_vision_attempt=_probe_attempt_hook(settings))
+
+
+def _probe_attempt_hook(settings: Settings) -> AttemptHook:
+    """Probe calls appear as Vision dependencies too (they use quota), marked synthetic."""
+    observer = TelemetryObserver.from_settings(settings)
+    source = BlobInput(container="", name=VISION_PROBE, data=b"")
+    return functools.partial(observer.on_vision_attempt, source)
+
+
+@functools.cache
+def get_quota_runtime() -> QuotaRuntime:
+    """What the quota check needs: the query runner, the status container and the lock."""
+    settings = get_settings()
+    h = settings.health
+    service = get_blob_service()
+    return QuotaRuntime(
+        limits=QuotaLimits.from_settings(settings), source=LogsUsageSource(get_query_runner()),
+        status=status_store(settings),
+        lock=BlobLeaseLock(service.get_container_client(h.status_container),
+                           lease_seconds=h.lock_lease_seconds),
+        run_location=h.probe_run_location,
+    )
