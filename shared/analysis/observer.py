@@ -87,9 +87,9 @@ from shared.telemetry.names import (
 )
 
 if TYPE_CHECKING:
+    from shared.analysis.attempts import VisionAttempt
     from shared.analysis.pipeline import AnalysisOutcome, BlobInput
     from shared.analysis.preprocessing import PreprocessRecord
-    from shared.analysis.vision import VisionAttempt
     from shared.errors import Disposition
     from shared.settings import Settings
 

@@ -23,6 +23,9 @@ read never holds more than that many bytes.
 
 ``PipelineObserver`` is the telemetry seam; the default does nothing. Observers must not raise.
 Nothing here prints or logs OCR text or image bytes.
+
+A little past 450 lines because it is one thing: the ordered steps of one invocation, each a
+short function, read top to bottom.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ go through ``reduce()`` before the final resample. Every rejection is an
 ``InvalidImageError`` whose ``reason`` is one ``RejectReason`` code.
 
 Never log image bytes or metadata values from here.
+
+Why one module past 450 lines: validate, decode, orient, resample and encode are one pass over
+one image whose stages hand each other Pillow state (the draft-decoded image, its EXIF, the
+timings); format sniffing, which needs no pixels, lives in ``shared.analysis.imageformat``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from PIL import (
@@ -46,6 +49,14 @@ from PIL.Image import Image as PILImage
 from PIL.ImageFile import ImageFile
 
 from shared.analysis.descriptors import ImageDescriptors, camera_model_of, describe, geometry
+from shared.analysis.imageformat import (
+    PILLOW_FORMATS,
+    SUPPORTED_KINDS,
+    RejectReason,
+    classify_unsupported,
+    reject,
+    sniff_format,
+)
 from shared.errors import InvalidImageError
 from shared.units import ms
 
@@ -73,38 +84,6 @@ _BYTES_PER_PIXEL = {
 }
 
 
-class RejectReason(StrEnum):
-    """Why an input cannot be analysed. Stable codes: documents and telemetry use them."""
-
-    EMPTY = "empty"
-    INPUT_TOO_LARGE = "input_too_large"
-    TEXT_NOT_IMAGE = "text_not_image"
-    SVG_NOT_SUPPORTED = "svg_not_supported"
-    PDF_NOT_SUPPORTED = "pdf_not_supported"
-    HEIF_NOT_SUPPORTED = "heif_not_supported"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    UNKNOWN_FORMAT = "unknown_format"
-    CORRUPT_HEADER = "corrupt_header"
-    CORRUPT_DATA = "corrupt_data"
-    TRUNCATED = "truncated"
-    TOO_SMALL = "too_small"
-    EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
-    DECOMPRESSION_BOMB = "decompression_bomb"
-    METADATA_TOO_LARGE = "metadata_too_large"
-    ENCODED_TOO_LARGE = "encoded_too_large"
-
-
-#: sniffed kind → Pillow plugins allowed to open it (nothing else is ever tried).
-_PILLOW_FORMATS: dict[str, tuple[str, ...]] = {
-    "jpeg": ("JPEG",),  # the JPEG opener also returns MPO (multi-picture) files
-    "png": ("PNG",),
-    "gif": ("GIF",),
-    "bmp": ("BMP",),
-    "webp": ("WEBP",),
-    "tiff": ("TIFF",),
-    "ico": ("ICO",),
-}
-SUPPORTED_KINDS = frozenset(_PILLOW_FORMATS)
 #: Importing a plugin registers it with ``Image.open``: exactly the formats above, no others.
 _PLUGINS = (
     BmpImagePlugin,
@@ -117,28 +96,6 @@ _PLUGINS = (
     WebPImagePlugin,
 )
 
-_HEIF_BRANDS = frozenset(
-    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
-     b"msf1", b"avif", b"avis"}
-)
-_PREFIXES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"\x00\x00\x01\x00", "ico"),
-    (b"%PDF-", "pdf"),
-    (b"PK\x03\x04", "zip"),
-    (b"8BPS", "psd"),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg2000"),
-    (b"\xff\x4f\xff\x51", "jpeg2000"),
-    (b"\xff\x0a", "jpegxl"),
-    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "jpegxl"),
-    (b"\x1f\x8b", "gzip"),
-)
-_BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _ORIENTATION_TAG = 0x0112
 
 
@@ -207,97 +164,30 @@ class _Stages:
             self.ms[name] = ms(self._clock() - t0)
 
 
-
 @dataclass(frozen=True, slots=True)
 class PreprocessResult:
     data: bytes
     record: PreprocessRecord
 
 
-def sniff_format(data: bytes) -> str:
-    """The real format of ``data`` from its leading bytes: a ``SUPPORTED_KINDS`` member,
-    a known unsupported kind (``svg``, ``pdf``, ``heif``, ``text``, ``zip`` …) or ``unknown``."""
-    kind = next((k for prefix, k in _PREFIXES if data.startswith(prefix)), None)
-    if kind is None:
-        kind = _sniff_containers(data)
-    if kind is None and b"%PDF-" in data[:1024]:
-        kind = "pdf"
-    if kind is None:
-        text = _as_text(data[:4096])
-        kind = "unknown" if text is None else "svg" if "<svg" in text.lower() else "text"
-    return kind
-
-
-def _sniff_containers(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:2] == b"BM" and len(data) >= 18:
-        (dib_size,) = struct.unpack_from("<I", data, 14)
-        if dib_size in _BMP_DIB_SIZES:
-            return "bmp"
-    if data[4:8] == b"ftyp":
-        return "heif" if data[8:12] in _HEIF_BRANDS else "isobmff"
-    return None
-
-
-def _as_text(head: bytes) -> str | None:
-    for bom, encoding in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"),
-                          (b"\xfe\xff", "utf-16-be")):
-        if head.startswith(bom):
-            return head[len(bom) :].decode(encoding, errors="replace")
-    if b"\x00" in head:
-        return None
-    try:
-        # a multi-byte character may be cut at the end of the sample
-        text = (
-            head.decode("utf-8", errors="strict")
-            if len(head) < 4096
-            else (head[:-4].decode("utf-8", errors="strict") + head[-4:].decode("utf-8", "ignore"))
-        )
-    except UnicodeDecodeError:
-        return None
-    if not text:
-        return None
-    printable = sum(ch.isprintable() or ch in "\r\n\t\f" for ch in text)
-    return text if printable / len(text) >= 0.95 else None
-
-
-def _reject(reason: RejectReason, message: str) -> InvalidImageError:
-    return InvalidImageError(message, reason=reason.value)
-
-
-def _classify_unsupported(kind: str) -> InvalidImageError:
-    if kind == "text":
-        return _reject(RejectReason.TEXT_NOT_IMAGE, "content is text, not an image")
-    if kind == "svg":
-        return _reject(RejectReason.SVG_NOT_SUPPORTED, "SVG (vector) images are not supported")
-    if kind == "pdf":
-        return _reject(RejectReason.PDF_NOT_SUPPORTED, "PDF documents are not supported")
-    if kind == "heif":
-        return _reject(RejectReason.HEIF_NOT_SUPPORTED, "HEIF/HEIC/AVIF images are not supported")
-    if kind == "unknown":
-        return _reject(RejectReason.UNKNOWN_FORMAT, "content matches no known image format")
-    return _reject(RejectReason.UNSUPPORTED_FORMAT, f"{kind} content is not a supported image")
-
-
 def _decode_error(exc: BaseException, stage: str) -> InvalidImageError:
     text = str(exc).lower()
     if isinstance(exc, ValueError) and "too large" in text:
-        return _reject(RejectReason.METADATA_TOO_LARGE, f"metadata too large ({stage})")
+        return reject(RejectReason.METADATA_TOO_LARGE, f"metadata too large ({stage})")
     if isinstance(exc, EOFError) or "truncated" in text or "premature" in text:
-        return _reject(RejectReason.TRUNCATED, f"image data ends early ({stage})")
+        return reject(RejectReason.TRUNCATED, f"image data ends early ({stage})")
     if stage == "header":
-        return _reject(RejectReason.CORRUPT_HEADER, "image header cannot be parsed")
-    return _reject(RejectReason.CORRUPT_DATA, "image data is corrupt")
+        return reject(RejectReason.CORRUPT_HEADER, "image header cannot be parsed")
+    return reject(RejectReason.CORRUPT_DATA, "image data is corrupt")
 
 
 def _open(data: bytes, kind: str) -> ImageFile:
     try:
-        return Image.open(io.BytesIO(data), formats=list(_PILLOW_FORMATS[kind]))
+        return Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS[kind]))
     except Image.DecompressionBombError as exc:
-        raise _reject(RejectReason.DECOMPRESSION_BOMB, "pixel count exceeds limits") from exc
+        raise reject(RejectReason.DECOMPRESSION_BOMB, "pixel count exceeds limits") from exc
     except UnidentifiedImageError as exc:
-        raise _reject(RejectReason.CORRUPT_HEADER, f"{kind} header cannot be parsed") from exc
+        raise reject(RejectReason.CORRUPT_HEADER, f"{kind} header cannot be parsed") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise _decode_error(exc, "header") from exc
 
@@ -305,30 +195,30 @@ def _open(data: bytes, kind: str) -> ImageFile:
 def _check_header(im: ImageFile, options: PreprocessOptions) -> None:
     width, height = im.size
     if width <= 0 or height <= 0:
-        raise _reject(RejectReason.CORRUPT_HEADER, "image declares no pixels")
+        raise reject(RejectReason.CORRUPT_HEADER, "image declares no pixels")
     pixels = width * height
     if pixels > options.max_pixels:
-        raise _reject(
+        raise reject(
             RejectReason.DECOMPRESSION_BOMB,
             f"{width}x{height} = {pixels} pixels exceeds PREPROCESS_MAX_PIXELS",
         )
     per_pixel = _BYTES_PER_PIXEL.get(im.mode, 8)
     if pixels * per_pixel > options.max_pixels * _BUDGET_BYTES_PER_PIXEL:
-        raise _reject(
+        raise reject(
             RejectReason.DECOMPRESSION_BOMB,
             f"decoding {width}x{height} {im.mode} exceeds the memory budget",
         )
     exif = im.info.get("exif")
     if isinstance(exif, bytes | bytearray) and len(exif) > MAX_EXIF_BYTES:
-        raise _reject(RejectReason.METADATA_TOO_LARGE, f"EXIF block of {len(exif)} bytes")
+        raise reject(RejectReason.METADATA_TOO_LARGE, f"EXIF block of {len(exif)} bytes")
     metadata = sum(
         len(value) for key, value in im.info.items()
         if key != "icc_profile" and isinstance(value, bytes | bytearray | str)
     )
     if metadata > MAX_METADATA_BYTES:
-        raise _reject(RejectReason.METADATA_TOO_LARGE, f"{metadata} bytes of metadata")
+        raise reject(RejectReason.METADATA_TOO_LARGE, f"{metadata} bytes of metadata")
     if min(width, height) <= MIN_SIDE_EXCLUSIVE:
-        raise _reject(
+        raise reject(
             RejectReason.TOO_SMALL,
             f"image is {width}x{height}; both sides must be > {MIN_SIDE_EXCLUSIVE} px",
         )
@@ -345,7 +235,7 @@ def _exif(im: ImageFile) -> Image.Exif | None:
         exif = Image.Exif()
         exif.load(bytes(raw))
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise _reject(RejectReason.CORRUPT_HEADER, "EXIF block cannot be parsed") from exc
+        raise reject(RejectReason.CORRUPT_HEADER, "EXIF block cannot be parsed") from exc
     return exif
 
 
@@ -362,7 +252,7 @@ def _target_size(width: int, height: int, max_dimension: int) -> tuple[int, int,
     target_w = max(1, min(limit, round(width * scale)))
     target_h = max(1, min(limit, round(height * scale)))
     if min(target_w, target_h) <= MIN_SIDE_EXCLUSIVE:
-        raise _reject(
+        raise reject(
             RejectReason.EXTREME_ASPECT_RATIO,
             f"{width}x{height} cannot fit {limit} px on the long side and keep the short side"
             f" > {MIN_SIDE_EXCLUSIVE} px",
@@ -385,15 +275,15 @@ def preprocess(
     started = clock()
     stages = _Stages(clock)
     if not data:
-        raise _reject(RejectReason.EMPTY, "blob is empty (0 bytes)")
+        raise reject(RejectReason.EMPTY, "blob is empty (0 bytes)")
     if len(data) > options.max_input_bytes:
-        raise _reject(
+        raise reject(
             RejectReason.INPUT_TOO_LARGE,
             f"{len(data)} bytes exceeds PREPROCESS_MAX_INPUT_BYTES",
         )
     kind = sniff_format(data)
     if kind not in SUPPORTED_KINDS:
-        raise _classify_unsupported(kind)
+        raise classify_unsupported(kind)
 
     with _open(data, kind) as im:
         _check_header(im, options)
@@ -525,7 +415,7 @@ def _encode_within_limit(
             break
         image = image.resize(size, Image.Resampling.LANCZOS)
         steps.append(f"shrink_for_bytes:{size[0]}x{size[1]}")
-    raise _reject(RejectReason.ENCODED_TOO_LARGE, "cannot encode below the service byte limit")
+    raise reject(RejectReason.ENCODED_TOO_LARGE, "cannot encode below the service byte limit")
 
 
 def _decode_for(im: ImageFile, *, kind: str, target: tuple[int, int], steps: list[str]) -> None:

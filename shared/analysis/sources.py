@@ -43,7 +43,7 @@ __all__ = [
     "too_large",
 ]
 
-#: ``shared.analysis.preprocessing.RejectReason.INPUT_TOO_LARGE``; the same reason whoever finds it.
+#: ``shared.analysis.imageformat.RejectReason.INPUT_TOO_LARGE``; the same reason whoever finds it.
 INPUT_TOO_LARGE = "input_too_large"
 
 

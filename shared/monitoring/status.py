@@ -33,17 +33,13 @@ together.
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from shared import telemetry
-from shared.errors import StorageError
 from shared.monitoring.alerts import (
     STATUS_QUERY,
     STATUS_QUERY_RULES,
@@ -51,7 +47,6 @@ from shared.monitoring.alerts import (
     AlertState,
     alert_rules,
     evaluate,
-    iso_duration,
     not_evaluated,
     status_query_params,
     status_query_window,
@@ -67,6 +62,40 @@ from shared.monitoring.logsquery import (
     QuerySpec,
     QueryThrottledError,
 )
+from shared.monitoring.status_sections import (
+    PROBES_WINDOW,
+    Q_DRIFT_DISTRIBUTION,
+    Q_DRIFT_SERIES,
+    Q_FRESHNESS,
+    Q_PROBES,
+    Q_QUOTA,
+    Q_SERIES_AVAILABILITY,
+    Q_SERIES_DEPLOYMENTS,
+    Q_SERIES_REQUESTS,
+    Q_SERIES_VISION,
+    Q_VISION_RATE,
+    Q_WINDOWS,
+    VISION_RATE_WINDOW,
+    WINDOWS,
+    WINDOWS_BY_NAME,
+    BaselineLoader,
+    QuotaLoader,
+    TuningLoader,
+    Window,
+    alert_json,
+    drift_section,
+    freshness_section,
+    iso_text,
+    jsonable,
+    load_baseline_or_rolling,
+    probes_section,
+    public_config,
+    quota_section,
+    series_section,
+    tuning_section,
+    vision_rate_section,
+    windows_section,
+)
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -80,43 +109,6 @@ class State(StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     UNHEALTHY = "unhealthy"
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """A KPI window and the bin size its dashboard series uses (about 15-48 points)."""
-
-    name: str
-    span: timedelta
-    bin_size: timedelta
-
-    @property
-    def minutes(self) -> float:
-        return self.span.total_seconds() / 60
-
-
-WINDOWS: Final = (
-    Window("15m", timedelta(minutes=15), timedelta(minutes=1)),
-    Window("1h", timedelta(hours=1), timedelta(minutes=2)),
-    Window("24h", timedelta(hours=24), timedelta(minutes=30)),
-)
-WINDOWS_BY_NAME: Final = {w.name: w for w in WINDOWS}
-PROBES_WINDOW: Final = timedelta(hours=24)
-
-# The status queries (queries/status_*.kql).
-Q_WINDOWS: Final = "status_windows"
-Q_PROBES: Final = "status_probes"
-Q_FRESHNESS: Final = "status_freshness"
-Q_VISION_RATE: Final = "status_vision_rate"
-#: gauges are exported every minute or so; older values belong to instances that are gone
-VISION_RATE_WINDOW: Final = timedelta(minutes=5)
-Q_QUOTA: Final = "status_quota"
-Q_SERIES_REQUESTS: Final = "status_series_requests"
-Q_SERIES_VISION: Final = "status_series_vision"
-Q_SERIES_AVAILABILITY: Final = "status_series_availability"
-Q_SERIES_DEPLOYMENTS: Final = "status_series_deployments"
-Q_DRIFT_DISTRIBUTION: Final = "drift_distribution"
-Q_DRIFT_SERIES: Final = "drift_series"
 
 
 # --------------------------------------------------------------------------- the query seam
@@ -154,7 +146,7 @@ class StatusUnavailable(Exception):
         self.retry_after_s = retry_after_s
 
     def to_json(self, *, now: datetime, version: str) -> dict[str, Any]:
-        return {"state": "unknown", "checked_at": _iso(now), "version": version,
+        return {"state": "unknown", "checked_at": iso_text(now), "version": version,
                 "error": self.error_json()}
 
     def error_json(self) -> dict[str, Any]:
@@ -208,13 +200,13 @@ class Status:
             "schema_version": SCHEMA_VERSION,
             "state": self.state.value,
             "reasons": list(self.reasons),
-            "checked_at": _iso(self.checked_at),
+            "checked_at": iso_text(self.checked_at),
             "version": self.version,
             "windows": {k: dict(v) for k, v in self.windows.items()},
             "probes": dict(self.probes),
             "quota": dict(self.quota),
             "alerts": {"active": [a.rule.name for a in self.active_alerts],
-                       "rules": [_alert_json(a) for a in self.alerts]},
+                       "rules": [alert_json(a) for a in self.alerts]},
             "telemetry": dict(self.telemetry),
             "config": dict(self.config),
         }
@@ -226,7 +218,7 @@ class Status:
             body["drift"] = dict(self.drift)
         if self.vision_rate is not None:
             body["vision_rate"] = dict(self.vision_rate)
-        cleaned: dict[str, Any] = _jsonable(body)
+        cleaned: dict[str, Any] = jsonable(body)
         return cleaned
 
 
@@ -279,12 +271,6 @@ def _drift_queries(
             QuerySpec(Q_DRIFT_SERIES, scores, span, key=Q_DRIFT_SERIES)]
 
 
-QuotaLoader = Callable[["Settings"], Any]
-BaselineLoader = Callable[["Settings"], "Baseline"]
-#: the tuning review's state for the report (``shared.ops.tuning.review.tuning_summary``)
-TuningLoader = Callable[[], Mapping[str, Any] | None]
-
-
 def _ask(runner: QueryRunner, requests: Sequence[QuerySpec]
          ) -> tuple[Mapping[str, QueryResult | QueryError], list[str]]:
     """Every answer, and the errors of queries that failed on their own (bad KQL).
@@ -314,7 +300,7 @@ def build_status(
 ) -> Status:
     """One status report; raises ``StatusUnavailable`` when telemetry cannot be asked at all."""
     now = now or datetime.now(UTC)
-    baseline = _load_baseline(settings, baseline_loader)
+    baseline = load_baseline_or_rolling(settings, baseline_loader)
     requests, rules = plan(settings, baseline=baseline, now=now)
     series_requests = (series_plan(history, settings, baseline, now) if history is not None
                        else [])
@@ -325,10 +311,10 @@ def build_status(
         answer = answers.get(key)
         return list(answer.rows) if isinstance(answer, QueryResult) else []
 
-    windows = _windows(rows(Q_WINDOWS))
-    probes = _probes(rows(Q_PROBES))
-    telemetry = _freshness(rows(Q_FRESHNESS), settings.monitoring.freshness_max_age_s)
-    quota = _quota(rows(Q_QUOTA), settings, quota_loader)
+    windows = windows_section(rows(Q_WINDOWS))
+    probes = probes_section(rows(Q_PROBES))
+    telemetry = freshness_section(rows(Q_FRESHNESS), settings.monitoring.freshness_max_age_s)
+    quota = quota_section(rows(Q_QUOTA), settings, quota_loader)
     shared_scan = answers.get(STATUS_QUERY)
     by_rule: dict[str, list[dict[str, Any]]] = {}
     for row in rows(STATUS_QUERY):
@@ -349,12 +335,12 @@ def build_status(
         state=state, reasons=tuple(reasons), checked_at=now,
         version=settings.monitoring.app_version, windows=windows, probes=probes, quota=quota,
         alerts=tuple(alerts), telemetry=telemetry, config=public_config(settings),
-        tuning=_tuning(tuning_loader),
-        drift=_drift(settings, baseline, now, rows if history is not None else None),
-        vision_rate=_vision_rate(rows(Q_VISION_RATE), settings),
+        tuning=tuning_section(tuning_loader),
+        drift=drift_section(settings, baseline, now, rows if history is not None else None),
+        vision_rate=vision_rate_section(rows(Q_VISION_RATE), settings),
     )
     if history is not None:
-        report = replace(report, series=_series(history, rows))
+        report = replace(report, series=series_section(history, rows))
     return report
 
 
@@ -367,16 +353,16 @@ def build_series(runner: QueryRunner, history: Window, *, settings: Settings | N
     distribution, scores over time), which the service moves into the report's ``drift``.
     """
     now = now or datetime.now(UTC)
-    baseline = _load_baseline(settings, baseline_loader) if settings is not None else None
+    baseline = load_baseline_or_rolling(settings, baseline_loader) if settings is not None else None
     answers, _failed = _ask(runner, series_plan(history, settings, baseline, now))
 
     def rows(key: str) -> list[dict[str, Any]]:
         answer = answers.get(key)
         return list(answer.rows) if isinstance(answer, QueryResult) else []
 
-    series = _series(history, rows)
+    series = series_section(history, rows)
     if settings is not None and baseline is not None:
-        drift = _drift(settings, baseline, now, rows)
+        drift = drift_section(settings, baseline, now, rows)
         series["drift"] = {k: v for k, v in drift.items() if k != "baseline"}
     return series
 
@@ -417,321 +403,17 @@ def _worse(a: State, b: State) -> State:
     return a if _ORDER[a] >= _ORDER[b] else b
 
 
-# --------------------------------------------------------------------------- sections
-
-
-RowsOf = Callable[[str], list[dict[str, Any]]]
-
-
-def _windows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        by.setdefault((str(row.get("Window")), str(row.get("Scope"))), []).append(row)
-
-    def scoped(window: str, scope: str) -> list[dict[str, Any]]:
-        return by.get((window, scope), [])
-
-    return {w.name: _window(w, functools.partial(scoped, w.name)) for w in WINDOWS}
-
-
-def _window(w: Window, rows: RowsOf) -> dict[str, Any]:
-    success = _first(rows("requests"))
-    invocation = _first(rows("invocation"))
-    vision = _first(rows("vision_call"))
-    throttle = _first(rows("attempts"))
-    invocations = _int(success.get("Invocations"))
-    return {
-        "window": iso_duration(w.span),
-        "invocations": invocations,
-        "succeeded": _int(success.get("Succeeded")),
-        "failed": _int(success.get("Failed")),
-        "analyzed": _int(success.get("Analyzed")),
-        "rejected": _int(success.get("Rejected")),
-        "success_rate_pct": _num(success.get("SuccessRatePct")),
-        "throughput_per_min": round(invocations / w.minutes, 4),
-        "latency_ms": {"p50": _num(invocation.get("P50Ms")), "p95": _num(invocation.get("P95Ms")),
-                       "p99": _num(invocation.get("P99Ms"))},
-        "vision_latency_ms": {"p50": _num(vision.get("P50Ms")), "p95": _num(vision.get("P95Ms")),
-                              "p99": _num(vision.get("P99Ms"))},
-        "vision_calls": _int(throttle.get("Calls")),
-        "throttled": _int(throttle.get("Throttled")),
-        "throttle_rate_pct": _num(throttle.get("ThrottleRatePct")),
-        "errors": [{"outcome": str(r.get("Outcome") or ""),
-                    "error_class": str(r.get("ErrorClass") or ""),
-                    "reason": str(r.get("Reason") or ""),
-                    "status_code": str(r.get("StatusCode") or ""),
-                    "service_code": str(r.get("ServiceCode") or ""),
-                    "count": _int(r.get("Count"))}
-                   for r in rows("errors")],
-    }
-
-
-def _probes(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    results = [{
-        "probe": str(r.get("probe") or ""),
-        "runs": _int(r.get("runs")),
-        "passed": _int(r.get("passed")),
-        "availability_pct": _num(r.get("availability_pct")),
-        "last_time": _iso(r.get("last_time")),
-        "last_success": bool(r.get("last_success")),
-        "last_duration_ms": _num(r.get("last_duration_ms")),
-        "last_message": str(r.get("last_message") or ""),
-        "last_location": str(r.get("last_location") or ""),
-    } for r in rows]
-    runs = sum(_int(r.get("runs")) for r in rows)
-    passed = sum(_int(r.get("passed")) for r in rows)
-    return {"window": iso_duration(PROBES_WINDOW),
-            "availability_pct": round(100.0 * passed / runs, 3) if runs else None,
-            "results": results}
-
-
-def _freshness(rows: list[dict[str, Any]], max_age_s: int) -> dict[str, Any]:
-    tables = [{"table": str(r.get("table_name") or ""), "newest": _iso(r.get("newest")),
-               "age_s": _num(r.get("age_s"))} for r in rows]
-    ages = [a for a in (_num(r.get("age_s")) for r in rows) if a is not None]
-    age = min(ages) if ages else None
-    newest = max((n for n in (_iso(r.get("newest")) for r in rows) if n), default=None)
-    return {"newest": newest, "age_s": age, "max_age_s": max_age_s,
-            "fresh": age is not None and age <= max_age_s, "tables": tables}
-
-
-def _tuning(loader: TuningLoader | None) -> Mapping[str, Any] | None:
-    """The tuning review's last review and the overlay in force; never fails the report."""
-    if loader is None:
-        return None
-    try:
-        return loader()
-    except StorageError as exc:
-        logger.warning("status: tuning state unreadable (%s)", exc.reason)
-        return {"error": {"cause": "storage_unavailable", "message": exc.reason}}
-
-
-def _quota(
-    rows: list[dict[str, Any]], settings: Settings, loader: QuotaLoader | None
-) -> dict[str, Any]:
-    metrics = {str(r.get("metric")): r for r in rows}
-    used = metrics.get(telemetry.METRIC_QUOTA_USED_RATIO, {})
-    forecast = metrics.get(telemetry.METRIC_QUOTA_FORECAST_RATIO, {})
-    out: dict[str, Any] = {
-        "tier": settings.vision_tier.value,
-        "used_ratio": _num(used.get("value")),
-        "forecast_ratio": _num(forecast.get("value")),
-        "reported_at": _iso(forecast.get("reported") or used.get("reported")),
-        "source": "telemetry" if metrics else "none",
-        "details": None,
-    }
-    loaded = _load_quota(settings, loader)
-    if loaded is not None:
-        out["details"] = _jsonable(
-            asdict(loaded) if is_dataclass(loaded) and not isinstance(loaded, type) else loaded)
-        out["source"] = "quota_check"
-    return out
-
-
-def _vision_rate(rows: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
-    """What the instances send together against the tier's documented limit."""
-    row = rows[0] if rows else {}
-    effective = _num(row.get("effective_per_second"))
-    limit = settings.tier_limit_per_second
-    return {
-        "mode": settings.vision_rate_mode.value,
-        "tier_limit_per_second": round(limit, 4),
-        "ceiling_per_second": round(settings.rate_limit_per_second, 4),
-        "instances": _int(row.get("instances")),
-        "effective_per_second": effective,
-        "share_of_limit": round(effective / limit, 4) if effective is not None else None,
-        "reported_at": _iso(row.get("reported")),
-    }
-
-
-def _load_quota(settings: Settings, loader: QuotaLoader | None) -> Any:
-    """The quota check's last result, from the loader the composition root injects
-    (``shared.ops.quota.read_quota_status`` over the status container); none without a loader."""
-    if loader is None:
-        return None
-    try:
-        return loader(settings)
-    # The quota document lives in storage (StorageError, azure-core errors, bad JSON): whatever
-    # breaks there, the quota section is optional and the report must still answer.
-    except Exception as exc:
-        logger.warning("status: quota status unavailable (%s)", type(exc).__name__)
-        return None
-
-
-def _load_baseline(settings: Settings, loader: BaselineLoader | None) -> Baseline:
-    """The drift baseline ``loader`` finds (the pinned document), else the rolling one."""
-    if loader is None:
-        return Baseline()
-    try:
-        return loader(settings)
-    # Like the quota document: storage trouble must not take the report down; the rolling
-    # baseline is always available.
-    except Exception as exc:
-        logger.warning("status: drift baseline unavailable (%s); rolling", type(exc).__name__)
-        return Baseline()
-
-
-def _drift(
-    settings: Settings, baseline: Baseline, now: datetime, rows: RowsOf | None
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"baseline": baseline.describe(settings.drift, now)}
-    if rows is not None:
-        out["distribution"] = [
-            {"descriptor": str(r.get("Descriptor")), "bin": str(r.get("Bin")),
-             "current_share": _num(r.get("CurrentShare")),
-             "baseline_share": _num(r.get("BaselineShare"))}
-            for r in rows(Q_DRIFT_DISTRIBUTION)]
-        out["scores"] = [
-            {"time": _iso(r.get("bin_start")), "descriptor": str(r.get("Descriptor")),
-             "images": _int(r.get("Images")), "psi": _num(r.get("Psi"))}
-            for r in rows(Q_DRIFT_SERIES)]
-    return out
-
-
-def _series(w: Window, rows: RowsOf) -> dict[str, Any]:
-    return {
-        "window": w.name,
-        "span": iso_duration(w.span),
-        "bin": iso_duration(w.bin_size),
-        "requests": [{"time": _iso(r.get("bin_start")), "requests": _int(r.get("requests")),
-                      "failed": _int(r.get("failed")),
-                      "success_rate_pct": _pct(r.get("success_rate")),
-                      "throughput_per_min": round(_int(r.get("requests"))
-                                                  / (w.bin_size.total_seconds() / 60), 4),
-                      "p50_ms": _num(r.get("p50_ms")), "p95_ms": _num(r.get("p95_ms"))}
-                     for r in rows(Q_SERIES_REQUESTS)],
-        "vision": [{"time": _iso(r.get("bin_start")), "calls": _int(r.get("calls")),
-                    "throttled": _int(r.get("throttled"))} for r in rows(Q_SERIES_VISION)],
-        "availability": [{"time": _iso(r.get("bin_start")), "runs": _int(r.get("runs")),
-                          "passed": _int(r.get("passed")),
-                          "availability_pct": _num(r.get("availability_pct"))}
-                         for r in rows(Q_SERIES_AVAILABILITY)],
-        # Deployment markers (the deploy workflow, python -m devstack rollout) for the charts.
-        "deployments": [{"time": _iso(r.get("at")), "version": str(r.get("version") or ""),
-                         "kind": str(r.get("deploy_kind") or ""),
-                         "outcome": str(r.get("outcome") or "")}
-                        for r in rows(Q_SERIES_DEPLOYMENTS)],
-    }
-
-
-def public_config(settings: Settings) -> dict[str, Any]:
-    """Tunables, features and tier: never a key, a connection string or an endpoint URL."""
-    t = settings.telemetry
-    m = settings.monitoring
-    return {
-        "vision": {
-            "tier": settings.vision_tier.value,
-            "features": list(settings.vision_features),
-            "language": settings.vision_language,
-            "model_version": settings.vision_model_version,
-            "rate_limit_per_second": settings.rate_limit_per_second,
-            "rate_burst": settings.vision_rate_burst,
-            "timeout_seconds": settings.vision_timeout_seconds,
-            "max_retries": settings.vision_max_retries,
-            "key_auth": settings.vision_key is not None,
-        },
-        "preprocess": {
-            "max_dimension": settings.preprocess_max_dimension,
-            "jpeg_quality": settings.preprocess_jpeg_quality,
-            "max_pixels": settings.preprocess_max_pixels,
-            "max_input_bytes": settings.preprocess_max_input_bytes,
-        },
-        "containers": {"images": settings.images_container,
-                       "results": settings.results_container,
-                       "failed": settings.failed_container},
-        "storage_identity_based": settings.storage.uses_identity,
-        "telemetry": {"sampling_ratio": t.sampling_ratio, "hash_blob_names": t.hash_blob_names,
-                      "configured_by_worker": t.configured_by_worker,
-                      "workspace_configured": bool(t.workspace_id)},
-        "alerts": {"slo_target": m.slo_target, "error_rate_threshold": m.error_rate_threshold,
-                   "min_requests": m.min_requests,
-                   "latency_baseline_p95_ms": m.latency_baseline_p95_ms,
-                   "latency_factor": m.latency_factor,
-                   "availability_threshold_pct": m.availability_threshold_pct,
-                   "throttle_rate_threshold": m.throttle_rate_threshold,
-                   "quota_forecast_threshold": m.quota_forecast_threshold,
-                   "freshness_max_age_s": m.freshness_max_age_s},
-    }
-
-
-def _alert_json(a: AlertState) -> dict[str, Any]:
-    r = a.rule
-    return {"name": r.name, "title": r.title, "active": a.active, "severity": int(r.severity),
-            "value": a.value, "operator": r.operator.value, "threshold": r.threshold,
-            "measure": r.measure, "window": iso_duration(r.window),
-            "frequency": iso_duration(r.frequency), "summary": a.summary,
-            "runbook": r.runbook_url, "error": a.error, "breaching": list(a.breaching)}
-
-
-# --------------------------------------------------------------------------- values
-
-
-def _first(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return rows[0] if rows else {}
-
-
-def _int(value: Any) -> int:
-    number = _num(value)
-    return int(number) if number is not None else 0
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                return None
-        else:
-            return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _pct(value: Any) -> float | None:
-    number = _num(value)
-    return None if number is None else round(100.0 * number, 3)
-
-
-def _iso(value: Any) -> str | None:
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, str) and value:
-        return value
-    return None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return _scalar(value)
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime | date):
-        return _iso(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, StrEnum):
-        return value.value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value if value is None or isinstance(value, str | int | bool) else str(value)
-
-
 __all__ = [
     "CLIENT_OPTIONS",
     "WINDOWS",
     "WINDOWS_BY_NAME",
+    "BaselineLoader",
     "QueryRunner",
+    "QuotaLoader",
     "State",
     "Status",
     "StatusUnavailable",
+    "TuningLoader",
     "Window",
     "build_series",
     "build_status",

@@ -1,4 +1,4 @@
-"""Synthetic availability probes, and the timer scaffolding they share with the quota check.
+"""Synthetic availability probes: the Vision probe and the end-to-end pipeline probe.
 
 Two probes, each one availability result per run (AppAvailabilityResults, see
 docs/probes-and-quota.md):
@@ -17,13 +17,17 @@ marker and still has the ETag the probe saw (a user's overwrite drops the marker
 documents of exactly that blob version.
 
 Every failure becomes a ``ProbeFailure`` class in the result's message
-(``"<class>: <detail>"``), never an exception into the host. ``run_timer`` is the common timer
-body: logs ``past_due``, takes a blob lease per timer so runs never overlap (a skipped run is
-logged, not an error), records the availability result and keeps the last result per probe in
-the status container (``probes/<name>.json``, read by ``load_probe_results``).
+(``"<class>: <detail>"``), never an exception into the host. Each run goes through the timer
+body every job shares (``shared.ops.jobs.run_timer``: past-due log, a blob lease so runs never
+overlap), records its availability result and keeps the last result per probe in the status
+container (``probes/<name>.json``, read by ``read_probe_results``).
 
 Must never: let an exception reach the Functions host from a timer, put OCR text, image bytes,
 keys or connection strings into a message, log or status document.
+
+Why one module past 450 lines: the two probes share their assets, their failure classification
+and their timer body, and are one sibling among the ops jobs (an import contract keeps the jobs
+from importing each other, so splitting it would mean a package of its own).
 """
 
 from __future__ import annotations

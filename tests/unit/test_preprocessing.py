@@ -11,13 +11,8 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from shared.analysis import preprocessing
-from shared.analysis.preprocessing import (
-    MAX_IMAGE_BYTES,
-    PreprocessOptions,
-    RejectReason,
-    preprocess,
-    sniff_format,
-)
+from shared.analysis.imageformat import RejectReason, sniff_format
+from shared.analysis.preprocessing import MAX_IMAGE_BYTES, PreprocessOptions, preprocess
 from shared.errors import InvalidImageError
 from tests import images
 from tests.images import (
