@@ -27,7 +27,7 @@ from shared import telemetry
 from shared.analysis import results
 from shared.analysis.observer import TelemetryObserver
 from shared.analysis.parking import ParkingLot
-from shared.analysis.pipeline import BlobInput, NoOpObserver, PipelineDeps
+from shared.analysis.pipeline import NoOpObserver, PipelineDeps
 from shared.analysis.preprocessing import PreprocessOptions
 from shared.analysis.results import BlobDocumentStore, ResultRepository
 from shared.analysis.vision import build_vision_client
@@ -37,7 +37,6 @@ from shared.monitoring.status_service import StatusService, client_options
 from shared.ops import redrive
 from shared.ops.jobs import BlobLeaseLock, StatusStore
 from shared.ops.probes import (
-    VISION_PROBE,
     BlobProbeBlobs,
     E2EProbe,
     ProbeRuntime,
@@ -276,9 +275,7 @@ def get_probe_runtime() -> ProbeRuntime:
 
 def _probe_attempt_hook(settings: Settings) -> AttemptHook:
     """Probe calls appear as Vision dependencies too (they use quota), marked synthetic."""
-    observer = TelemetryObserver.from_settings(settings)
-    source = BlobInput(container="", name=VISION_PROBE, data=b"")
-    return functools.partial(observer.on_vision_attempt, source)
+    return TelemetryObserver.from_settings(settings).record_vision_attempt
 
 
 @functools.cache

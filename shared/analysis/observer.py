@@ -166,6 +166,12 @@ class TelemetryObserver:
 
     @never_raises
     def on_vision_attempt(self, source: BlobInput, attempt: VisionAttempt) -> None:
+        self.record_vision_attempt(attempt)
+
+    @never_raises
+    def record_vision_attempt(self, attempt: VisionAttempt) -> None:
+        """One Vision attempt, whoever made it (the pipeline, or the Vision probe, whose calls
+        use quota too): a dependency span and the attempt instruments."""
         ins = telemetry.instruments()
         if attempt.reason == "circuit_open":
             # refused locally: no call went out, so no dependency span (KPIs count those)
