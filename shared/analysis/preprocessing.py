@@ -29,8 +29,8 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Final
 
 from PIL import (
     BmpImagePlugin,
@@ -58,10 +58,8 @@ from shared.analysis.imageformat import (
     sniff_format,
 )
 from shared.errors import InvalidImageError
+from shared.settings import Settings
 from shared.units import ms
-
-if TYPE_CHECKING:
-    from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +97,18 @@ _PLUGINS = (
 _ORIENTATION_TAG = 0x0112
 
 
+#: ``Settings``' field defaults: what an unset ``PREPROCESS_*`` setting means.
+_SETTING_DEFAULTS: Final[dict[str, Any]] = {f.name: f.default for f in fields(Settings)}
+
+
 @dataclass(frozen=True, slots=True)
 class PreprocessOptions:
-    max_dimension: int = 2048
-    jpeg_quality: int = 90
-    max_pixels: int = 50_000_000
-    max_input_bytes: int = 64 * 1024 * 1024
+    """What ``preprocess`` may do; the defaults are the app settings' own (one source)."""
+
+    max_dimension: int = _SETTING_DEFAULTS["preprocess_max_dimension"]
+    jpeg_quality: int = _SETTING_DEFAULTS["preprocess_jpeg_quality"]
+    max_pixels: int = _SETTING_DEFAULTS["preprocess_max_pixels"]
+    max_input_bytes: int = _SETTING_DEFAULTS["preprocess_max_input_bytes"]
     #: compute ``ImageDescriptors`` on the pixels already decoded (drift detection)
     descriptors: bool = True
 

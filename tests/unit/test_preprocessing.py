@@ -341,3 +341,12 @@ def test_without_the_fast_path_jpegs_decode_at_draft_scale(
     out, record = run(jpeg_24mp)
     assert "draft:6000x4000->3000x2000" in record["steps"]  # type: ignore[operator]
     assert opened(out).size == (2048, 1365)
+
+
+def test_preprocess_options_default_to_what_unset_app_settings_mean() -> None:
+    from shared.settings import Settings
+
+    env = {"VISION_ENDPOINT": "http://v", "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    parsed = PreprocessOptions.from_settings(Settings.from_env(env))
+    assert PreprocessOptions() == parsed
+    assert PreprocessOptions().max_dimension == 2048  # the documented default, not a copy of it
