@@ -12,9 +12,9 @@ milliseconds between the two queries' clocks cannot move a row across one.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -69,6 +69,25 @@ def rows(store: Store, name: str, window: timedelta | None, **params: Any
     return [dict(zip(names, row, strict=True)) for row in result.rows]
 
 
+R = TypeVar("R")
+C = TypeVar("C")
+ATTEMPTS = 5
+
+
+def sandwiched(reference: Callable[[], R], combined: Callable[[], C]) -> tuple[C, R]:
+    """``combined()`` with the ``reference()`` that held while it ran.
+
+    ``reference()`` runs before and after; when both agree no row crossed a window boundary in
+    between, so the combined answer must equal them. A crossing happens at most once per 20 s
+    grid step, so a second attempt almost always agrees; five that all differ fail the test."""
+    for _ in range(ATTEMPTS):
+        before = reference()
+        answer = combined()
+        if reference() == before:
+            return answer, before
+    pytest.fail(f"rows crossed a window boundary during each of {ATTEMPTS} attempts")
+
+
 def close(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return abs(a - b) <= 1e-9 * max(1.0, abs(a))
@@ -77,22 +96,29 @@ def close(a: Any, b: Any) -> bool:
 
 def test_status_windows_equals_the_per_window_queries(store: tuple[Store, datetime]) -> None:
     s, _now = store
-    combined = rows(s, "status_windows", None)
+
+    def per_window() -> dict[str, dict[str, list[dict[str, Any]]]]:
+        return {w.name: {name: rows(s, name, w.span) for name in
+                         ("success_rate", "analysis_latency", "throttle_rate", "error_breakdown")}
+                for w in WINDOWS}
+
+    combined, reference = sandwiched(per_window, lambda: rows(s, "status_windows", None))
     checked = 0
     for w in WINDOWS:
+        own = reference[w.name]
         mine = {(r["Scope"]): r for r in combined if r["Window"] == w.name and
                 r["Scope"] != "errors"}
-        [success] = rows(s, "success_rate", w.span)
+        [success] = own["success_rate"]
         for column in ("Invocations", "Succeeded", "Failed", "Analyzed", "Rejected",
                        "Duplicates", "SuccessRatePct"):
             assert close(mine["requests"][column], success[column]), (w.name, column)
             checked += 1
-        latency = {r["Scope"]: r for r in rows(s, "analysis_latency", w.span)}
+        latency = {r["Scope"]: r for r in own["analysis_latency"]}
         for scope in ("invocation", "vision_call"):
             for column in ("Count", "P50Ms", "P95Ms", "P99Ms"):
                 assert close(mine[scope][column], latency[scope][column]), (w.name, scope, column)
                 checked += 1
-        [throttle] = rows(s, "throttle_rate", w.span)
+        [throttle] = own["throttle_rate"]
         for column in ("Calls", "Throttled", "Operations", "ThrottledOperations",
                        "ThrottleRatePct"):
             assert close(mine["attempts"][column], throttle[column]), (w.name, column)
@@ -101,7 +127,7 @@ def test_status_windows_equals_the_per_window_queries(store: tuple[Store, dateti
         errors = {tuple(r[k] for k in keys): r["Count"]
                   for r in combined if r["Window"] == w.name and r["Scope"] == "errors"}
         expected = {tuple(r[k] for k in keys): r["Count"]
-                    for r in rows(s, "error_breakdown", w.span)}
+                    for r in own["error_breakdown"]}
         assert errors == expected and expected, w.name
         checked += len(expected)
         assert mine["requests"]["Invocations"] > 0
@@ -118,10 +144,12 @@ def covered() -> list[Any]:
 def test_status_alerts_equals_each_rules_own_query(store: tuple[Store, datetime]) -> None:
     s, _now = store
     rules = covered()
-    combined = rows(s, STATUS_QUERY, None, **status_query_params(rules))
+    combined, reference = sandwiched(
+        lambda: {r.name: rows(s, r.query, r.window, **r.params) for r in rules},
+        lambda: rows(s, STATUS_QUERY, None, **status_query_params(rules)))
     compared = 0
     for rule in rules:
-        own = rows(s, rule.query, rule.window, **rule.params)
+        own = reference[rule.name]
         mine = [r for r in combined if r["Rule"] == rule.name]
         assert len(mine) == len(own), rule.name  # "no data" exactly when the rule has none
         ours, theirs = evaluate(rule, mine), evaluate(rule, own)
@@ -134,8 +162,10 @@ def test_status_alerts_equals_each_rules_own_query(store: tuple[Store, datetime]
 def test_an_incident_fires_the_same_rules_either_way(store: tuple[Store, datetime]) -> None:
     s, _now = store
     rules = covered()
-    combined = rows(s, STATUS_QUERY, None, **status_query_params(rules))
+    combined, reference = sandwiched(
+        lambda: {r.name: rows(s, r.query, r.window, **r.params) for r in rules},
+        lambda: rows(s, STATUS_QUERY, None, **status_query_params(rules)))
     ours = {r.name for r in rules if evaluate(r, [x for x in combined if x["Rule"] == r.name])
             .active}
-    theirs = {r.name for r in rules if evaluate(r, rows(s, r.query, r.window, **r.params)).active}
+    theirs = {r.name for r in rules if evaluate(r, reference[r.name]).active}
     assert ours == theirs and ours  # each incident fires at least one rule
