@@ -60,7 +60,7 @@ from shared.reportcache import ReportCache  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.status import CLIENT_OPTIONS, WINDOWS, WINDOWS_BY_NAME, build_status  # noqa: E402
 from shared.status_service import StatusService, get_query_runner  # noqa: E402
-from tests.e2e import telemetry_gen as gen  # noqa: E402
+from tests.support import telemetry_gen as gen  # noqa: E402
 
 TARGET_COLD_MS = 2000.0
 TARGET_CACHED_MS = 250.0

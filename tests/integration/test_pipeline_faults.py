@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from pipeline_fixtures import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
-from tests import images
+from tests.support import images
+from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

@@ -16,11 +16,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pipeline_fixtures import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack, wait_for
 
 from shared.naming import result_path
 from shared.results import META_SOURCE_ETAG
-from tests import images
+from tests.support import images
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

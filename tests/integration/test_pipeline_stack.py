@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_fixtures import (
+
+from shared.logsquery import LogsQueryRunner
+from shared.naming import result_path
+from shared.preprocessing import MAX_IMAGE_BYTES
+from shared.settings import Settings
+from tests.support import images
+from tests.support.polling import wait_for
+from tests.support.stack import (
     BASE_SETTINGS,
     FAILED,
     IMAGES,
@@ -37,14 +44,7 @@ from pipeline_fixtures import (
     Document,
     PipelineStack,
     run_replay,
-    wait_for,
 )
-
-from shared.logsquery import LogsQueryRunner
-from shared.naming import result_path
-from shared.preprocessing import MAX_IMAGE_BYTES
-from shared.settings import Settings
-from tests import images
 
 pytestmark = pytest.mark.integration
 

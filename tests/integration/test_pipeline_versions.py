@@ -37,11 +37,12 @@ import httpx
 import pytest
 from azure.storage.blob import BlobBlock
 from PIL import Image
-from pipeline_fixtures import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack, wait_for
 
 from devstack.stack import load_state
 from shared.naming import result_path
 from shared.results import META_SOURCE_ETAG
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
 pytestmark = pytest.mark.integration
 

@@ -27,15 +27,9 @@ from shared.logsquery import LogsQueryRunner
 from shared.probes import load_probe_results
 from shared.quota import load_quota_status
 from shared.settings import Settings
-from tests import images
-from tests.integration.pipeline_fixtures import (
-    BASE_SETTINGS,
-    IMAGES,
-    REPO_ROOT,
-    RESULTS,
-    PipelineStack,
-    wait_for,
-)
+from tests.support import images
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, IMAGES, REPO_ROOT, RESULTS, PipelineStack
 
 pytestmark = pytest.mark.integration
 

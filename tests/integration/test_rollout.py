@@ -29,15 +29,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.images import encode, photo
-from tests.integration.pipeline_fixtures import (
+from tests.support.images import encode, photo
+from tests.support.polling import wait_for
+from tests.support.stack import (
     BASE_SETTINGS,
     FUNCTION_ID,
     HOSTS_CONTAINER,
     IMAGES,
     RECEIPTS_PREFIX,
     PipelineStack,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration

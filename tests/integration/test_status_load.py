@@ -38,10 +38,11 @@ from typing import Any
 
 import httpx
 import pytest
-from pipeline_fixtures import BASE_SETTINGS, REPO_ROOT, PipelineStack, wait_for
 
 from shared.settings import Settings
 from shared.status import WINDOWS_BY_NAME, plan, series_plan
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, REPO_ROOT, PipelineStack
 
 pytestmark = pytest.mark.integration
 

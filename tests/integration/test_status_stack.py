@@ -17,11 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from pipeline_fixtures import BASE_SETTINGS, PipelineStack, wait_for
 
 from devstack import procs
-from tests.e2e import telemetry_gen as gen
-from tests.e2e.status_schema import SCHEMA, validate
+from tests.support import telemetry_gen as gen
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, PipelineStack
+from tests.support.status_schema import SCHEMA, validate
 
 pytestmark = pytest.mark.integration
 

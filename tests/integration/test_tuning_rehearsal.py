@@ -36,12 +36,8 @@ from shared.logsquery import LogsQueryRunner
 from shared.settings import Settings
 from shared.status import CLIENT_OPTIONS
 from shared.tuning_jobs import load_kpi
-from tests.integration.pipeline_fixtures import (
-    BASE_SETTINGS,
-    REPO_ROOT,
-    PipelineStack,
-    wait_for,
-)
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, REPO_ROOT, PipelineStack
 
 pytestmark = pytest.mark.integration
 

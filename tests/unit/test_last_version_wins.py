@@ -19,7 +19,7 @@ from shared.naming import result_path
 from shared.pipeline import AnalysisOutcome, Outcome, PipelineDeps, process_blob
 from shared.results import COMMIT_ATTEMPTS
 from shared.vision import AttemptHook, VisionResult
-from tests.fakes import MemoryBlob, MemoryStore
+from tests.support.fakes import MemoryBlob, MemoryStore
 from tests.unit.test_pipeline import IMAGE, OK_PAYLOAD, RecordingObserver, jpeg, make_deps
 
 NAME = "cats/tom.jpg"

@@ -25,8 +25,8 @@ from shared.results import ResultRepository
 from shared.settings import Settings
 from shared.sources import SourceChanged, SourceVersion
 from shared.vision import build_vision_client
-from tests import images
-from tests.fakes import MemoryStore
+from tests.support import images
+from tests.support.fakes import MemoryStore
 from tests.unit.test_vision_client import OK_BODY, FakeClock
 
 OUTAGE_S = 600

@@ -15,7 +15,7 @@ from shared.parking import ParkingLot, RedriveReport, redrive
 from shared.pipeline import Outcome, process_blob
 from shared.ratecontrol import CircuitBreaker
 from shared.results import ResultRepository
-from tests.fakes import MemoryStore
+from tests.support.fakes import MemoryStore
 from tests.unit.test_pipeline import FakeAnalyzer, blob, make_deps
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

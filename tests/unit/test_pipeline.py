@@ -36,7 +36,7 @@ from shared.replay import QueuedMessage, Replayer, decode_poison
 from shared.results import ResultRepository
 from shared.settings import Settings
 from shared.vision import AttemptHook, VisionAttempt, VisionResult
-from tests.fakes import MemoryBlob, MemoryStore
+from tests.support.fakes import MemoryBlob, MemoryStore
 
 # --------------------------------------------------------------------------- fakes
 

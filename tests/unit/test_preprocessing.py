@@ -19,8 +19,8 @@ from shared.preprocessing import (
     preprocess,
     sniff_format,
 )
-from tests import images
-from tests.images import (
+from tests.support import images
+from tests.support.images import (
     bomb_png,
     corrupt_png_chunk,
     encode,

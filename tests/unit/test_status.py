@@ -40,7 +40,8 @@ from shared.status import (
     series_plan,
 )
 from shared.status_service import StatusService
-from tests.e2e.status_schema import SCHEMA, validate
+from tests.support.polling import wait_for
+from tests.support.status_schema import SCHEMA, validate
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
@@ -391,11 +392,7 @@ def call(request: func.HttpRequest) -> func.HttpResponse:
 
 def wait_until(predicate: Any, what: str) -> None:
     """Polls a background refresh (a fake: it finishes at once) with a deadline."""
-    for _ in range(500):
-        if predicate():
-            return
-        threading.Event().wait(0.01)
-    pytest.fail(f"timed out waiting for {what}")
+    wait_for(predicate, timeout=5, interval=0.01, what=what)
 
 
 def test_status_function_returns_documented_json(wired: FakeRunner) -> None:
