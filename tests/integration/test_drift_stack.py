@@ -44,7 +44,7 @@ from tests.support.images import darker_blurrier, sample_images
 from tests.support.telemetry_gen import MonitorEmulator, request, running_monitor
 from tests.unit.test_drift import Documents
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(40)]  # seconds: see tests/conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "drift-key"

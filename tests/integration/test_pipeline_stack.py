@@ -46,7 +46,7 @@ from tests.support.stack import (
     run_replay,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(40)]  # seconds: see tests/conftest.py
 
 SETTINGS = {
     **BASE_SETTINGS,
