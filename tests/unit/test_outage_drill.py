@@ -26,8 +26,9 @@ from shared.settings import Settings
 from shared.sources import SourceChanged, SourceVersion
 from shared.vision import build_vision_client
 from tests.support import images
+from tests.support.clocks import FakeClock
 from tests.support.fakes import MemoryStore
-from tests.unit.test_vision_client import OK_BODY, FakeClock
+from tests.unit.test_vision_client import OK_BODY
 
 OUTAGE_S = 600
 UPLOAD_EVERY_S = 5
