@@ -1,12 +1,11 @@
 """Fixtures shared by every test (the storage emulator, started once per session on free ports)
-and how the tests are spread over worker processes.
+and the order files run in.
 
-Under ``--dist loadgroup`` (``scripts/test``) a worker takes one *group* at a time: by default a
-whole file, so a module's stack starts once, and the whole ``tests/fidelity`` folder (its stack is
-per session). A long suite is split into files, each on its own stack, so two workers can run
-its parts at once. Files marked ``cost(seconds)`` (about what they take on a busy 2-core machine)
-start longest first, so no long one is left to start last while the other worker idles; xdist
-must not reorder them (``--no-loadscope-reorder``).
+``scripts/test`` runs ``--dist loadfile``: a worker takes a whole file at a time, so a module's
+stack starts once. A long suite is split into files, each on its own stack, so two workers can
+run its parts at once. Files marked ``cost(seconds)`` (about what they take on a busy 2-core
+machine) run longest first, so no long file is left to start last while the other worker idles;
+xdist must not reorder them by test count (``--no-loadscope-reorder``).
 """
 
 from __future__ import annotations
@@ -22,34 +21,20 @@ from devstack import procs
 from devstack.azurite import AzuriteConfig, azurite_argv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Folders whose tests share one session-scoped stack: one group, never split between workers.
-ONE_GROUP_FOLDERS = ("tests/fidelity",)
 
 
-def _group_of(item: pytest.Item) -> str:
-    marker = item.get_closest_marker("xdist_group")
-    if marker is not None:
-        return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
-    path = item.path.relative_to(REPO_ROOT).as_posix()
-    return next((folder for folder in ONE_GROUP_FOLDERS if path.startswith(folder + "/")), path)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist turns the group marks into node ids
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("dist", "no") != "loadgroup":
-        return
-    cost: dict[str, float] = {}
-    first: dict[str, int] = {}
+    """Files with the largest ``cost`` first; within a file, and among files without a cost
+    (unit tests: seconds each), collection order. Every worker sorts the same list the same way."""
+    cost: dict[Path, float] = {}
+    first: dict[Path, int] = {}
     for index, item in enumerate(items):
-        group = _group_of(item)
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
         marker = item.get_closest_marker("cost")
-        cost[group] = max(cost.get(group, 0.0), float(marker.args[0]) if marker else 0.0)
-        first.setdefault(group, index)
-    # Longest declared cost first; the rest (unit files: seconds each) keep collection order.
-    # Every worker collects, and sorts, the same list: the order is the same on each.
-    items.sort(key=lambda item: (-cost[_group_of(item)], first[_group_of(item)]))
+        declared = float(marker.args[0]) if marker else 0.0
+        cost[item.path] = max(cost.get(item.path, 0.0), declared)
+        first.setdefault(item.path, index)
+    items.sort(key=lambda item: (-cost[item.path], first[item.path]))
 
 
 @pytest.fixture(scope="session")
