@@ -37,7 +37,7 @@ from tests.support.status_load import (
     upload_stream,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(110)]
+pytestmark = [pytest.mark.integration, pytest.mark.cost(125)]  # seconds: see tests/conftest.py
 
 POLLERS = 20
 #: see test_status_pollers_do_not_slow_the_pipeline
