@@ -62,7 +62,7 @@ from shared.monitoring.reportcache import ReportCache  # noqa: E402
 from shared.monitoring.status import CLIENT_OPTIONS, WINDOWS, WINDOWS_BY_NAME, build_status  # noqa: E402
 from shared.monitoring.status_service import StatusService  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from tests.e2e import telemetry_gen as gen  # noqa: E402
+from tests.support import telemetry_gen as gen  # noqa: E402
 
 TARGET_COLD_MS = 2000.0
 TARGET_CACHED_MS = 250.0

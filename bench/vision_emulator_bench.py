@@ -42,7 +42,7 @@ def images() -> list[Path]:
     try:
         import pytest
 
-        from tests import sdk_sample
+        from tests.support import sdk_sample
 
         found.append(sdk_sample.sample_jpg())
     except pytest.skip.Exception as skipped:

@@ -1,4 +1,12 @@
-"""Fixtures shared by every test: the storage emulator, started once per session on free ports."""
+"""Fixtures shared by every test (the storage emulator, started once per session on free ports)
+and the order files run in.
+
+``scripts/test`` runs ``--dist loadfile``: a worker takes a whole file at a time, so a module's
+stack starts once. A long suite is split into files, each on its own stack, so two workers can
+run its parts at once. Files marked ``cost(seconds)`` (about what they take on a busy 2-core
+machine) run longest first, so no long file is left to start last while the other worker idles;
+xdist must not reorder them by test count (``--no-loadscope-reorder``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,20 @@ from devstack import procs
 from devstack.azurite import AzuriteConfig, azurite_argv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with the largest ``cost`` first; within a file, and among files without a cost
+    (unit tests: seconds each), collection order. Every worker sorts the same list the same way."""
+    cost: dict[Path, float] = {}
+    first: dict[Path, int] = {}
+    for index, item in enumerate(items):
+        marker = item.get_closest_marker("cost")
+        declared = float(marker.args[0]) if marker else 0.0
+        cost[item.path] = max(cost.get(item.path, 0.0), declared)
+        first.setdefault(item.path, index)
+    items.sort(key=lambda item: (-cost[item.path], first[item.path]))
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import isodate
+
 _AI_DURATION = re.compile(
     r"^(?:(?P<days>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{2}):(?P<s>\d{2})(?:\.(?P<frac>\d{1,7}))?$"
-)
-_ISO_DURATION = re.compile(
-    r"^P(?!$)(?:(?P<w>\d+(?:\.\d+)?)W)?(?:(?P<d>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?=\d)(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
 _FRACTION = re.compile(r"\.(\d+)")
 
@@ -57,18 +55,22 @@ def parse_instant(text: str) -> datetime:
 
 
 def parse_iso_duration(text: str) -> timedelta:
-    """ISO 8601 duration (``PT3600.0S``, ``P1D``, ``P1DT2H30M``) as a timedelta."""
-    match = _ISO_DURATION.match(text.strip().upper())
-    if match is None:
+    """ISO 8601 duration (``PT3600.0S``, ``P1D``, ``P1DT2H30M``) as a timedelta.
+
+    Parsed by isodate, which is lenient where a query's ``timespan`` is not: a duration with no
+    element after ``P`` or ``T`` (``PT``, ``P1DT``), a sign, and years or months (no fixed
+    length) are refused here.
+    """
+    value = text.strip().upper() if isinstance(text, str) else ""
+    if not value.startswith("P") or value.endswith(("P", "T")):
         raise ValueError(f"{text!r} is not an ISO 8601 duration")
-    parts = {k: float(v) for k, v in match.groupdict().items() if v is not None}
-    return timedelta(
-        weeks=parts.get("w", 0.0),
-        days=parts.get("d", 0.0),
-        hours=parts.get("h", 0.0),
-        minutes=parts.get("m", 0.0),
-        seconds=parts.get("s", 0.0),
-    )
+    try:
+        span = isodate.parse_duration(value)
+    except isodate.ISO8601Error as exc:
+        raise ValueError(f"{text!r} is not an ISO 8601 duration") from exc
+    if not isinstance(span, timedelta):
+        raise ValueError(f"{text!r}: years and months have no fixed length; use days")
+    return span
 
 
 def parse_timespan(text: str | None, now: datetime) -> tuple[datetime | None, datetime | None]:

@@ -24,8 +24,9 @@ import httpx
 import pytest
 
 from devstack import gate
-from tests.e2e import telemetry_gen as gen
-from tests.integration.pipeline_fixtures import BASE_SETTINGS, PipelineStack, wait_for
+from tests.support import telemetry_gen as gen
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, PipelineStack
 
 pytestmark = pytest.mark.integration
 

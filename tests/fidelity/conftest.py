@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from devstack import procs
-from tests.fidelity import support
-from tests.fidelity.support import RESULTS, STARTED, VISION_KEY, Stack
+from tests.support import fidelity as support
+from tests.support.fidelity import RESULTS, STARTED, VISION_KEY, Stack
 
 
 def _envelope(kind: str, base_type: str, base: dict[str, Any], when: datetime,

@@ -20,7 +20,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.monitor.query import LogsQueryClient, LogsQueryResult
 
 from devstack.monitor.config import DEFAULT_WORKSPACE_ID
-from tests.fidelity.support import Stack, record
+from tests.support.fidelity import Stack, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.fidelity]
 

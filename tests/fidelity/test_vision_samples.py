@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fidelity import support
-from tests.fidelity.support import Stack, record
+from tests.support import fidelity as support
+from tests.support.fidelity import Stack, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.fidelity]
 

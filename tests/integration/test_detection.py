@@ -23,7 +23,7 @@ import pytest
 from shared.monitoring.logsquery import LogsQueryRunner
 from shared.monitoring.status import CLIENT_OPTIONS, build_status
 from shared.settings import Settings
-from tests.e2e.telemetry_gen import MonitorEmulator, Traffic, running_monitor
+from tests.support.telemetry_gen import MonitorEmulator, Traffic, running_monitor
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ the request attributes ``shared.telemetry`` records, the Monitor emulator's KQL 
 evaluation of the alert rules.
 
 Real images: the bundled ``samples/``; the moved stream is computed from them with Pillow here
-(``tests.images.darker_blurrier``). Each distinct image is analysed once per scenario (the
+(``tests.support.images.darker_blurrier``). Each distinct image is analysed once per scenario (the
 emulator runs real OCR and detectors, about a second per image); a stream repeats those outcomes.
 
 Simulated time, as in ``test_detection``: for "k minutes after onset" the Monitor emulator is
@@ -40,12 +40,12 @@ from shared.monitoring.drift import Baseline, load_baseline
 from shared.monitoring.logsquery import LogsQueryRunner
 from shared.monitoring.status import CLIENT_OPTIONS, build_status
 from shared.settings import Settings
-from tests.e2e.telemetry_gen import MonitorEmulator, request, running_monitor
-from tests.fakes import MemoryBlob, MemoryStore
-from tests.images import darker_blurrier, sample_images
+from tests.support.fakes import MemoryBlob, MemoryStore
+from tests.support.images import darker_blurrier, sample_images
+from tests.support.telemetry_gen import MonitorEmulator, request, running_monitor
 from tests.unit.test_drift import Documents
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(40)]  # seconds: see tests/conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "drift-key"

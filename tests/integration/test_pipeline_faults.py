@@ -19,11 +19,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from pipeline_fixtures import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
-from tests import images
+from tests.support import images
+from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(100)]  # seconds: see tests/conftest.py
 log = logging.getLogger(__name__)
 
 IMAGE_COUNT = 300

@@ -16,13 +16,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pipeline_fixtures import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack, wait_for
 
 from shared.analysis.results import META_SOURCE_ETAG
 from shared.naming import result_path
-from tests import images
+from tests.support import images
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(85)]  # seconds: see tests/conftest.py
 log = logging.getLogger(__name__)
 
 OUTAGE_S = 60

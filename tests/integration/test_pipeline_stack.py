@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_fixtures import (
+
+from shared.analysis.preprocessing import MAX_IMAGE_BYTES
+from shared.monitoring.logsquery import LogsQueryRunner
+from shared.naming import result_path
+from shared.settings import Settings
+from tests.support import images
+from tests.support.polling import wait_for
+from tests.support.stack import (
     BASE_SETTINGS,
     FAILED,
     IMAGES,
@@ -37,16 +44,10 @@ from pipeline_fixtures import (
     Document,
     PipelineStack,
     run_replay,
-    wait_for,
 )
 
-from shared.analysis.preprocessing import MAX_IMAGE_BYTES
-from shared.monitoring.logsquery import LogsQueryRunner
-from shared.naming import result_path
-from shared.settings import Settings
-from tests import images
-
 pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(40)]  # seconds: see tests/conftest.py
 
 SETTINGS = {
     **BASE_SETTINGS,

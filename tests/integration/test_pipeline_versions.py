@@ -37,13 +37,14 @@ import httpx
 import pytest
 from azure.storage.blob import BlobBlock
 from PIL import Image
-from pipeline_fixtures import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack, wait_for
 
 from devstack.stack import load_state
 from shared.analysis.results import META_SOURCE_ETAG
 from shared.naming import result_path
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(75)]  # seconds: see tests/conftest.py
 
 SEEDS = (11, 23, 37, 41)
 VERSIONS = 20

@@ -29,17 +29,11 @@ from shared.monitoring.logsquery import LogsQueryRunner
 from shared.ops.probes import read_probe_results
 from shared.ops.quota import read_quota_status
 from shared.settings import Settings
-from tests import images
-from tests.integration.pipeline_fixtures import (
-    BASE_SETTINGS,
-    IMAGES,
-    REPO_ROOT,
-    RESULTS,
-    PipelineStack,
-    wait_for,
-)
+from tests.support import images
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, IMAGES, REPO_ROOT, RESULTS, PipelineStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(20)]  # seconds: see tests/conftest.py
 
 NEVER = "0 0 0 1 1 *"  # 1 January: the tests run timers through the admin endpoint instead
 LOCATION = "it-local"

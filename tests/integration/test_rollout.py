@@ -29,18 +29,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.images import encode, photo
-from tests.integration.pipeline_fixtures import (
+from tests.support.images import encode, photo
+from tests.support.polling import wait_for
+from tests.support.stack import (
     BASE_SETTINGS,
     FUNCTION_ID,
     HOSTS_CONTAINER,
     IMAGES,
     RECEIPTS_PREFIX,
     PipelineStack,
-    wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(70)]  # seconds: see tests/conftest.py
 
 MAX_IMAGES = 40
 UPLOAD_EVERY_S = 0.6

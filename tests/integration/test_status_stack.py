@@ -17,11 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from pipeline_fixtures import BASE_SETTINGS, PipelineStack, wait_for
 
 from devstack import procs
-from tests.e2e import telemetry_gen as gen
-from tests.e2e.status_schema import SCHEMA, validate
+from tests.support import telemetry_gen as gen
+from tests.support.polling import wait_for
+from tests.support.stack import BASE_SETTINGS, PipelineStack
+from tests.support.status_schema import validate
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +123,7 @@ def test_status_reports_the_known_run(stack: PipelineStack) -> None:
                           window="15m")
     assert res.status_code == 200, res.text
     body = res.json()
-    validate(body, SCHEMA)
+    validate(body)
     assert body["version"] == "test-1"
     for name, minutes in (("15m", 15), ("1h", 60), ("24h", 1440)):
         w = body["windows"][name]
@@ -167,12 +168,12 @@ def test_backend_down_is_a_json_503(stack: PipelineStack) -> None:
     assert procs.stop(int(state["processes"]["monitor"]["pid"]))
     cached = get_status(stack, code=str(stack.endpoints["function_key"]))
     assert cached.status_code == 200  # the report computed above, fresh or marked stale
-    validate(cached.json(), SCHEMA)
+    validate(cached.json())
     res = computed_status(stack, code=str(stack.endpoints["function_key"]), history="1",
                           window="24h")  # a series never computed: nothing to fall back on
     assert res.status_code == 503
     assert res.headers["content-type"].startswith("application/json")
     body = res.json()
-    validate(body, SCHEMA["$defs"]["unavailable"])
+    validate(body, "unavailable")
     assert body["error"]["cause"] == "telemetry_unreachable"
     assert "Traceback" not in res.text

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import statistics
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,9 +36,10 @@ from devstack import procs
 from shared import telemetry
 from shared.monitoring.logsquery import LogsQueryRunner, QueryResult, load_queries
 from shared.settings import Settings
-from tests.integration.pipeline_fixtures import Execution, PipelineStack, host_executions
+from tests.support import polling
+from tests.support.stack import Execution, PipelineStack, host_executions
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(140)]  # seconds: see tests/conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -55,15 +55,7 @@ MONTH = timedelta(days=31)
 
 def poll(what: str, fetch: Callable[[], T], done: Callable[[T], bool], timeout: float) -> T:
     """Call ``fetch`` until ``done(value)``; fail with the last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            shown = f"{len(value)} items" if isinstance(value, dict) else repr(value)[:500]
-            pytest.fail(f"{what}: not reached within {timeout:.0f}s; last value: {shown}")
-        time.sleep(0.25)
+    return polling.poll(fetch, done, timeout=timeout, interval=0.25, what=what)
 
 
 def png(seed: int, text: str | None = None) -> bytes:

@@ -35,7 +35,8 @@ from azure.core.exceptions import (
 )
 from PIL import Image, ImageDraw, ImageFont
 
-from tests import sdk_sample
+from tests.support import sdk_sample
+from tests.support.polling import WaitTimeout, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,18 +92,18 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
         )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        def healthy() -> bool:
             if process.poll() is not None:
                 pytest.fail(f"emulator exited early:\n{log_path.read_text()}")
             try:
-                if httpx.get(endpoint + "/healthz", timeout=2).status_code == 200:
-                    break
+                return httpx.get(endpoint + "/healthz", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"emulator not healthy within 60 s:\n{log_path.read_text()}")
-            threading.Event().wait(0.1)  # poll interval, bounded by the deadline above
+                return False
+
+        try:
+            wait_for(healthy, timeout=60, interval=0.1, what="a healthy emulator")
+        except WaitTimeout as exc:
+            pytest.fail(f"{exc}:\n{log_path.read_text()}")
         yield Emulator(endpoint)
     finally:
         process.terminate()

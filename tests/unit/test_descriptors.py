@@ -9,7 +9,7 @@ from PIL import Image
 
 from shared.analysis.descriptors import THUMB_SIDE, describe, geometry
 from shared.analysis.preprocessing import PreprocessOptions, preprocess
-from tests.images import darker_blurrier, encode, photo, sample_images
+from tests.support.images import darker_blurrier, encode, photo, sample_images
 
 SAMPLES = sample_images()
 

@@ -20,7 +20,7 @@ from shared import telemetry
 from shared.analysis.pipeline import process_blob
 from shared.errors import ThrottledError
 from shared.naming import printable
-from tests.fakes import MemoryStore
+from tests.support.fakes import MemoryStore
 from tests.unit.test_pipeline import FakeAnalyzer, blob, make_deps
 
 FORGED = "Executed 'Functions.analyze_image' (Succeeded, Id=FAKE, Duration=1ms)"

@@ -55,7 +55,7 @@ def test_iso_durations(text: str, span: timedelta) -> None:
     assert parse_iso_duration(text) == span
 
 
-@pytest.mark.parametrize("text", ["P", "PT", "1H", "PT1X", "P1DT"])
+@pytest.mark.parametrize("text", ["P", "PT", "1H", "PT1X", "P1DT", "-P1D", "P1M", "P1Y", ""])
 def test_bad_iso_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_iso_duration(text)

@@ -25,9 +25,10 @@ from shared.analysis.results import ResultRepository
 from shared.analysis.sources import SourceChanged, SourceVersion
 from shared.analysis.vision import build_vision_client
 from shared.settings import Settings
-from tests import images
-from tests.fakes import MemoryStore
-from tests.unit.test_vision_client import OK_BODY, FakeClock
+from tests.support import images
+from tests.support.clocks import FakeClock
+from tests.support.fakes import MemoryStore
+from tests.unit.test_vision_client import OK_BODY
 
 OUTAGE_S = 600
 UPLOAD_EVERY_S = 5

@@ -15,7 +15,7 @@ from shared.analysis.pipeline import Outcome, process_blob
 from shared.analysis.ratecontrol import CircuitBreaker
 from shared.analysis.results import ResultRepository
 from shared.errors import TransientError, VisionUnavailableError
-from tests.fakes import MemoryStore
+from tests.support.fakes import MemoryStore
 from tests.unit.test_pipeline import FakeAnalyzer, blob, make_deps
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

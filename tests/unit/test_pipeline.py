@@ -37,7 +37,7 @@ from shared.errors import (
 )
 from shared.naming import result_path
 from shared.settings import Settings
-from tests.fakes import MemoryBlob, MemoryStore
+from tests.support.fakes import MemoryBlob, MemoryStore
 
 # --------------------------------------------------------------------------- fakes
 

@@ -14,8 +14,8 @@ from shared.analysis import preprocessing
 from shared.analysis.imageformat import RejectReason, sniff_format
 from shared.analysis.preprocessing import MAX_IMAGE_BYTES, PreprocessOptions, preprocess
 from shared.errors import InvalidImageError
-from tests import images
-from tests.images import (
+from tests.support import images
+from tests.support.images import (
     bomb_png,
     corrupt_png_chunk,
     encode,

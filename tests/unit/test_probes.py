@@ -43,7 +43,7 @@ from shared.ops.probes import (
 )
 from shared.settings import Settings
 from shared.telemetry import PROBE_BLOB_MARKER, is_synthetic_blob
-from tests.fakes import MemoryStore
+from tests.support.fakes import MemoryStore
 
 NOW = datetime(2024, 5, 17, 12, 0, tzinfo=UTC)
 ASSET = ProbeAsset(file="p.png", data=b"png", expected_words=("VISIONOPS", "PROBE", "4217"),

@@ -31,6 +31,7 @@ from shared.monitoring.logsquery import (
     load_queries,
     parse_query,
 )
+from tests.support.polling import wait_for
 
 CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -342,10 +343,8 @@ def test_run_many_keeps_to_its_concurrency_bound() -> None:
     done: list[dict[str, Any]] = []
     worker = threading.Thread(target=lambda: done.append(r.run_many(specs)))
     worker.start()
-    deadline = 500
-    while client.running < 2 and deadline:  # poll: the pool picks them up on its threads
-        threading.Event().wait(0.01)
-        deadline -= 1
+    # the pool picks them up on its threads
+    wait_for(lambda: client.running >= 2, timeout=5, interval=0.01, what="two running queries")
     assert client.running == 2
     client.gate.set()
     worker.join(10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from shared.ops.quota import (
     quota_timer,
 )
 from shared.settings import Settings
+from tests.support.fakes import MemoryStore
 
 LIMITS = QuotaLimits(tier="F0", monthly_calls=5000, tps_limit=20 / 60,
                      warn_thresholds=(0.8, 0.95))
@@ -90,26 +91,6 @@ def test_no_exhaustion_date_when_the_pace_fits_the_month() -> None:
     assert (empty.forecast_ratio, empty.exhaustion_at, empty.throttled_ratio) == (0, None, 0)
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.blobs: dict[tuple[str, str], bytes] = {}
-
-    def read_metadata(self, container: str, path: str) -> Mapping[str, str] | None:
-        return {} if (container, path) in self.blobs else None
-
-    def read(self, container: str, path: str) -> bytes | None:
-        return self.blobs.get((container, path))
-
-    def write(self, container: str, path: str, body: bytes, metadata: Mapping[str, str]) -> None:
-        self.blobs[(container, path)] = body
-
-    def delete(self, container: str, path: str) -> bool:
-        return self.blobs.pop((container, path), None) is not None
-
-    def list_paths(self, container: str) -> Iterator[str]:
-        yield from (p for c, p in list(self.blobs) if c == container)
-
-
 class FreeLock:
     @contextlib.contextmanager
     def hold(self, name: str) -> Iterator[bool]:
@@ -165,7 +146,7 @@ def test_thresholds_warn_once_per_crossing_and_again_next_month(
     clock[0] = datetime(2024, 6, 25, tzinfo=UTC)  # a new month: crossings start afresh
     again = warnings_after(4900)
     assert [m.split("(threshold ")[1][:3] for m in again] == ["80%", "95%"]
-    stored = json.loads(store.blobs[("status", QUOTA_STATUS_PATH)])
+    stored = json.loads(store.read("status", QUOTA_STATUS_PATH) or b"")
     assert stored["crossed_thresholds"] == [0.8, 0.95]
     assert len(metrics) == 7  # gauges recorded every run
 

@@ -40,7 +40,8 @@ from shared.monitoring.status import (
 )
 from shared.monitoring.status_service import StatusService
 from shared.settings import Settings
-from tests.e2e.status_schema import SCHEMA, validate
+from tests.support.polling import wait_for
+from tests.support.status_schema import validate
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
@@ -163,7 +164,7 @@ def report(settings: Settings, answers: Mapping[str, Any], **kwargs: Any) -> dic
     assert runner.queries == 9 + (6 if history else 0), "nine queries per report (+6 series)"
     body = out.to_json()
     json.dumps(body, allow_nan=False)
-    validate(body, SCHEMA)
+    validate(body)
     return body
 
 
@@ -303,7 +304,7 @@ def test_backend_unreachable_raises_status_unavailable(settings: Settings) -> No
     with pytest.raises(StatusUnavailable) as caught:
         build_status(settings, runner, now=NOW, quota_loader=lambda _s: None)
     body = caught.value.to_json(now=NOW, version="1.2.3")
-    validate(body, SCHEMA["$defs"]["unavailable"])
+    validate(body, "unavailable")
     assert body["error"]["cause"] == "telemetry_unreachable"
     assert "could not be reached" in body["error"]["message"]
 
@@ -328,7 +329,7 @@ def test_quota_check_result_is_preferred(settings: Settings) -> None:
     runner = FakeRunner(healthy_answers())
     body = build_status(settings, runner, now=NOW,
                         quota_loader=lambda _s: Quota(NOW, 0.6)).to_json()
-    validate(body, SCHEMA)
+    validate(body)
     assert body["quota"]["source"] == "quota_check"
     assert body["quota"]["details"] == {"computed_at": "2025-03-14T12:00:00Z",
                                         "forecast_ratio": 0.6}
@@ -391,11 +392,7 @@ def call(request: func.HttpRequest) -> func.HttpResponse:
 
 def wait_until(predicate: Any, what: str) -> None:
     """Polls a background refresh (a fake: it finishes at once) with a deadline."""
-    for _ in range(500):
-        if predicate():
-            return
-        threading.Event().wait(0.01)
-    pytest.fail(f"timed out waiting for {what}")
+    wait_for(predicate, timeout=5, interval=0.01, what=what)
 
 
 def test_status_function_returns_documented_json(wired: FakeRunner) -> None:
@@ -403,7 +400,7 @@ def test_status_function_returns_documented_json(wired: FakeRunner) -> None:
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     body = json.loads(response.get_body())
-    validate(body, SCHEMA)
+    validate(body)
     assert body["series"]["window"] == "15m"
     assert body["cache"] == {"age_s": 0.0, "stale": False, "ttl_s": 30, "error": None}
     assert response.headers["Cache-Control"] == "private, max-age=30"
@@ -441,7 +438,7 @@ def test_a_throttled_refresh_serves_the_last_report_stale_and_backs_off(
         response = call(http("status"))
         assert response.status_code == 200
         body = json.loads(response.get_body())
-        validate(body, SCHEMA)
+        validate(body)
         assert body["cache"]["stale"] is True
         assert body["cache"]["error"]["cause"] == "telemetry_throttled"
         assert body["state"] == "healthy"  # the last good report, as it was
@@ -472,7 +469,7 @@ def test_no_report_yet_and_a_slow_backend_is_a_fast_503_pending(
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
         body = json.loads(response.get_body())
-        validate(body, SCHEMA["$defs"]["unavailable"])
+        validate(body, "unavailable")
         assert body["error"]["cause"] == "report_pending"
         assert cache.computations("core") == 1
         assert call(http("status")).status_code == 503
@@ -496,7 +493,7 @@ def test_status_function_answers_503_json_when_the_backend_is_down(
     response = call(http("status"))
     assert response.status_code == 503
     body = json.loads(response.get_body())
-    validate(body, SCHEMA["$defs"]["unavailable"])
+    validate(body, "unavailable")
     assert body["error"]["cause"] == "telemetry_unreachable"
     assert "Traceback" not in response.get_body().decode()
 

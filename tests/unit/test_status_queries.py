@@ -30,7 +30,7 @@ from shared.monitoring.alerts import (
 from shared.monitoring.logsquery import load_queries
 from shared.monitoring.status import WINDOWS
 from shared.settings import Settings
-from tests.e2e import telemetry_gen as gen
+from tests.support import telemetry_gen as gen
 
 CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
 QUERIES = load_queries()

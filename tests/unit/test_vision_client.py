@@ -37,25 +37,9 @@ from shared.errors import (
     VisionUnavailableError,
 )
 from shared.settings import Settings
+from tests.support.clocks import FakeClock
 
 # --------------------------------------------------------------------------- fakes
-
-
-class FakeClock:
-    """Time that only moves when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 @dataclass

@@ -49,7 +49,7 @@ from devstack.vision.smartcrops import (
     saliency_map,
     smart_crops_result,
 )
-from tests import sdk_sample
+from tests.support import sdk_sample
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 

@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ from azure.storage.queue import QueueClient
 from devstack import procs, stack
 from shared.analysis.results import META_SOURCE_ETAG, normalize_etag
 from shared.naming import result_path
+from tests.support.polling import WaitTimeout, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES, RESULTS, FAILED = "images", "results", "failed"
@@ -88,18 +89,7 @@ def example_settings() -> dict[str, str]:
 
 
 class StackError(RuntimeError):
-    """The stack did not start, or a wait ran past its deadline."""
-
-
-def wait_for(
-    predicate: Callable[[], bool], *, timeout: float, interval: float = 0.5, what: str
-) -> None:
-    """Poll ``predicate`` until it holds; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)  # the poll interval, not a wait for an outcome
+    """The stack did not start, or it answered something unexpected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +357,7 @@ class PipelineStack:
 
         try:
             wait_for(all_done, timeout=timeout, interval=0.5, what="blob receipts")
-        except StackError as exc:
+        except WaitTimeout as exc:
             missing = sorted(set(uploaded) - set(done))
             raise StackError(f"{exc}; not done: {missing[:20]}\n{self.host_log()[-3000:]}") from exc
         return done

@@ -51,7 +51,7 @@ from cryptography.x509.oid import NameOID
 from devstack.monitor.config import DEFAULT_RESOURCE_ID, DEFAULT_WORKSPACE_ID
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIM = Path(__file__).with_name("shim.py")
+SHIM = REPO_ROOT / "tests" / "fidelity" / "shim.py"
 CACHE = Path(tempfile.gettempdir()) / "visionops-fidelity-sdists"
 SAMPLE_TIMEOUT_S = 180.0
 
