@@ -151,6 +151,14 @@ def test_rollout_under_load_promotes_a_good_version_and_rejects_broken_ones(
                           settings={**BASE_SETTINGS, "APP_VERSION": "v1"},
                           disabled=("vision_probe", "quota_check"), up_args=("--front",))
     with stack:
+        # v1 is the version already running: it answers its first status call 503
+        # report_pending until its first report is built, which is no part of a rollout; warm
+        # it as the first visitor would. v2 gets no traffic before the gate has had a 200 from
+        # its own status, so its cache is warm when it is promoted.
+        status = f"{stack.endpoints['functions_url']}/api/status"
+        wait_for(lambda: httpx.get(status, params={"code": stack.endpoints["function_key"]},
+                                   timeout=30).status_code == 200,
+                 timeout=120, interval=0.5, what="v1's first status report")
         with Load(stack) as load:
             wait_for(lambda: len(load.uploaded) >= 5 and load.versions["v1"] > 0, timeout=60,
                      interval=0.2, what="load running against v1")
