@@ -8,7 +8,8 @@ status function queries Log Analytics), the status cache's TTL shortened to
    latency baseline of ``local.settings.json.example``, and a real slowdown (every Vision call
    slower than the alert threshold) still raises ``latency-p95``;
 2. an image stream's time from upload to document with 20 clients polling status (each once a
-   second) stays within 1.2x of the same stream without them (phases interleaved A B A B).
+   second) stays within 1.2x of the same stream without them (Vision answering in a fixed
+   second, phases interleaved A B, B A, ...; the host restarted for it and back).
 
 Status under its own load and with a throttled or hung backend is test_status_backend_load.py,
 on a stack of its own so the two can run on two workers at once.
@@ -19,6 +20,7 @@ Loopback only; every load is bounded in clients and time; every wait polls with 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,8 +42,16 @@ from tests.support.status_load import (
 pytestmark = [pytest.mark.integration, pytest.mark.cost(125)]  # seconds: see tests/conftest.py
 
 POLLERS = 20
-#: see test_status_pollers_do_not_slow_the_pipeline
-NOISE_ALLOWANCE_S = 0.5
+#: Vision's fixed answer time while the pipeline is timed with and without pollers: about what
+#: Image Analysis takes per call (see test_status_pollers_do_not_slow_the_pipeline)
+SERVICE_LATENCY_MS = 1000
+#: that test's Vision features: smart crops alone, the emulator's cheapest to compute
+STREAM_FEATURES = "smartCrops"
+#: pairs of phases (one without pollers, one with) in that test
+PHASE_PAIRS = 4
+#: that test's upload pacing: i * 7/12 s falls at 0, 7, 2, 9, 4 and 11 twelfths of the host's
+#: one-second blob scan for the six samples
+PACE_S = 7 / 12
 
 
 @pytest.fixture(scope="module")
@@ -92,21 +102,67 @@ def test_a_real_slowdown_still_alerts_with_the_local_baseline(stack: PipelineSta
 
 
 def test_status_pollers_do_not_slow_the_pipeline(stack: PipelineStack) -> None:
-    quiet: list[float] = []
-    polled: list[float] = []
-    answered = 0
-    for phase in range(2):
-        quiet += times_to_document(stack, upload_stream(stack, f"quiet{phase}", every=2.0))
-        with Load(status_url(stack), {"code": key(stack)}, POLLERS, 1.0) as load:
-            polled += times_to_document(stack, upload_stream(stack, f"polled{phase}", every=2.0))
-        assert set(load.codes) == {200}, load.codes
-        answered += load.total
-    without, with_ = statistics.median(quiet), statistics.median(polled)
-    print(f"\ntime to document, median of {len(quiet)}: {without:.2f} s alone, {with_:.2f} s"
-          f" with {POLLERS} status pollers ({answered} status answers)")
+    """Time to document of the same stream with and without ``POLLERS`` status pollers: the
+    polled median within 1.2x of the quiet one, no allowance added.
+
+    With the emulator's millisecond answers the medians were sub-second and the same code gave
+    0.73x-1.42x between runs on a shared 2-core box: the ratio measured the scheduler. So:
+
+    * Vision answers in ``SERVICE_LATENCY_MS`` (fixed), about what Image Analysis takes per
+      call, and the host runs with ``STREAM_FEATURES`` only: the emulator computes OCR and
+      people detection on this machine's two cores (1-3 s more a call when the box is busy; in
+      production that work runs in the service), so with them an image's time was the
+      machine's load, not what the pipeline waits on;
+    * uploads ``PACE_S`` apart land at six different points of the host's one-second blob scan,
+      so a phase's wait for the scan does not depend on when the phase started (paced a whole
+      number of seconds apart, every upload of a phase waited the same 0-1 s);
+    * ``PHASE_PAIRS`` pairs of phases on one stack, in alternating order (A B, B A, ...), after
+      a warm-up of the restarted host and the report cache, so a drift of the machine's load
+      hits both sides alike; the medians are pooled over phases.
+    """
+    def stream(tag: str, every: float = PACE_S) -> list[float]:
+        return times_to_document(stack, upload_stream(stack, tag, every=every))
+
+    stack.restart_host({"VISION_FEATURES": STREAM_FEATURES})
+    stack.set_faults({"latency": {"p": 1.0, "distribution": "fixed", "ms": SERVICE_LATENCY_MS}})
+    phases: list[tuple[bool, list[float]]] = []
+    codes: Counter[int] = Counter()
+    try:
+        stream("warm", every=0.0)  # a new host's first calls (imports, connections)
+        wait_for(lambda: get_status(stack).status_code == 200, timeout=60, interval=1.0,
+                 what="a cached report")
+        for pair in range(PHASE_PAIRS):
+            for polled in (False, True) if pair % 2 == 0 else (True, False):
+                tag = f"{'polled' if polled else 'quiet'}{pair}"
+                if polled:
+                    with Load(status_url(stack), {"code": key(stack)}, POLLERS, 1.0) as load:
+                        times = stream(tag)
+                    codes.update(load.codes)
+                else:
+                    times = stream(tag)
+                phases.append((polled, times))
+    finally:
+        stack.reset_faults()
+        stack.restart_host()
+        # as the earlier tests left it: the dashboards' report cached (a new host has none)
+        wait_for(lambda: get_status(stack, history="1", window="1h").status_code == 200,
+                 timeout=60, interval=1.0, what="the restored host's cached report")
+    quiet = [t for polled, times in phases if not polled for t in times]
+    loaded = [t for polled, times in phases if polled for t in times]
+    without, with_ = statistics.median(quiet), statistics.median(loaded)
+    answered = sum(codes.values())
+    print(f"\ntime to document (Vision {SERVICE_LATENCY_MS} ms), phase medians: "
+          + ", ".join(f"{'B' if polled else 'A'} {statistics.median(times):.2f}"
+                      for polled, times in phases))
+    print(f"pooled medians: {without:.2f} s alone (n={len(quiet)}), {with_:.2f} s with"
+          f" {POLLERS} status pollers (n={len(loaded)}; {answered} status answers):"
+          f" {with_ / without:.2f}x (bound 1.2x)")
+    assert SAMPLES
+    assert [len(times) for _, times in phases] == [len(SAMPLES)] * (2 * PHASE_PAIRS)
+    # the latency took: no image was documented sooner than Vision answers
+    assert min(quiet + loaded) >= SERVICE_LATENCY_MS / 1000
+    assert with_ <= 1.2 * without
     assert answered >= POLLERS * 10
-    # The issue's bound is 1.2x. On a shared 2-core box, with another test's stack on the other
-    # core, sub-second medians of the same code spread 0.73x-1.42x between runs: the ratio alone
-    # measures the scheduler. The allowance of half a second keeps the test about what it guards
-    # (status once starved the pipeline: 9.7 s -> 100 s) without failing on that noise.
-    assert with_ <= 1.2 * without + NOISE_ALLOWANCE_S
+    assert set(codes) == {200}, codes
+
+

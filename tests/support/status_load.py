@@ -7,6 +7,7 @@ Loopback only; every load is bounded in clients and time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -101,6 +102,8 @@ class Load:
     latencies: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wake: asyncio.Event | None = None
 
     async def _client(self, http: httpx.AsyncClient) -> None:
         while not self._stop.is_set():
@@ -114,9 +117,14 @@ class Load:
                 if res.status_code == 200 and res.json()["cache"]["stale"]:
                     self.stale += 1
             self.latencies.append(time.monotonic() - started)
-            await asyncio.sleep(self.interval)  # the poll interval of a dashboard
+            assert self._wake is not None
+            with contextlib.suppress(TimeoutError):  # the poll interval of a dashboard
+                await asyncio.wait_for(self._wake.wait(), self.interval)
 
     async def _main(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        if self._stop.is_set():
+            return
         limits = httpx.Limits(max_connections=self.clients)
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
             await asyncio.gather(*(self._client(http) for _ in range(self.clients)))
@@ -128,6 +136,9 @@ class Load:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
+        if self._loop is not None and self._wake is not None:  # end the clients' waits now
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                self._loop.call_soon_threadsafe(self._wake.set)
         assert self._thread is not None
         self._thread.join(60)
 
