@@ -160,8 +160,8 @@ def get_pipeline_deps() -> PipelineDeps:
             effective = apply_overlay(rt.settings, overlay)
             # the adaptive controller's learned state survives unless its ceiling moved
             keep = (rt.deps is not None and rt.effective is not None
-                    and rt.effective.vision.rate_limit_override
-                    == effective.vision.rate_limit_override)
+                    and rt.effective.vision.rate_limit_per_second
+                    == effective.vision.rate_limit_per_second)
             flow = getattr(rt.deps.analyzer, "flow", None) if keep and rt.deps else None
             rt.deps = build_pipeline_deps(effective, observer=rt.observer,
                                           repository=rt.repository, flow=flow)
