@@ -196,8 +196,8 @@ def ours(emulator: Emulator, image: bytes, rate: float | None = None) -> Callabl
         "VISION_RATE_LIMIT_PER_SECOND": str(rate or emulator.tps),
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",  # unused; Settings requires it
     })
-    client = build_vision_client(settings)
-    return lambda: client.analyze(image, settings.vision_features)
+    client = build_vision_client(settings.vision)
+    return lambda: client.analyze(image, settings.vision.features)
 
 
 def baseline(emulator: Emulator, image: bytes) -> Callable[[], object]:

@@ -74,8 +74,8 @@ def _client(variant: str, endpoint: str) -> Callable[[bytes], object]:
     if variant == "static":
         env["VISION_RATE_MODE"] = "static"
     settings = Settings.from_env(env)
-    client = build_vision_client(settings)
-    return lambda image: client.analyze(image, settings.vision_features)
+    client = build_vision_client(settings.vision)
+    return lambda image: client.analyze(image, settings.vision.features)
 
 
 def worker(args: argparse.Namespace) -> int:

@@ -145,7 +145,7 @@ class Replayer:
             yield item
 
     def replay_failed(self, classes: Sequence[str] = ()) -> Iterator[ReplayItem]:
-        failed = self._settings.failed_container
+        failed = self._settings.pipeline.failed_container
         for path in list(self._store.list_paths(failed)):
             raw = self._store.read(failed, path)
             source, error = _failed_source(raw)
@@ -162,13 +162,13 @@ class Replayer:
             yield item
 
     def _replay(self, origin: str, container: str, name: str) -> ReplayItem:
-        if container != self._settings.images_container:
+        if container != self._settings.pipeline.images_container:
             return ReplayItem(origin, container, name, "foreign")
         etag = self._blobs.current_etag(container, name)
         if etag is None:
             return ReplayItem(origin, container, name, "missing")
         existing = self._repo.find_current(container, name, etag)
-        if existing is not None and existing.container == self._settings.results_container:
+        if existing is not None and existing.container == self._settings.pipeline.results_container:
             return ReplayItem(origin, container, name, "already_done")
         if self._dry_run:
             return ReplayItem(origin, container, name, "requeued")
@@ -178,7 +178,7 @@ class Replayer:
             # changed meanwhile or storage unavailable: keep the message/document for next time
             return ReplayItem(origin, container, name, "error")
         # the new version is analysed afresh; its stale failure must not linger meanwhile
-        self._store.delete(self._settings.failed_container, _doc_path(name))
+        self._store.delete(self._settings.pipeline.failed_container, _doc_path(name))
         return ReplayItem(origin, container, name, "requeued", normalize_etag(new_etag))
 
 

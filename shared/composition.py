@@ -41,7 +41,6 @@ from shared.ops.probes import (
     E2EProbe,
     ProbeRuntime,
     load_probe_assets,
-    probe_vision_settings,
 )
 from shared.ops.quota import LogsUsageSource, QuotaLimits, QuotaRuntime, read_quota_status
 from shared.ops.tuning.policy import Overlay
@@ -78,17 +77,17 @@ def build_pipeline_deps(
     if repository is None:
         repository = ResultRepository.from_settings(
             BlobDocumentStore(results.blob_service_client(settings.storage)), settings)
-    analyzer = build_vision_client(settings, flow=flow,
-                                   credential=None if settings.vision_key else get_credential())
+    analyzer = build_vision_client(settings.vision, flow=flow,
+                                   credential=None if settings.vision.key else get_credential())
     if flow is None:  # a new controller: its rate is what the gauge reports from now on
         telemetry.watch_vision_rate(analyzer.flow.rate)
     return PipelineDeps(
         analyzer=analyzer,
         repository=repository,
-        features=settings.vision_features,
+        features=settings.vision.features,
         preprocess_options=PreprocessOptions.from_settings(settings),
         observer=observer or NoOpObserver(),
-        parking=ParkingLot(repository.store, settings.parked_container),
+        parking=ParkingLot(repository.store, settings.pipeline.parked_container),
     )
 
 
@@ -161,8 +160,8 @@ def get_pipeline_deps() -> PipelineDeps:
             effective = apply_overlay(rt.settings, overlay)
             # the adaptive controller's learned state survives unless its ceiling moved
             keep = (rt.deps is not None and rt.effective is not None
-                    and rt.effective.vision_rate_limit_per_second
-                    == effective.vision_rate_limit_per_second)
+                    and rt.effective.vision.rate_limit_per_second
+                    == effective.vision.rate_limit_per_second)
             flow = getattr(rt.deps.analyzer, "flow", None) if keep and rt.deps else None
             rt.deps = build_pipeline_deps(effective, observer=rt.observer,
                                           repository=rt.repository, flow=flow)
@@ -257,13 +256,15 @@ def get_probe_runtime() -> ProbeRuntime:
     store = BlobDocumentStore(service)
     lock = BlobLeaseLock(service.get_container_client(h.status_container),
                          lease_seconds=h.lock_lease_seconds)
-    analyzer = functools.cache(lambda: build_vision_client(probe_vision_settings(settings)))
+    probe_vision = h.probe_vision
+    analyzer = functools.cache(lambda: build_vision_client(
+        probe_vision, credential=None if probe_vision.key else get_credential()))
 
     def e2e() -> E2EProbe:
         return E2EProbe(
             blobs=BlobProbeBlobs(service),
             repository=ResultRepository.from_settings(store, settings),
-            images_container=settings.images_container, prefix=h.probe_e2e_prefix,
+            images_container=settings.pipeline.images_container, prefix=h.probe_e2e_prefix,
             asset=load_probe_assets()[0], deadline_seconds=h.probe_e2e_deadline_seconds,
             poll_seconds=h.probe_e2e_poll_seconds, run_location=h.probe_run_location,
         )

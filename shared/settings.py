@@ -20,7 +20,7 @@ import functools
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -121,6 +121,104 @@ def _collect_secrets(obj: object, into: set[str]) -> None:
             _collect_secrets(value, into)
 
 
+# --------------------------------------------------------------------------- vision
+
+
+@dataclass(frozen=True, slots=True)
+class VisionSettings:
+    """One Vision client's settings (``VISION_*``): the pipeline's (``Settings.vision``) or the
+    synthetic probe's own (``HealthSettings.probe_vision``, derived from it at parse time)."""
+
+    endpoint: str
+    key: str | None = secret()
+    features: tuple[str, ...] = ("read", "people", "smartCrops")
+    language: str = "en"
+    model_version: str | None = None
+    tier: VisionTier = VisionTier.S1
+    #: ``VISION_RATE_LIMIT_PER_SECOND`` as set; unset, the ceiling is the tier's limit (read the
+    #: ceiling from ``rate_limit_per_second``, never from here)
+    rate_limit_override: float | None = None
+    rate_burst: int = 1
+    connect_timeout_seconds: float = 5.0
+    timeout_seconds: float = 30.0
+    max_retries: int = 4
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 20.0
+    max_retry_after_seconds: float = 60.0
+    rate_mode: RateMode = RateMode.ADAPTIVE
+    retry_budget_ratio: float = 0.2
+    breaker_failures: int = 5
+    #: how often an open breaker lets one trial call through (``VISION_PROBE_INTERVAL_SECONDS``)
+    probe_interval_seconds: float = 5.0
+
+    @property
+    def tier_limit_per_second(self) -> float:
+        """The documented limit of ``VISION_TIER`` (what one account allows, all callers; the
+        one place that maps tier → rate)."""
+        if self.tier is VisionTier.F0:
+            return F0_CALLS_PER_SECOND
+        return S1_DEFAULT_CALLS_PER_SECOND
+
+    @property
+    def rate_limit_per_second(self) -> float:
+        """The client's ceiling: ``VISION_RATE_LIMIT_PER_SECOND`` if set, else the tier's limit.
+
+        One instance never sends faster; the adaptive controller finds its share below it."""
+        if self.rate_limit_override is not None:
+            return self.rate_limit_override
+        return self.tier_limit_per_second
+
+    def for_probe(self, *, key: str | None, timeout_seconds: float,
+                  max_retries: int) -> VisionSettings:
+        """These settings with the synthetic probe's client knobs: its own key, a short timeout,
+        few retries, and a limiter that never makes the probe wait (the service's limits still
+        apply)."""
+        return replace(
+            self,
+            key=key,
+            timeout_seconds=timeout_seconds,
+            connect_timeout_seconds=min(self.connect_timeout_seconds, timeout_seconds),
+            max_retries=max_retries,
+            backoff_base_seconds=0.2,
+            backoff_max_seconds=1.0,
+            # a Retry-After beyond this fails the probe as throttled instead of waiting
+            max_retry_after_seconds=1.0,
+            rate_limit_override=1000.0,
+            rate_burst=1000,
+            # the probe measures Vision: it must always call it, never adapt away or be refused
+            rate_mode=RateMode.STATIC,
+            breaker_failures=1000,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessSettings:
+    """What preprocessing may do to an image before it is sent (``PREPROCESS_*``)."""
+
+    max_dimension: int = 2048
+    jpeg_quality: int = 90
+    max_pixels: int = 50_000_000
+    max_input_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """Where the pipeline's blobs live (the trigger container and its document containers) and
+    how parked blobs are re-driven."""
+
+    images_container: str = "images"
+    results_container: str = "results"
+    failed_container: str = "failed"
+    parked_container: str = "parked"
+    redrive_schedule: str = DEFAULT_REDRIVE_SCHEDULE
+    redrive_batch: int = 200
+
+    @property
+    def containers(self) -> tuple[str, ...]:
+        return (self.images_container, self.results_container, self.failed_container,
+                self.parked_container)
+
+
 @dataclass(frozen=True, slots=True)
 class StorageConnection:
     """The ``AzureWebJobsStorage`` connection: a connection string or identity-based URIs.
@@ -187,6 +285,9 @@ class TelemetrySettings:
 DEFAULT_PROBE_SCHEDULE = "0 */5 * * * *"
 DEFAULT_PROBE_E2E_SCHEDULE = "30 */10 * * * *"
 DEFAULT_QUOTA_SCHEDULE = "0 7 * * * *"
+#: The Vision probe's client defaults (``PROBE_TIMEOUT_SECONDS``, ``PROBE_MAX_RETRIES``).
+PROBE_TIMEOUT_SECONDS = 10.0
+PROBE_MAX_RETRIES = 0
 #: F0's monthly call volume (*unconfirmed*: configurable through QUOTA_MONTHLY_CALLS).
 F0_MONTHLY_CALLS = 5_000
 
@@ -195,12 +296,13 @@ F0_MONTHLY_CALLS = 5_000
 class HealthSettings:
     """Probes, quota check and where their results are kept (the ``status`` container)."""
 
+    #: The Vision probe's client: the pipeline's Vision settings with ``PROBE_VISION_KEY`` (unset:
+    #: ``VISION_KEY``), ``PROBE_TIMEOUT_SECONDS``, ``PROBE_MAX_RETRIES`` and a limiter and
+    #: breaker that never hold it back (``VisionSettings.for_probe``).
+    probe_vision: VisionSettings
     probe_schedule: str = DEFAULT_PROBE_SCHEDULE
     probe_e2e_schedule: str = DEFAULT_PROBE_E2E_SCHEDULE
     quota_schedule: str = DEFAULT_QUOTA_SCHEDULE
-    probe_vision_key: str | None = secret()
-    probe_timeout_seconds: float = 10.0
-    probe_max_retries: int = 0
     probe_e2e_deadline_seconds: float = 120.0
     probe_e2e_poll_seconds: float = 2.0
     probe_e2e_prefix: str = "synthetic/probe/"
@@ -324,151 +426,35 @@ class TuningSettings:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    vision_endpoint: str
-    vision_key: str | None = secret()
-    vision_features: tuple[str, ...] = ("read", "people", "smartCrops")
-    vision_language: str = "en"
-    vision_model_version: str | None = None
-    vision_tier: VisionTier = VisionTier.S1
-    vision_rate_limit_per_second: float | None = None
-    vision_rate_burst: int = 1
-    vision_connect_timeout_seconds: float = 5.0
-    vision_timeout_seconds: float = 30.0
-    vision_max_retries: int = 4
-    vision_backoff_base_seconds: float = 0.5
-    vision_backoff_max_seconds: float = 20.0
-    vision_max_retry_after_seconds: float = 60.0
-    vision_rate_mode: RateMode = RateMode.ADAPTIVE
-    vision_retry_budget_ratio: float = 0.2
-    vision_breaker_failures: int = 5
-    vision_probe_interval_seconds: float = 5.0
-    parked_container: str = "parked"
-    redrive_schedule: str = DEFAULT_REDRIVE_SCHEDULE
-    redrive_batch: int = 200
-    preprocess_max_dimension: int = 2048
-    preprocess_jpeg_quality: int = 90
-    preprocess_max_pixels: int = 50_000_000
-    preprocess_max_input_bytes: int = 64 * 1024 * 1024
-    images_container: str = "images"
-    results_container: str = "results"
-    failed_container: str = "failed"
+    """Every app setting, one frozen group per concern."""
+
+    vision: VisionSettings
+    health: HealthSettings
+    preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     storage: StorageConnection = field(default_factory=StorageConnection)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
-    health: HealthSettings = field(default_factory=HealthSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     tuning: TuningSettings = field(default_factory=TuningSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
-
-    @property
-    def tier_limit_per_second(self) -> float:
-        """The documented limit of ``VISION_TIER`` (what one account allows, all callers; the
-        one place that maps tier → rate)."""
-        if self.vision_tier is VisionTier.F0:
-            return F0_CALLS_PER_SECOND
-        return S1_DEFAULT_CALLS_PER_SECOND
-
-    @property
-    def rate_limit_per_second(self) -> float:
-        """The client's ceiling: ``VISION_RATE_LIMIT_PER_SECOND`` if set, else the tier's limit.
-
-        One instance never sends faster; the adaptive controller finds its share below it."""
-        if self.vision_rate_limit_per_second is not None:
-            return self.vision_rate_limit_per_second
-        return self.tier_limit_per_second
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Parse app settings; raise ``SettingsError`` naming every bad or missing key."""
         p = _Parser(env)
-        d: dict[str, Any] = {f.name: f.default for f in fields(cls)}
-        endpoint = p.url("VISION_ENDPOINT", required=True)
+        vision = p.vision()
         settings = cls(
-            vision_endpoint=endpoint or "",
-            vision_key=p.text("VISION_KEY"),
-            vision_features=p.features("VISION_FEATURES", d["vision_features"]),
-            vision_language=p.text("VISION_LANGUAGE") or d["vision_language"],
-            vision_model_version=p.text("VISION_MODEL_VERSION"),
-            vision_tier=p.choice("VISION_TIER", VisionTier, d["vision_tier"]),
-            vision_rate_limit_per_second=p.optional_number(
-                "VISION_RATE_LIMIT_PER_SECOND", float, low=0.001, high=1000.0
-            ),
-            vision_rate_burst=p.number("VISION_RATE_BURST", int, d["vision_rate_burst"], 1, 1000),
-            vision_connect_timeout_seconds=p.number(
-                "VISION_CONNECT_TIMEOUT_SECONDS",
-                float,
-                d["vision_connect_timeout_seconds"],
-                0.1,
-                300,
-            ),
-            vision_timeout_seconds=p.number(
-                "VISION_TIMEOUT_SECONDS", float, d["vision_timeout_seconds"], 0.1, 600
-            ),
-            vision_max_retries=p.number("VISION_MAX_RETRIES", int, d["vision_max_retries"], 0, 20),
-            vision_backoff_base_seconds=p.number(
-                "VISION_BACKOFF_BASE_SECONDS", float, d["vision_backoff_base_seconds"], 0.0, 60
-            ),
-            vision_backoff_max_seconds=p.number(
-                "VISION_BACKOFF_MAX_SECONDS", float, d["vision_backoff_max_seconds"], 0.0, 600
-            ),
-            vision_max_retry_after_seconds=p.number(
-                "VISION_MAX_RETRY_AFTER_SECONDS",
-                float,
-                d["vision_max_retry_after_seconds"],
-                0.0,
-                600,
-            ),
-            vision_rate_mode=p.rate_mode("VISION_RATE_MODE", d["vision_rate_mode"]),
-            vision_retry_budget_ratio=p.number(
-                "VISION_RETRY_BUDGET_RATIO", float, d["vision_retry_budget_ratio"], 0.0, 1.0
-            ),
-            vision_breaker_failures=p.number(
-                "VISION_BREAKER_FAILURES", int, d["vision_breaker_failures"], 1, 1000
-            ),
-            vision_probe_interval_seconds=p.number(
-                "VISION_PROBE_INTERVAL_SECONDS", float, d["vision_probe_interval_seconds"],
-                0.1, 3600,
-            ),
-            parked_container=p.container("PARKED_CONTAINER", d["parked_container"]),
-            redrive_schedule=p.schedule("REDRIVE_SCHEDULE", d["redrive_schedule"]),
-            redrive_batch=p.number("REDRIVE_BATCH", int, d["redrive_batch"], 1, 100_000),
-            preprocess_max_dimension=p.number(
-                "PREPROCESS_MAX_DIMENSION", int, d["preprocess_max_dimension"], 64, 15_999
-            ),
-            preprocess_jpeg_quality=p.number(
-                "PREPROCESS_JPEG_QUALITY", int, d["preprocess_jpeg_quality"], 1, 95
-            ),
-            preprocess_max_pixels=p.number(
-                "PREPROCESS_MAX_PIXELS",
-                int,
-                d["preprocess_max_pixels"],
-                10_000,
-                PILLOW_BOMB_WARNING_PIXELS,
-            ),
-            preprocess_max_input_bytes=p.number(
-                "PREPROCESS_MAX_INPUT_BYTES",
-                int,
-                d["preprocess_max_input_bytes"],
-                1024,
-                1024 * 1024 * 1024,
-            ),
-            images_container=p.container("IMAGES_CONTAINER", d["images_container"]),
-            results_container=p.container("RESULTS_CONTAINER", d["results_container"]),
-            failed_container=p.container("FAILED_CONTAINER", d["failed_container"]),
+            vision=vision,
+            health=p.health(vision),
+            preprocess=p.preprocess(),
+            pipeline=p.pipeline(),
             storage=p.storage(),
             telemetry=p.telemetry(),
-            health=p.health(),
             monitoring=p.monitoring(),
             tuning=p.tuning(),
             drift=p.drift(),
         )
-        if settings.vision_backoff_max_seconds < settings.vision_backoff_base_seconds:
-            p.problems.append("VISION_BACKOFF_MAX_SECONDS must be >= VISION_BACKOFF_BASE_SECONDS")
-        containers = [
-            settings.images_container,
-            settings.results_container,
-            settings.failed_container,
-            settings.parked_container,
-        ]
+        containers = settings.pipeline.containers
         if len(set(containers)) != len(containers):
             p.problems.append(
                 "IMAGES_CONTAINER, RESULTS_CONTAINER, FAILED_CONTAINER and PARKED_CONTAINER must"
@@ -544,6 +530,79 @@ class _Parser:
             return False
         self.problems.append(f"{key} must be true or false, got {raw!r}")
         return None
+
+    # --- vision, preprocessing, pipeline
+
+    def vision(self) -> VisionSettings:
+        d = VisionSettings(endpoint="")
+        vision = VisionSettings(
+            endpoint=self.url("VISION_ENDPOINT", required=True) or "",
+            key=self.text("VISION_KEY"),
+            features=self.features("VISION_FEATURES", d.features),
+            language=self.text("VISION_LANGUAGE") or d.language,
+            model_version=self.text("VISION_MODEL_VERSION"),
+            tier=self.choice("VISION_TIER", VisionTier, d.tier),
+            rate_limit_override=self.optional_number(
+                "VISION_RATE_LIMIT_PER_SECOND", float, low=0.001, high=1000.0
+            ),
+            rate_burst=self.number("VISION_RATE_BURST", int, d.rate_burst, 1, 1000),
+            connect_timeout_seconds=self.number(
+                "VISION_CONNECT_TIMEOUT_SECONDS", float, d.connect_timeout_seconds, 0.1, 300
+            ),
+            timeout_seconds=self.number(
+                "VISION_TIMEOUT_SECONDS", float, d.timeout_seconds, 0.1, 600
+            ),
+            max_retries=self.number("VISION_MAX_RETRIES", int, d.max_retries, 0, 20),
+            backoff_base_seconds=self.number(
+                "VISION_BACKOFF_BASE_SECONDS", float, d.backoff_base_seconds, 0.0, 60
+            ),
+            backoff_max_seconds=self.number(
+                "VISION_BACKOFF_MAX_SECONDS", float, d.backoff_max_seconds, 0.0, 600
+            ),
+            max_retry_after_seconds=self.number(
+                "VISION_MAX_RETRY_AFTER_SECONDS", float, d.max_retry_after_seconds, 0.0, 600
+            ),
+            rate_mode=self.rate_mode("VISION_RATE_MODE", d.rate_mode),
+            retry_budget_ratio=self.number(
+                "VISION_RETRY_BUDGET_RATIO", float, d.retry_budget_ratio, 0.0, 1.0
+            ),
+            breaker_failures=self.number(
+                "VISION_BREAKER_FAILURES", int, d.breaker_failures, 1, 1000
+            ),
+            probe_interval_seconds=self.number(
+                "VISION_PROBE_INTERVAL_SECONDS", float, d.probe_interval_seconds, 0.1, 3600,
+            ),
+        )
+        if vision.backoff_max_seconds < vision.backoff_base_seconds:
+            self.problems.append(
+                "VISION_BACKOFF_MAX_SECONDS must be >= VISION_BACKOFF_BASE_SECONDS")
+        return vision
+
+    def preprocess(self) -> PreprocessSettings:
+        d = PreprocessSettings()
+        return PreprocessSettings(
+            max_dimension=self.number(
+                "PREPROCESS_MAX_DIMENSION", int, d.max_dimension, 64, 15_999
+            ),
+            jpeg_quality=self.number("PREPROCESS_JPEG_QUALITY", int, d.jpeg_quality, 1, 95),
+            max_pixels=self.number(
+                "PREPROCESS_MAX_PIXELS", int, d.max_pixels, 10_000, PILLOW_BOMB_WARNING_PIXELS
+            ),
+            max_input_bytes=self.number(
+                "PREPROCESS_MAX_INPUT_BYTES", int, d.max_input_bytes, 1024, 1024 * 1024 * 1024
+            ),
+        )
+
+    def pipeline(self) -> PipelineSettings:
+        d = PipelineSettings()
+        return PipelineSettings(
+            images_container=self.container("IMAGES_CONTAINER", d.images_container),
+            results_container=self.container("RESULTS_CONTAINER", d.results_container),
+            failed_container=self.container("FAILED_CONTAINER", d.failed_container),
+            parked_container=self.container("PARKED_CONTAINER", d.parked_container),
+            redrive_schedule=self.schedule("REDRIVE_SCHEDULE", d.redrive_schedule),
+            redrive_batch=self.number("REDRIVE_BATCH", int, d.redrive_batch, 1, 100_000),
+        )
 
     # --- status, alerts and dashboards
 
@@ -661,18 +720,20 @@ class _Parser:
                                              d.revert_p95_tolerance, 0.01, 5),
         )
 
-    def health(self) -> HealthSettings:
-        d = HealthSettings()
+    def health(self, vision: VisionSettings) -> HealthSettings:
+        d = HealthSettings(probe_vision=vision)
         tps = self.optional_number("QUOTA_TPS_LIMIT", float, low=0.001, high=10_000.0)
         return HealthSettings(
             probe_schedule=self.schedule("PROBE_SCHEDULE", d.probe_schedule),
             probe_e2e_schedule=self.schedule("PROBE_E2E_SCHEDULE", d.probe_e2e_schedule),
             quota_schedule=self.schedule("QUOTA_SCHEDULE", d.quota_schedule),
-            # unset: the pipeline's VISION_KEY (or Entra ID when that is unset too)
-            probe_vision_key=self.text("PROBE_VISION_KEY") or self.text("VISION_KEY"),
-            probe_timeout_seconds=self.number(
-                "PROBE_TIMEOUT_SECONDS", float, d.probe_timeout_seconds, 0.5, 300),
-            probe_max_retries=self.number("PROBE_MAX_RETRIES", int, d.probe_max_retries, 0, 3),
+            probe_vision=vision.for_probe(
+                # unset: the pipeline's VISION_KEY (or Entra ID when that is unset too)
+                key=self.text("PROBE_VISION_KEY") or vision.key,
+                timeout_seconds=self.number(
+                    "PROBE_TIMEOUT_SECONDS", float, PROBE_TIMEOUT_SECONDS, 0.5, 300),
+                max_retries=self.number("PROBE_MAX_RETRIES", int, PROBE_MAX_RETRIES, 0, 3),
+            ),
             probe_e2e_deadline_seconds=self.number(
                 "PROBE_E2E_DEADLINE_SECONDS", float, d.probe_e2e_deadline_seconds, 1, 3600),
             probe_e2e_poll_seconds=self.number(

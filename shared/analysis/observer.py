@@ -139,7 +139,7 @@ class TelemetryObserver:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TelemetryObserver:
-        return cls(settings.vision_endpoint,
+        return cls(settings.vision.endpoint,
                    poison_after_attempts=settings.telemetry.poison_after_attempts)
 
     @never_raises

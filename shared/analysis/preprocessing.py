@@ -29,7 +29,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from PIL import (
@@ -58,7 +58,7 @@ from shared.analysis.imageformat import (
     sniff_format,
 )
 from shared.errors import InvalidImageError
-from shared.settings import Settings
+from shared.settings import PreprocessSettings, Settings
 from shared.units import ms
 
 logger = logging.getLogger(__name__)
@@ -97,28 +97,28 @@ _PLUGINS = (
 _ORIENTATION_TAG = 0x0112
 
 
-#: ``Settings``' field defaults: what an unset ``PREPROCESS_*`` setting means.
-_SETTING_DEFAULTS: Final[dict[str, Any]] = {f.name: f.default for f in fields(Settings)}
+#: What an unset ``PREPROCESS_*`` setting means (the settings' own defaults: one source).
+_DEFAULTS: Final = PreprocessSettings()
 
 
 @dataclass(frozen=True, slots=True)
 class PreprocessOptions:
     """What ``preprocess`` may do; the defaults are the app settings' own (one source)."""
 
-    max_dimension: int = _SETTING_DEFAULTS["preprocess_max_dimension"]
-    jpeg_quality: int = _SETTING_DEFAULTS["preprocess_jpeg_quality"]
-    max_pixels: int = _SETTING_DEFAULTS["preprocess_max_pixels"]
-    max_input_bytes: int = _SETTING_DEFAULTS["preprocess_max_input_bytes"]
+    max_dimension: int = _DEFAULTS.max_dimension
+    jpeg_quality: int = _DEFAULTS.jpeg_quality
+    max_pixels: int = _DEFAULTS.max_pixels
+    max_input_bytes: int = _DEFAULTS.max_input_bytes
     #: compute ``ImageDescriptors`` on the pixels already decoded (drift detection)
     descriptors: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PreprocessOptions:
         return cls(
-            max_dimension=settings.preprocess_max_dimension,
-            jpeg_quality=settings.preprocess_jpeg_quality,
-            max_pixels=settings.preprocess_max_pixels,
-            max_input_bytes=settings.preprocess_max_input_bytes,
+            max_dimension=settings.preprocess.max_dimension,
+            jpeg_quality=settings.preprocess.jpeg_quality,
+            max_pixels=settings.preprocess.max_pixels,
+            max_input_bytes=settings.preprocess.max_input_bytes,
             descriptors=settings.drift.descriptors,
         )
 

@@ -150,8 +150,8 @@ class ResultRepository:
     def from_settings(cls, store: DocumentStore, settings: Settings) -> ResultRepository:
         return cls(
             store,
-            results_container=settings.results_container,
-            failed_container=settings.failed_container,
+            results_container=settings.pipeline.results_container,
+            failed_container=settings.pipeline.failed_container,
         )
 
     def find_current(self, container: str, name: str, etag: str | None) -> ExistingDocument | None:

@@ -89,7 +89,7 @@ if TYPE_CHECKING:
     from azure.core.pipeline import PipelineRequest, PipelineResponse
     from azure.core.pipeline.transport import HttpTransport
 
-    from shared.settings import Settings
+    from shared.settings import VisionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -149,12 +149,12 @@ class RetryRules:
     max_retry_after_seconds: float = 60.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryRules:
+    def from_settings(cls, settings: VisionSettings) -> RetryRules:
         return cls(
-            max_retries=settings.vision_max_retries,
-            backoff_base_seconds=settings.vision_backoff_base_seconds,
-            backoff_max_seconds=settings.vision_backoff_max_seconds,
-            max_retry_after_seconds=settings.vision_max_retry_after_seconds,
+            max_retries=settings.max_retries,
+            backoff_base_seconds=settings.backoff_base_seconds,
+            backoff_max_seconds=settings.backoff_max_seconds,
+            max_retry_after_seconds=settings.max_retry_after_seconds,
         )
 
     def backoff_ceiling(self, retry_number: int) -> float:
@@ -351,18 +351,18 @@ class VisionClient:
 
 
 def build_flow_control(
-    settings: Settings, *, clock: Clock = time.monotonic, sleep: Sleep = time.sleep
+    settings: VisionSettings, *, clock: Clock = time.monotonic, sleep: Sleep = time.sleep
 ) -> FlowControl:
     """Rate, retry budget and breaker of one client, from settings."""
     return FlowControl(
         ceiling=settings.rate_limit_per_second,
-        adaptive=settings.vision_rate_mode is RateMode.ADAPTIVE,
-        burst=settings.vision_rate_burst,
+        adaptive=settings.rate_mode is RateMode.ADAPTIVE,
+        burst=settings.rate_burst,
         headroom=LIMITER_HEADROOM,
-        budget=RetryBudget(ratio=settings.vision_retry_budget_ratio, clock=clock),
+        budget=RetryBudget(ratio=settings.retry_budget_ratio, clock=clock),
         breaker=CircuitBreaker(
-            failure_threshold=settings.vision_breaker_failures,
-            probe_interval_s=settings.vision_probe_interval_seconds,
+            failure_threshold=settings.breaker_failures,
+            probe_interval_s=settings.probe_interval_seconds,
             clock=clock,
         ),
         clock=clock,
@@ -371,7 +371,7 @@ def build_flow_control(
 
 
 def build_vision_client(
-    settings: Settings,
+    settings: VisionSettings,
     *,
     credential: TokenCredential | None = None,
     transport: HttpTransport[Any, Any] | None = None,
@@ -381,14 +381,15 @@ def build_vision_client(
     rng: random.Random | None = None,
     flow: FlowControl | None = None,
 ) -> VisionClient:
-    """The real client from settings: key auth when ``VISION_KEY`` is set, else Entra ID.
+    """The real client from one client's Vision settings (the pipeline's or the probe's): key
+    auth when they carry a key, else Entra ID (``credential``, or the default chain).
 
     ``flow`` reuses a rate controller (a client rebuilt for new tunables keeps what it learnt).
     """
 
     auth: AzureKeyCredential | TokenCredential
-    if settings.vision_key:
-        auth = AzureKeyCredential(settings.vision_key)
+    if settings.key:
+        auth = AzureKeyCredential(settings.key)
     elif credential is not None:
         auth = credential
     else:
@@ -405,12 +406,12 @@ def build_vision_client(
     }
     if transport is not None:
         options["transport"] = transport
-    client = ImageAnalysisClient(settings.vision_endpoint, auth, **options)
+    client = ImageAnalysisClient(settings.endpoint, auth, **options)
     return VisionClient(
-        client, flow, language=settings.vision_language,
-        model_version=settings.vision_model_version,
-        connection_timeout=settings.vision_connect_timeout_seconds,
-        read_timeout=settings.vision_timeout_seconds, clock=clock,
+        client, flow, language=settings.language,
+        model_version=settings.model_version,
+        connection_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.timeout_seconds, clock=clock,
     )
 
 

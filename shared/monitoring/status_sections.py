@@ -173,7 +173,7 @@ def quota_section(
     used = metrics.get(telemetry.METRIC_QUOTA_USED_RATIO, {})
     forecast = metrics.get(telemetry.METRIC_QUOTA_FORECAST_RATIO, {})
     out: dict[str, Any] = {
-        "tier": settings.vision_tier.value,
+        "tier": settings.vision.tier.value,
         "used_ratio": _num(used.get("value")),
         "forecast_ratio": _num(forecast.get("value")),
         "reported_at": iso_text(forecast.get("reported") or used.get("reported")),
@@ -192,11 +192,11 @@ def vision_rate_section(rows: list[dict[str, Any]], settings: Settings) -> dict[
     """What the instances send together against the tier's documented limit."""
     row = rows[0] if rows else {}
     effective = _num(row.get("effective_per_second"))
-    limit = settings.tier_limit_per_second
+    limit = settings.vision.tier_limit_per_second
     return {
-        "mode": settings.vision_rate_mode.value,
+        "mode": settings.vision.rate_mode.value,
         "tier_limit_per_second": round(limit, 4),
-        "ceiling_per_second": round(settings.rate_limit_per_second, 4),
+        "ceiling_per_second": round(settings.vision.rate_limit_per_second, 4),
         "instances": _int(row.get("instances")),
         "effective_per_second": effective,
         "share_of_limit": round(effective / limit, 4) if effective is not None else None,
@@ -280,25 +280,25 @@ def public_config(settings: Settings) -> dict[str, Any]:
     m = settings.monitoring
     return {
         "vision": {
-            "tier": settings.vision_tier.value,
-            "features": list(settings.vision_features),
-            "language": settings.vision_language,
-            "model_version": settings.vision_model_version,
-            "rate_limit_per_second": settings.rate_limit_per_second,
-            "rate_burst": settings.vision_rate_burst,
-            "timeout_seconds": settings.vision_timeout_seconds,
-            "max_retries": settings.vision_max_retries,
-            "key_auth": settings.vision_key is not None,
+            "tier": settings.vision.tier.value,
+            "features": list(settings.vision.features),
+            "language": settings.vision.language,
+            "model_version": settings.vision.model_version,
+            "rate_limit_per_second": settings.vision.rate_limit_per_second,
+            "rate_burst": settings.vision.rate_burst,
+            "timeout_seconds": settings.vision.timeout_seconds,
+            "max_retries": settings.vision.max_retries,
+            "key_auth": settings.vision.key is not None,
         },
         "preprocess": {
-            "max_dimension": settings.preprocess_max_dimension,
-            "jpeg_quality": settings.preprocess_jpeg_quality,
-            "max_pixels": settings.preprocess_max_pixels,
-            "max_input_bytes": settings.preprocess_max_input_bytes,
+            "max_dimension": settings.preprocess.max_dimension,
+            "jpeg_quality": settings.preprocess.jpeg_quality,
+            "max_pixels": settings.preprocess.max_pixels,
+            "max_input_bytes": settings.preprocess.max_input_bytes,
         },
-        "containers": {"images": settings.images_container,
-                       "results": settings.results_container,
-                       "failed": settings.failed_container},
+        "containers": {"images": settings.pipeline.images_container,
+                       "results": settings.pipeline.results_container,
+                       "failed": settings.pipeline.failed_container},
         "storage_identity_based": settings.storage.uses_identity,
         "telemetry": {"sampling_ratio": t.sampling_ratio, "hash_blob_names": t.hash_blob_names,
                       "configured_by_worker": t.configured_by_worker,

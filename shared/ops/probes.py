@@ -38,7 +38,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -66,7 +66,6 @@ from shared.ops.jobs import (
     run_timer,
     track_probe_availability,
 )
-from shared.settings import RateMode
 from shared.telemetry import PROBE_BLOB_MARKER, is_synthetic_blob
 from shared.units import ms
 
@@ -260,30 +259,6 @@ def run_vision_probe(
         name=VISION_PROBE, success=True, duration_ms=ms(clock() - t0),
         message=f"passed: {len(assets)} image(s), content as expected",
         run_location=run_location, started_at=started_at,
-    )
-
-
-def probe_vision_settings(settings: Settings) -> Settings:
-    """The pipeline's settings with the probe's client knobs: own key, short timeout, few
-    retries, and a limiter that never makes the probe wait (the service's limits still apply).
-    """
-    h = settings.health
-    return replace(
-        settings,
-        vision_key=h.probe_vision_key,
-        vision_timeout_seconds=h.probe_timeout_seconds,
-        vision_connect_timeout_seconds=min(settings.vision_connect_timeout_seconds,
-                                           h.probe_timeout_seconds),
-        vision_max_retries=h.probe_max_retries,
-        vision_backoff_base_seconds=0.2,
-        vision_backoff_max_seconds=1.0,
-        # a Retry-After beyond this fails the probe as throttled instead of waiting
-        vision_max_retry_after_seconds=1.0,
-        vision_rate_limit_per_second=1000.0,
-        vision_rate_burst=1000,
-        # the probe measures Vision: it must always call it, never adapt away or be refused
-        vision_rate_mode=RateMode.STATIC,
-        vision_breaker_failures=1000,
     )
 
 

@@ -83,8 +83,8 @@ class QuotaLimits:
         h = settings.health
         tps = h.quota_tps_limit
         if tps is None:
-            tps = settings.tier_limit_per_second
-        return cls(tier=settings.vision_tier.value, monthly_calls=h.quota_monthly_calls,
+            tps = settings.vision.tier_limit_per_second
+        return cls(tier=settings.vision.tier.value, monthly_calls=h.quota_monthly_calls,
                    tps_limit=tps, warn_thresholds=h.quota_warn_thresholds)
 
 

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 
 def redrive_parked(settings: Settings, deps: PipelineDeps) -> RedriveReport:
     """Re-drive parked blobs with ``deps``' Vision breaker as the gate (the timer's job)."""
-    lot = deps.parking or ParkingLot(deps.repository.store, settings.parked_container)
+    lot = deps.parking or ParkingLot(deps.repository.store, settings.pipeline.parked_container)
     store = lot.store
     if not isinstance(store, BlobDocumentStore) or not isinstance(deps.analyzer, VisionClient):
         raise TypeError("redrive needs the real storage and Vision clients")
     return redrive(
         lot, blobs=BlobSourceBlobs(store.service), repository=deps.repository,
-        images_container=settings.images_container, gate=deps.analyzer.flow.breaker,
-        batch=settings.redrive_batch,
+        images_container=settings.pipeline.images_container, gate=deps.analyzer.flow.breaker,
+        batch=settings.pipeline.redrive_batch,
     )

@@ -95,10 +95,10 @@ def set_model(vision: str, version: str) -> None:
 def analyse(settings: Settings, images: dict[str, bytes]) -> list[AnalysisOutcome]:
     """Each image through the real pipeline (preprocessing + Vision client), documents in memory."""
     deps = PipelineDeps(
-        analyzer=build_vision_client(settings),
+        analyzer=build_vision_client(settings.vision),
         repository=ResultRepository(MemoryStore(), results_container="results",
                                     failed_container="failed"),
-        features=settings.vision_features,
+        features=settings.vision.features,
         preprocess_options=PreprocessOptions.from_settings(settings),
     )
     outcomes = [process_blob(MemoryBlob(name, data, etag=f"0x{i}"), deps)

@@ -204,9 +204,9 @@ def test_container_settings_match_what_the_infra_creates() -> None:
     defaults = Settings.from_env(
         {"VISION_ENDPOINT": "https://x.cognitiveservices.azure.com", "AzureWebJobsStorage": "x"}
     )
-    assert containers["images"] == defaults.images_container
-    assert containers["results"] == defaults.results_container
-    assert containers["failed"] == defaults.failed_container
+    assert containers["images"] == defaults.pipeline.images_container
+    assert containers["results"] == defaults.pipeline.results_container
+    assert containers["failed"] == defaults.pipeline.failed_container
     assert "'webjobs-blobtrigger-poison'" in main
 
 

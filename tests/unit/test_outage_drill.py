@@ -142,8 +142,8 @@ def test_a_ten_minute_outage_ends_with_every_image_analysed_once() -> None:
         "VISION_PROBE_INTERVAL_SECONDS": str(PROBE_INTERVAL_S),
         "VISION_BACKOFF_BASE_SECONDS": "0.2", "VISION_BACKOFF_MAX_SECONDS": "2",
     })
-    client = build_vision_client(settings, transport=transport, clock=clock, sleep=clock.sleep,
-                                 limiter_clock=clock)
+    client = build_vision_client(settings.vision, transport=transport, clock=clock,
+                                 sleep=clock.sleep, limiter_clock=clock)
     store, storage = MemoryStore(), Storage()
     repository = ResultRepository(store, results_container="results", failed_container="failed")
     lot = ParkingLot(store, "parked")

@@ -35,13 +35,12 @@ from shared.ops.probes import (
     classify_probe_error,
     e2e_probe_timer,
     load_probe_assets,
-    probe_vision_settings,
     read_probe_results,
     run_e2e_probe,
     run_vision_probe,
     vision_probe_timer,
 )
-from shared.settings import Settings
+from shared.settings import RateMode, Settings
 from shared.telemetry import PROBE_BLOB_MARKER, is_synthetic_blob
 from tests.support.fakes import MemoryStore
 
@@ -171,12 +170,28 @@ def test_probe_client_settings_fail_fast_and_use_the_probe_key() -> None:
     settings = Settings.from_env({
         "VISION_ENDPOINT": "http://127.0.0.1:1", "VISION_KEY": "pipeline-key",
         "PROBE_VISION_KEY": "probe-key", "PROBE_TIMEOUT_SECONDS": "4",
+        "VISION_CONNECT_TIMEOUT_SECONDS": "9", "VISION_LANGUAGE": "fr",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
-    probe = probe_vision_settings(settings)
-    assert probe.vision_key == "probe-key"
-    assert probe.vision_max_retries == 0 and probe.vision_timeout_seconds == 4
-    assert probe.vision_max_retry_after_seconds <= 1
-    assert settings.vision_max_retries == 4  # the pipeline's own client is untouched
+    probe = settings.health.probe_vision
+    assert probe.key == "probe-key"
+    assert probe.max_retries == 0 and probe.timeout_seconds == 4
+    assert probe.connect_timeout_seconds == 4  # never longer than the whole probe call
+    assert probe.max_retry_after_seconds <= 1
+    assert probe.rate_mode is RateMode.STATIC and probe.rate_limit_per_second == 1000
+    assert probe.breaker_failures == 1000  # the breaker never refuses the probe
+    # what it measures is the pipeline's own Vision: same endpoint, language, tier
+    assert (probe.endpoint, probe.language, probe.tier) == (
+        settings.vision.endpoint, "fr", settings.vision.tier)
+    assert settings.vision.key == "pipeline-key"  # the pipeline's own client is untouched
+    assert settings.vision.max_retries == 4 and settings.vision.rate_mode is RateMode.ADAPTIVE
+
+
+def test_probe_key_falls_back_to_the_pipeline_key() -> None:
+    base = {"VISION_ENDPOINT": "http://127.0.0.1:1",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    keyed = Settings.from_env({**base, "VISION_KEY": "pipeline-key"})
+    assert keyed.health.probe_vision.key == "pipeline-key"
+    assert Settings.from_env(base).health.probe_vision.key is None  # Entra ID, like the pipeline
 
 
 def test_health_settings_report_every_bad_value() -> None:

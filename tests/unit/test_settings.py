@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import typing
@@ -25,11 +26,13 @@ BASE = {
 
 def test_minimal_settings_use_local_defaults() -> None:
     s = Settings.from_env(BASE)
-    assert s.vision_features == ("read", "people", "smartCrops")
-    assert s.vision_key is None
-    assert s.vision_tier is VisionTier.S1
-    assert s.rate_limit_per_second == 10.0
-    assert (s.images_container, s.results_container, s.failed_container) == (
+    assert s.vision.features == ("read", "people", "smartCrops")
+    assert s.vision.key is None
+    assert s.vision.tier is VisionTier.S1
+    assert s.vision.rate_limit_per_second == 10.0
+    assert s.pipeline.containers == ("images", "results", "failed", "parked")
+    assert (s.pipeline.images_container, s.pipeline.results_container,
+            s.pipeline.failed_container) == (
         "images",
         "results",
         "failed",
@@ -67,15 +70,15 @@ def test_all_problems_reported_at_once() -> None:
 
 def test_features_are_canonicalised_and_deduplicated() -> None:
     s = Settings.from_env({**BASE, "VISION_FEATURES": " READ, smartcrops ,Caption,read"})
-    assert s.vision_features == ("read", "smartCrops", "caption")
+    assert s.vision.features == ("read", "smartCrops", "caption")
 
 
 def test_f0_tier_rate_and_explicit_override() -> None:
-    assert Settings.from_env({**BASE, "VISION_TIER": "f0"}).rate_limit_per_second == (
+    assert Settings.from_env({**BASE, "VISION_TIER": "f0"}).vision.rate_limit_per_second == (
         F0_CALLS_PER_SECOND
     )
     s = Settings.from_env({**BASE, "VISION_TIER": "S1", "VISION_RATE_LIMIT_PER_SECOND": "19.5"})
-    assert s.rate_limit_per_second == 19.5
+    assert s.vision.rate_limit_per_second == 19.5
 
 
 def test_identity_based_storage() -> None:
@@ -86,7 +89,7 @@ def test_identity_based_storage() -> None:
         "AzureWebJobsStorage__clientId": "00000000-0000-0000-0000-000000000001",
     }
     s = Settings.from_env(env)
-    assert s.vision_endpoint == "https://acct.cognitiveservices.azure.com"
+    assert s.vision.endpoint == "https://acct.cognitiveservices.azure.com"
     assert s.storage.uses_identity
     assert s.storage.blob_service_uri == "https://acct.blob.core.windows.net"
     assert s.storage.queue_service_uri == "https://acct.queue.core.windows.net"
@@ -123,7 +126,7 @@ def test_containers_must_differ_and_backoff_order() -> None:
 def test_settings_are_frozen_and_slotted() -> None:
     s = Settings.from_env(BASE)
     with pytest.raises(AttributeError):
-        s.vision_endpoint = "x"  # type: ignore[misc]
+        s.vision.endpoint = "x"  # type: ignore[misc]
     assert not hasattr(s, "__dict__")
 
 
@@ -131,7 +134,7 @@ def test_example_local_settings_parse_and_cover_every_setting() -> None:
     example = Path(__file__).parents[2] / "local.settings.json.example"
     values = json.loads(example.read_text())["Values"]
     s = Settings.from_env(values)
-    assert s.vision_endpoint == "http://127.0.0.1:7081"
+    assert s.vision.endpoint == "http://127.0.0.1:7081"
     assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
     documented = set(values)
     for key in (
@@ -186,21 +189,30 @@ def test_every_secret_looking_setting_is_declared_secret() -> None:
     assert unmarked == []
 
 
+#: Every field declared ``secret()``, nested groups included, and the app setting it comes from.
+SECRET_SETTINGS = {
+    "vision.key": ("VISION_KEY", "vision-key-0123456789"),
+    "health.probe_vision.key": ("PROBE_VISION_KEY", "probe-key-9876543210"),
+    "storage.connection_string": (
+        "AzureWebJobsStorage",
+        "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=storage-account-key==;"
+        "BlobEndpoint=http://127.0.0.1:1/a"),
+    "telemetry.connection_string": (
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+        "IngestionEndpoint=http://127.0.0.1:2/"),
+}
+
+
 def test_secret_values_cover_every_secret_setting() -> None:
-    s = Settings.from_env({
-        **BASE,
-        "VISION_KEY": "vision-key-0123456789",
-        "PROBE_VISION_KEY": "probe-key-9876543210",
-        "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=a;"
-                               "AccountKey=storage-account-key==;BlobEndpoint=http://127.0.0.1:1/a",
-        "APPLICATIONINSIGHTS_CONNECTION_STRING":
-            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-            "IngestionEndpoint=http://127.0.0.1:2/",
-    })
+    declared = sorted(name for name, f in _all_fields(Settings) if f.metadata.get("redact"))
+    assert declared == sorted(SECRET_SETTINGS)  # a new secret() field is listed here first
+    s = Settings.from_env({**BASE, **dict(SECRET_SETTINGS.values())})
     values = secret_values(s)
-    for expected in ("vision-key-0123456789", "probe-key-9876543210", "storage-account-key==",
-                     s.storage.connection_string, s.telemetry.connection_string):
-        assert expected in values
+    for path, (_, raw) in SECRET_SETTINGS.items():
+        value = functools.reduce(getattr, path.split("."), s)
+        assert value == raw and value in values, path
+    assert "storage-account-key==" in values  # a key part of a connection string, too
     assert list(values) == sorted(values, key=len, reverse=True)  # longest first: no partials
     assert "a" not in values  # short values would redact ordinary words
 

@@ -26,4 +26,4 @@ def test_every_setting_the_app_reads_is_in_the_example() -> None:
 
 def test_the_example_is_a_valid_configuration() -> None:
     settings = Settings.from_env(_example())
-    assert settings.vision_endpoint == "http://127.0.0.1:7081"
+    assert settings.vision.endpoint == "http://127.0.0.1:7081"

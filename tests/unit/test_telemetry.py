@@ -53,7 +53,7 @@ from shared.analysis.observer import TelemetryObserver
 from shared.analysis.pipeline import AnalysisOutcome, BlobInput, Outcome
 from shared.analysis.preprocessing import PreprocessRecord
 from shared.errors import ErrorClass, ThrottledError, classify
-from shared.settings import Settings
+from shared.settings import Settings, secret_values
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPANS = InMemorySpanExporter()
@@ -216,6 +216,19 @@ def test_hashing_blob_names_and_redacting_secrets() -> None:
     assert spans()["analyze_image"][0].attributes["faas.document.name"] == label  # type: ignore[index]
     dump = json.dumps([dict(r.attributes or {}) for r in logs()])
     assert SOURCE.name not in dump
+
+
+def test_the_probe_key_and_the_pipeline_key_are_redacted_from_settings() -> None:
+    # the probe's key lives in its own nested VisionSettings: redaction must still find it
+    settings = Settings.from_env({
+        "VISION_ENDPOINT": "http://127.0.0.1:9",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "VISION_KEY": "pipeline-vision-key-1", "PROBE_VISION_KEY": "probe-vision-key-2"})
+    t.state._STATE.secrets = secret_values(settings)
+    logging.getLogger("shared.ops.probes").warning(
+        "keys %s and %s", settings.health.probe_vision.key, settings.vision.key)
+    [record] = [r for r in logs() if "keys" in str(r.body)]
+    assert record.body == "keys *** and ***"
 
 
 def test_sdk_and_exporter_loggers_never_become_telemetry() -> None:
@@ -518,7 +531,7 @@ def test_configure_once_locally_and_never_when_the_worker_owns_it() -> None:
     out = _python(f"""
         import json, logging, os
         from shared import telemetry
-        from shared.settings import Settings
+        from shared.settings import Settings, secret_values
         base = {BASE!r}
         worker = telemetry.configure(Settings.from_env({{**base,
             "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
@@ -547,7 +560,7 @@ def test_no_connection_string_means_no_exporter() -> None:
     out = _python(f"""
         import json
         from shared import telemetry
-        from shared.settings import Settings
+        from shared.settings import Settings, secret_values
         mode = telemetry.configure(Settings.from_env({BASE!r}))
         telemetry.track_event("x", {{"a": 1}})
         with telemetry.invocation("f", trigger=telemetry.Trigger.TIMER):
@@ -707,7 +720,7 @@ _EXIT_SCRIPT = """
         {"exit_handlers_s": round(time.monotonic() - marks["end"], 3), **marks})))
     import logging
     from shared import telemetry
-    from shared.settings import Settings
+    from shared.settings import Settings, secret_values
     marks["mode"] = telemetry.configure(Settings.from_env(ENV))
     with telemetry.invocation("analyze_image", trigger=telemetry.Trigger.DATASOURCE):
         logging.getLogger("shared.analysis.pipeline").warning("the last record before exit")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -12,14 +14,16 @@ import pytest
 
 from shared.errors import StorageError
 from shared.monitoring.logsquery import QueryResult
-from shared.ops.tuning.policy import Overlay, Review
+from shared.ops.tuning.policy import RUNTIME_TUNABLES, TUNABLES, Overlay, Review
 from shared.ops.tuning.review import (
     EVENT_CHANGED,
     EVENT_REVIEWED,
+    SETTING_FIELDS,
     OverlayCache,
     OverlayConflictError,
     ReviewContext,
     apply_overlay,
+    current_values,
     host_blob_concurrency,
     load_evidence,
     review_now,
@@ -27,7 +31,7 @@ from shared.ops.tuning.review import (
     set_pin,
     tuning_state,
 )
-from shared.settings import Settings
+from shared.settings import Settings, VisionSettings
 
 BASE = {"VISION_ENDPOINT": "http://127.0.0.1:9",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
@@ -179,10 +183,44 @@ def test_the_overlay_merges_into_settings_typed_and_consistent() -> None:
     merged = apply_overlay(settings, Overlay(version=2, values={"vision_max_retries": 2.0,
                                                                 "vision_backoff_base_seconds": 4.0},
                                              pins={"vision_backoff_max_seconds": 1.0}))
-    assert merged.vision_max_retries == 2 and isinstance(merged.vision_max_retries, int)
-    assert merged.vision_backoff_base_seconds == 4.0
-    assert merged.vision_backoff_max_seconds == 4.0  # never below the base
+    assert merged.vision.max_retries == 2 and isinstance(merged.vision.max_retries, int)
+    assert merged.vision.backoff_base_seconds == 4.0
+    assert merged.vision.backoff_max_seconds == 4.0  # never below the base
     assert apply_overlay(settings, Overlay()) is settings
+
+
+def test_every_runtime_tunable_names_an_existing_settings_field_of_its_type() -> None:
+    settings = Settings.from_env(BASE)
+    assert set(SETTING_FIELDS) == set(RUNTIME_TUNABLES) and len(SETTING_FIELDS) == 7
+    for name, (group, attr) in SETTING_FIELDS.items():
+        hints = typing.get_type_hints(type(getattr(settings, group)))
+        kind = int if TUNABLES[name].integer else float
+        assert hints[attr] in (kind, kind | None), (name, group, attr, hints[attr])
+
+
+def test_an_overlay_document_stored_with_the_flat_keys_still_applies() -> None:
+    # tuning/overlay.json as the app has always written it: keys are the tunables' names
+    stored = json.loads("""{"version": 7, "values": {"vision_timeout_seconds": 15.0,
+        "vision_max_retries": 2.0, "vision_backoff_base_seconds": 1.0,
+        "vision_backoff_max_seconds": 10.0, "preprocess_max_dimension": 1536.0,
+        "preprocess_jpeg_quality": 80.0}, "pins": {"vision_rate_limit_per_second": 6.0},
+        "changes": []}""")
+    overlay = Overlay.from_dict(stored)
+    settings = Settings.from_env(BASE)
+    merged = apply_overlay(settings, overlay)
+    assert (merged.vision.timeout_seconds, merged.vision.max_retries,
+            merged.vision.backoff_base_seconds, merged.vision.backoff_max_seconds) == (
+        15.0, 2, 1.0, 10.0)
+    assert (merged.preprocess.max_dimension, merged.preprocess.jpeg_quality) == (1536, 80)
+    assert merged.vision.rate_limit_override == 6.0 and merged.vision.rate_limit_per_second == 6
+    assert isinstance(merged.preprocess.max_dimension, int)
+    # the values in force read back under the same keys, one per runtime tunable
+    current = current_values(merged, host_concurrency=8)
+    assert {k: v for k, v in current.items() if k in SETTING_FIELDS} == overlay.effective()
+    assert current["host_blob_concurrency"] == 8.0
+    # the probe's own client never takes the pipeline's tunables
+    assert merged.health.probe_vision == settings.health.probe_vision
+    assert isinstance(merged.health.probe_vision, VisionSettings)
 
 
 def test_overlay_cache_reads_once_per_ttl_and_keeps_the_last_good_one() -> None:

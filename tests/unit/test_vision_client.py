@@ -135,7 +135,7 @@ def client_for(
 ) -> tuple[VisionClient, FakeTransport]:
     transport = FakeTransport(script)
     client = build_vision_client(
-        SETTINGS,
+        SETTINGS.vision,
         transport=transport,
         clock=clock,
         sleep=clock.sleep,
@@ -328,7 +328,7 @@ def test_401_from_entra_token_path_uses_bearer() -> None:
     clock = FakeClock()
     transport = FakeTransport([Reply(401, error_body("PermissionDenied"))])
     client = build_vision_client(
-        keyless,
+        keyless.vision,
         credential=Credential(),
         transport=transport,
         clock=clock,
@@ -452,7 +452,7 @@ def test_limiter_leaves_headroom_below_the_configured_rate() -> None:
     clock = FakeClock()
     transport = FakeTransport([Reply(200, OK_BODY)] * 11)
     client = build_vision_client(
-        settings, transport=transport, clock=clock, sleep=clock.sleep, limiter_clock=clock
+        settings.vision, transport=transport, clock=clock, sleep=clock.sleep, limiter_clock=clock
     )
     sent: list[float] = []
     for _ in range(11):
@@ -485,8 +485,8 @@ def settings_with(**values: str) -> Settings:
 def build(settings: Settings, script: Sequence[Reply | Exception],
           clock: FakeClock) -> tuple[VisionClient, FakeTransport]:
     transport = FakeTransport(script)
-    client = build_vision_client(settings, transport=transport, clock=clock, sleep=clock.sleep,
-                                 limiter_clock=clock, rng=random.Random(3))
+    client = build_vision_client(settings.vision, transport=transport, clock=clock,
+                                 sleep=clock.sleep, limiter_clock=clock, rng=random.Random(3))
     return client, transport
 
 
@@ -518,7 +518,7 @@ def test_a_long_retry_after_pauses_every_caller_a_short_one_only_the_retry() -> 
         clock2.sleep(seconds)
 
     short = build_vision_client(
-        settings_with(VISION_RATE_LIMIT_PER_SECOND="100"),
+        settings_with(VISION_RATE_LIMIT_PER_SECOND="100").vision,
         transport=FakeTransport([Reply(429, None, {"Retry-After": "1"}), Reply(200, OK_BODY)]),
         clock=clock2, sleep=sleep, limiter_clock=clock2, rng=random.Random(3),
     )

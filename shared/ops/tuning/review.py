@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -266,30 +266,49 @@ class OverlayCache:
             return self._value
 
 
+#: Where each runtime tunable lives in ``Settings``: the overlay stores the tunable's name (the
+#: key of ``TUNABLES``, e.g. ``preprocess_max_dimension``) in documents already written, so the
+#: stored key never follows the Python shape; this table does.
+SETTING_FIELDS: Mapping[str, tuple[str, str]] = {
+    "vision_timeout_seconds": ("vision", "timeout_seconds"),
+    "vision_max_retries": ("vision", "max_retries"),
+    "vision_backoff_base_seconds": ("vision", "backoff_base_seconds"),
+    "vision_backoff_max_seconds": ("vision", "backoff_max_seconds"),
+    "preprocess_max_dimension": ("preprocess", "max_dimension"),
+    "preprocess_jpeg_quality": ("preprocess", "jpeg_quality"),
+    "vision_rate_limit_per_second": ("vision", "rate_limit_override"),
+}
+
+
 def apply_overlay(settings: Settings, overlay: Overlay) -> Settings:
     """``settings`` with the overlay's runtime tunables on top (values the app reads at run time).
 
     Only whitelisted runtime tunables are taken; values are clamped to their bounds by
     ``Overlay.from_dict`` and typed to match the setting.
     """
-    names = {f.name for f in fields(settings)}
-    changes: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
     for name, value in overlay.effective().items():
-        if name in RUNTIME_TUNABLES and name in names:
-            changes[name] = int(value) if TUNABLES[name].integer else float(value)
-    if not changes:
+        if name in RUNTIME_TUNABLES:
+            group, attr = SETTING_FIELDS[name]
+            groups.setdefault(group, {})[attr] = (int(value) if TUNABLES[name].integer
+                                                  else float(value))
+    if not groups:
         return settings
-    merged = replace(settings, **changes)
-    if merged.vision_backoff_max_seconds < merged.vision_backoff_base_seconds:
-        merged = replace(merged, vision_backoff_max_seconds=merged.vision_backoff_base_seconds)
+    merged = replace(settings, **{group: replace(getattr(settings, group), **changes)
+                                  for group, changes in groups.items()})
+    vision = merged.vision
+    if vision.backoff_max_seconds < vision.backoff_base_seconds:
+        merged = replace(merged, vision=replace(vision,
+                                                backoff_max_seconds=vision.backoff_base_seconds))
     return merged
 
 
 def current_values(settings: Settings, host_concurrency: int | None) -> dict[str, float | None]:
     """The values in force for every tunable (``settings`` already carries the overlay)."""
-    values: dict[str, float | None] = {
-        name: _float(getattr(settings, name, None)) for name in RUNTIME_TUNABLES
-        if name != "host_blob_concurrency"}
+    values: dict[str, float | None] = {}
+    for name in RUNTIME_TUNABLES:
+        group, attr = SETTING_FIELDS[name]
+        values[name] = _float(getattr(getattr(settings, group), attr))
     values["host_blob_concurrency"] = (float(host_concurrency) if host_concurrency is not None
                                        else None)
     return values
@@ -349,7 +368,8 @@ def run_review(ctx: ReviewContext, *, mode: Mode | None = None) -> Review | None
         result = review(
             current_values(effective, ctx.host_concurrency), evidence,
             review_id=f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
-            created_at=now.isoformat(), mode=mode, tier_limit=ctx.settings.tier_limit_per_second,
+            created_at=now.isoformat(), mode=mode,
+            tier_limit=ctx.settings.vision.tier_limit_per_second,
             overlay=overlay, kpi_since_change=after, policy=policy)
         if mode is not Mode.APPLY:
             break
