@@ -138,7 +138,7 @@ def _pipeline_runtime() -> _PipelineRuntime:
     service = get_blob_service()
     overlay = None
     if settings.tuning.mode is not TuningMode.OFF:
-        store = BlobTuningStore(service.get_container_client(settings.health.status_container))
+        store = BlobTuningStore(service.get_container_client(settings.jobs.status_container))
         overlay = OverlayCache(lambda: store.read_overlay()[0],
                                ttl_s=settings.tuning.overlay_ttl_seconds)
     return _PipelineRuntime(
@@ -173,8 +173,8 @@ def get_pipeline_deps() -> PipelineDeps:
 def get_review_context() -> ReviewContext:
     """What the tuning review needs, built once per process."""
     settings = get_settings()
-    status = get_blob_service().get_container_client(settings.health.status_container)
-    lock = BlobLeaseLock(status, lease_seconds=settings.health.lock_lease_seconds)
+    status = get_blob_service().get_container_client(settings.jobs.status_container)
+    lock = BlobLeaseLock(status, lease_seconds=settings.jobs.lock_lease_seconds)
     return ReviewContext(
         settings=settings, runner=get_query_runner(),
         store=BlobTuningStore(status), host_concurrency=host_blob_concurrency(),
@@ -219,7 +219,7 @@ def redrive_parked() -> RedriveReport:
 def status_store(settings: Settings) -> StatusStore:
     """The status container over the one blob client of ``settings``' storage connection."""
     return StatusStore(BlobDocumentStore(blob_service_for(settings.storage)),
-                       settings.health.status_container)
+                       settings.jobs.status_container)
 
 
 @functools.cache
@@ -227,12 +227,11 @@ def get_query_runner() -> LogsQueryRunner:
     """The process's one query runner (status, quota check, tuning review), built on first use;
     its identity is the app's one credential."""
     settings = get_settings()
-    m = settings.monitoring
+    q = settings.logs_query
     return LogsQueryRunner.from_settings(
         settings, client_options=client_options(settings),
-        credential=None if settings.telemetry.query_is_loopback else get_credential(),
-        server_timeout_s=max(1, math.ceil(m.status_query_timeout_s)),
-        max_concurrency=m.status_query_concurrency)
+        credential=None if q.is_loopback else get_credential(),
+        server_timeout_s=max(1, math.ceil(q.timeout_s)), max_concurrency=q.max_concurrency)
 
 
 @functools.cache
@@ -251,12 +250,12 @@ def get_probe_runtime() -> ProbeRuntime:
     """What the probe timers need: the one blob client, the lock, the probe's own Vision client
     (built on first use) and the end-to-end probe over the pipeline's result store."""
     settings = get_settings()
-    h = settings.health
+    p, jobs = settings.probes, settings.jobs
     service = get_blob_service()
     store = BlobDocumentStore(service)
-    lock = BlobLeaseLock(service.get_container_client(h.status_container),
-                         lease_seconds=h.lock_lease_seconds)
-    probe_vision = h.probe_vision
+    lock = BlobLeaseLock(service.get_container_client(jobs.status_container),
+                         lease_seconds=jobs.lock_lease_seconds)
+    probe_vision = p.vision
     analyzer = functools.cache(lambda: build_vision_client(
         probe_vision, credential=None if probe_vision.key else get_credential()))
 
@@ -264,13 +263,13 @@ def get_probe_runtime() -> ProbeRuntime:
         return E2EProbe(
             blobs=BlobProbeBlobs(service),
             repository=ResultRepository.from_settings(store, settings),
-            images_container=settings.pipeline.images_container, prefix=h.probe_e2e_prefix,
-            asset=load_probe_assets()[0], deadline_seconds=h.probe_e2e_deadline_seconds,
-            poll_seconds=h.probe_e2e_poll_seconds, run_location=h.probe_run_location,
+            images_container=settings.pipeline.images_container, prefix=p.e2e_prefix,
+            asset=load_probe_assets()[0], deadline_seconds=p.e2e_deadline_seconds,
+            poll_seconds=p.e2e_poll_seconds, run_location=jobs.run_location,
         )
 
     return ProbeRuntime(settings=settings, lock=lock, status=StatusStore(store,
-                        h.status_container), analyzer_factory=analyzer, e2e_factory=e2e,
+                        jobs.status_container), analyzer_factory=analyzer, e2e_factory=e2e,
                         on_vision_attempt=_probe_attempt_hook(settings))
 
 
@@ -283,12 +282,12 @@ def _probe_attempt_hook(settings: Settings) -> AttemptHook:
 def get_quota_runtime() -> QuotaRuntime:
     """What the quota check needs: the query runner, the status container and the lock."""
     settings = get_settings()
-    h = settings.health
+    jobs = settings.jobs
     service = get_blob_service()
     return QuotaRuntime(
         limits=QuotaLimits.from_settings(settings), source=LogsUsageSource(get_query_runner()),
         status=status_store(settings),
-        lock=BlobLeaseLock(service.get_container_client(h.status_container),
-                           lease_seconds=h.lock_lease_seconds),
-        run_location=h.probe_run_location,
+        lock=BlobLeaseLock(service.get_container_client(jobs.status_container),
+                           lease_seconds=jobs.lock_lease_seconds),
+        run_location=jobs.run_location,
     )

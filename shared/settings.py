@@ -127,7 +127,7 @@ def _collect_secrets(obj: object, into: set[str]) -> None:
 @dataclass(frozen=True, slots=True)
 class VisionSettings:
     """One Vision client's settings (``VISION_*``): the pipeline's (``Settings.vision``) or the
-    synthetic probe's own (``HealthSettings.probe_vision``, derived from it at parse time)."""
+    synthetic probe's own (``ProbeSettings.vision``, derived from it at parse time)."""
 
     endpoint: str
     key: str | None = secret()
@@ -239,10 +239,9 @@ class StorageConnection:
 
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
-    """Telemetry and Log Analytics settings (see ``shared.telemetry`` /
-    ``shared.monitoring.logsquery``).
+    """The exporter side of telemetry (``shared.telemetry``): where and how records are sent.
 
-    ``connection_string`` and the query endpoint only ever reach the SDKs, never a log line.
+    ``connection_string`` only ever reaches the SDK, never a log line.
     """
 
     connection_string: str | None = secret()
@@ -254,8 +253,6 @@ class TelemetrySettings:
     storage_directory: str | None = None
     storage_retry_seconds: int = 60
     poison_after_attempts: int = 5
-    query_endpoint: str | None = None
-    workspace_id: str | None = None
     # The hard-crash loss window: a killed process loses what its batch processors held, i.e.
     # what was recorded in the last delay/interval (plus the export in flight). These are the
     # OpenTelemetry SDK's own variables; the SDK defaults are 5 s, 5 s and 60 s.
@@ -271,12 +268,31 @@ class TelemetrySettings:
         endpoint = _connection_string_field(self.connection_string, "ingestionendpoint")
         return is_loopback_url(endpoint)
 
+
+@dataclass(frozen=True, slots=True)
+class LogsQuerySettings:
+    """The Log Analytics query side (``shared.monitoring.logsquery``): which workspace the one
+    query runner reads, and its per-query timeout and concurrency (status, quota check and
+    tuning review share the runner).
+
+    The endpoint only ever reaches the SDK, never a log line.
+    """
+
+    endpoint: str | None = None
+    workspace_id: str | None = None
+    #: Read timeout (and Log Analytics server timeout) of each query
+    #: (``STATUS_QUERY_TIMEOUT_SECONDS``).
+    timeout_s: float = 10.0
+    #: Queries one instance runs at once (Log Analytics allows 5 per identity;
+    #: ``STATUS_QUERY_CONCURRENCY``).
+    max_concurrency: int = 3
+
     @property
-    def query_is_loopback(self) -> bool:
-        return is_loopback_url(self.query_endpoint)
+    def is_loopback(self) -> bool:
+        return is_loopback_url(self.endpoint)
 
 
-# --------------------------------------------------------------------------- health (probes, quota)
+# --------------------------------------------------------------------------- probes, quota, jobs
 # Settings of the synthetic probes and the quota check (shared/ops/probes.py, shared/ops/quota.py;
 # see docs/probes-and-quota.md). The three schedules are read by the Functions host from
 # ``%PROBE_SCHEDULE%`` / ``%PROBE_E2E_SCHEDULE%`` / ``%QUOTA_SCHEDULE%``; they are parsed here too
@@ -293,25 +309,41 @@ F0_MONTHLY_CALLS = 5_000
 
 
 @dataclass(frozen=True, slots=True)
-class HealthSettings:
-    """Probes, quota check and where their results are kept (the ``status`` container)."""
+class JobSettings:
+    """What the health timers (probes, quota check, tuning review) share: the ``status``
+    container their results are kept in, the lease of their run lock, and where they run."""
+
+    status_container: str = "status"
+    lock_lease_seconds: int = 60
+    #: ``PROBE_RUN_LOCATION`` (unset: ``REGION_NAME``): the location the probes and the quota
+    #: check report their availability results from
+    run_location: str = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """The synthetic probes (``PROBE_*``): the Vision probe's client and the end-to-end probe."""
 
     #: The Vision probe's client: the pipeline's Vision settings with ``PROBE_VISION_KEY`` (unset:
     #: ``VISION_KEY``), ``PROBE_TIMEOUT_SECONDS``, ``PROBE_MAX_RETRIES`` and a limiter and
     #: breaker that never hold it back (``VisionSettings.for_probe``).
-    probe_vision: VisionSettings
-    probe_schedule: str = DEFAULT_PROBE_SCHEDULE
-    probe_e2e_schedule: str = DEFAULT_PROBE_E2E_SCHEDULE
-    quota_schedule: str = DEFAULT_QUOTA_SCHEDULE
-    probe_e2e_deadline_seconds: float = 120.0
-    probe_e2e_poll_seconds: float = 2.0
-    probe_e2e_prefix: str = "synthetic/probe/"
-    probe_run_location: str = "local"
-    lock_lease_seconds: int = 60
-    quota_monthly_calls: int = F0_MONTHLY_CALLS
-    quota_tps_limit: float | None = None
-    quota_warn_thresholds: tuple[float, ...] = (0.8, 0.95)
-    status_container: str = "status"
+    vision: VisionSettings
+    schedule: str = DEFAULT_PROBE_SCHEDULE
+    e2e_schedule: str = DEFAULT_PROBE_E2E_SCHEDULE
+    e2e_deadline_seconds: float = 120.0
+    e2e_poll_seconds: float = 2.0
+    e2e_prefix: str = "synthetic/probe/"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSettings:
+    """The quota check (``QUOTA_*``): its schedule and the limits it compares usage with."""
+
+    schedule: str = DEFAULT_QUOTA_SCHEDULE
+    monthly_calls: int = F0_MONTHLY_CALLS
+    #: unset: the tier's limit (``VisionSettings.tier_limit_per_second``)
+    tps_limit: float | None = None
+    warn_thresholds: tuple[float, ...] = (0.8, 0.95)
 
 
 def is_loopback_url(url: str | None) -> bool:
@@ -355,10 +387,6 @@ class MonitoringSettings:
     status_cache_ttl_s: float = 30.0
     #: How long a request with no report to show waits for the one being computed.
     status_wait_s: float = 1.5
-    #: Read timeout (and Log Analytics server timeout) of each status query.
-    status_query_timeout_s: float = 10.0
-    #: Status queries one instance runs at once (Log Analytics allows 5 per identity).
-    status_query_concurrency: int = 3
 
     @property
     def latency_threshold_ms(self) -> float:
@@ -429,11 +457,14 @@ class Settings:
     """Every app setting, one frozen group per concern."""
 
     vision: VisionSettings
-    health: HealthSettings
+    probes: ProbeSettings
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     storage: StorageConnection = field(default_factory=StorageConnection)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    logs_query: LogsQuerySettings = field(default_factory=LogsQuerySettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     tuning: TuningSettings = field(default_factory=TuningSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
@@ -445,11 +476,14 @@ class Settings:
         vision = p.vision()
         settings = cls(
             vision=vision,
-            health=p.health(vision),
+            probes=p.probes(vision),
+            quota=p.quota(),
+            jobs=p.jobs(),
             preprocess=p.preprocess(),
             pipeline=p.pipeline(),
             storage=p.storage(),
             telemetry=p.telemetry(),
+            logs_query=p.logs_query(),
             monitoring=p.monitoring(),
             tuning=p.tuning(),
             drift=p.drift(),
@@ -461,7 +495,7 @@ class Settings:
                 " all differ"
                 " (results written into the trigger container would trigger the function)"
             )
-        if settings.health.status_container in containers:  # health block
+        if settings.jobs.status_container in containers:
             p.problems.append("STATUS_CONTAINER must differ from IMAGES_CONTAINER,"
                               " RESULTS_CONTAINER, FAILED_CONTAINER and PARKED_CONTAINER")
         if p.problems:
@@ -634,10 +668,6 @@ class _Parser:
             status_cache_ttl_s=self.number(
                 "STATUS_CACHE_TTL_SECONDS", float, d.status_cache_ttl_s, 1.0, 3600),
             status_wait_s=self.number("STATUS_WAIT_SECONDS", float, d.status_wait_s, 0.0, 30),
-            status_query_timeout_s=self.number(
-                "STATUS_QUERY_TIMEOUT_SECONDS", float, d.status_query_timeout_s, 1.0, 180),
-            status_query_concurrency=self.number(
-                "STATUS_QUERY_CONCURRENCY", int, d.status_query_concurrency, 1, 5),
         )
 
     # --- end of status, alerts and dashboards ------------------------------------------------
@@ -667,8 +697,6 @@ class _Parser:
             poison_after_attempts=self.number(
                 "TELEMETRY_POISON_AFTER_ATTEMPTS", int, d.poison_after_attempts, 1, 100
             ),
-            query_endpoint=self.url("LOGS_QUERY_ENDPOINT"),
-            workspace_id=self.text("LOGS_WORKSPACE_ID"),
             span_export_delay_ms=self.number(
                 "OTEL_BSP_SCHEDULE_DELAY", int, d.span_export_delay_ms, 10, 60_000
             ),
@@ -684,7 +712,15 @@ class _Parser:
         )
 
 
-    # -- health block (probes, quota) --------------------------------------------------------
+    def logs_query(self) -> LogsQuerySettings:
+        d = LogsQuerySettings()
+        return LogsQuerySettings(
+            endpoint=self.url("LOGS_QUERY_ENDPOINT"),
+            workspace_id=self.text("LOGS_WORKSPACE_ID"),
+            timeout_s=self.number("STATUS_QUERY_TIMEOUT_SECONDS", float, d.timeout_s, 1.0, 180),
+            max_concurrency=self.number(
+                "STATUS_QUERY_CONCURRENCY", int, d.max_concurrency, 1, 5),
+        )
 
     def drift(self) -> DriftSettings:
         d = DriftSettings()
@@ -720,36 +756,45 @@ class _Parser:
                                              d.revert_p95_tolerance, 0.01, 5),
         )
 
-    def health(self, vision: VisionSettings) -> HealthSettings:
-        d = HealthSettings(probe_vision=vision)
-        tps = self.optional_number("QUOTA_TPS_LIMIT", float, low=0.001, high=10_000.0)
-        return HealthSettings(
-            probe_schedule=self.schedule("PROBE_SCHEDULE", d.probe_schedule),
-            probe_e2e_schedule=self.schedule("PROBE_E2E_SCHEDULE", d.probe_e2e_schedule),
-            quota_schedule=self.schedule("QUOTA_SCHEDULE", d.quota_schedule),
-            probe_vision=vision.for_probe(
+    # -- probes, quota check, the jobs' shared store and lock
+
+    def probes(self, vision: VisionSettings) -> ProbeSettings:
+        d = ProbeSettings(vision=vision)
+        return ProbeSettings(
+            vision=vision.for_probe(
                 # unset: the pipeline's VISION_KEY (or Entra ID when that is unset too)
                 key=self.text("PROBE_VISION_KEY") or vision.key,
                 timeout_seconds=self.number(
                     "PROBE_TIMEOUT_SECONDS", float, PROBE_TIMEOUT_SECONDS, 0.5, 300),
                 max_retries=self.number("PROBE_MAX_RETRIES", int, PROBE_MAX_RETRIES, 0, 3),
             ),
-            probe_e2e_deadline_seconds=self.number(
-                "PROBE_E2E_DEADLINE_SECONDS", float, d.probe_e2e_deadline_seconds, 1, 3600),
-            probe_e2e_poll_seconds=self.number(
-                "PROBE_E2E_POLL_SECONDS", float, d.probe_e2e_poll_seconds, 0.05, 60),
-            probe_e2e_prefix=self.folder("PROBE_E2E_PREFIX", d.probe_e2e_prefix),
-            # REGION_NAME is set by App Service / Functions in Azure
-            probe_run_location=self.text("PROBE_RUN_LOCATION") or self.text("REGION_NAME")
-            or d.probe_run_location,
+            schedule=self.schedule("PROBE_SCHEDULE", d.schedule),
+            e2e_schedule=self.schedule("PROBE_E2E_SCHEDULE", d.e2e_schedule),
+            e2e_deadline_seconds=self.number(
+                "PROBE_E2E_DEADLINE_SECONDS", float, d.e2e_deadline_seconds, 1, 3600),
+            e2e_poll_seconds=self.number(
+                "PROBE_E2E_POLL_SECONDS", float, d.e2e_poll_seconds, 0.05, 60),
+            e2e_prefix=self.folder("PROBE_E2E_PREFIX", d.e2e_prefix),
+        )
+
+    def quota(self) -> QuotaSettings:
+        d = QuotaSettings()
+        return QuotaSettings(
+            schedule=self.schedule("QUOTA_SCHEDULE", d.schedule),
+            monthly_calls=self.number("QUOTA_MONTHLY_CALLS", int, d.monthly_calls, 1, 10**12),
+            tps_limit=self.optional_number("QUOTA_TPS_LIMIT", float, low=0.001, high=10_000.0),
+            warn_thresholds=self.thresholds("QUOTA_WARN_THRESHOLDS", d.warn_thresholds),
+        )
+
+    def jobs(self) -> JobSettings:
+        d = JobSettings()
+        return JobSettings(
+            status_container=self.container("STATUS_CONTAINER", d.status_container),
             lock_lease_seconds=self.number(
                 "HEALTH_LOCK_LEASE_SECONDS", int, d.lock_lease_seconds, 15, 60),
-            quota_monthly_calls=self.number(
-                "QUOTA_MONTHLY_CALLS", int, d.quota_monthly_calls, 1, 10**12),
-            quota_tps_limit=tps,
-            quota_warn_thresholds=self.thresholds(
-                "QUOTA_WARN_THRESHOLDS", d.quota_warn_thresholds),
-            status_container=self.container("STATUS_CONTAINER", d.status_container),
+            # REGION_NAME is set by App Service / Functions in Azure
+            run_location=self.text("PROBE_RUN_LOCATION") or self.text("REGION_NAME")
+            or d.run_location,
         )
 
     def schedule(self, key: str, default: str) -> str:

@@ -309,17 +309,17 @@ class LogsQueryRunner:
         (``connection_timeout``, ``read_timeout``, ``retry_total``, …): an interactive caller
         wants short ones, azure-core's defaults may wait minutes.
         """
-        t = settings.telemetry
-        if not t.workspace_id:
+        q = settings.logs_query
+        if not q.workspace_id:
             raise QueryConfigError("LOGS_WORKSPACE_ID is not set", code="not_configured")
-        loopback = t.query_is_loopback
+        loopback = q.is_loopback
         if credential is None:
             credential = LocalTokenCredential() if loopback else DefaultAzureCredential()
         options: dict[str, Any] = dict(client_options or {})
-        if t.query_endpoint:
-            options["endpoint"] = t.query_endpoint
+        if q.endpoint:
+            options["endpoint"] = q.endpoint
         client = LogsQueryClient(credential, **options)
-        return cls(client, t.workspace_id, loopback=loopback, server_timeout_s=server_timeout_s,
+        return cls(client, q.workspace_id, loopback=loopback, server_timeout_s=server_timeout_s,
                    max_concurrency=max_concurrency)
 
     @property

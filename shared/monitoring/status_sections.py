@@ -302,7 +302,7 @@ def public_config(settings: Settings) -> dict[str, Any]:
         "storage_identity_based": settings.storage.uses_identity,
         "telemetry": {"sampling_ratio": t.sampling_ratio, "hash_blob_names": t.hash_blob_names,
                       "configured_by_worker": t.configured_by_worker,
-                      "workspace_configured": bool(t.workspace_id)},
+                      "workspace_configured": bool(settings.logs_query.workspace_id)},
         "alerts": {"slo_target": m.slo_target, "error_rate_threshold": m.error_rate_threshold,
                    "min_requests": m.min_requests,
                    "latency_baseline_p95_ms": m.latency_baseline_p95_ms,

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
-    return {**CLIENT_OPTIONS, "read_timeout": settings.monitoring.status_query_timeout_s}
+    return {**CLIENT_OPTIONS, "read_timeout": settings.logs_query.timeout_s}
 
 
 @dataclass(frozen=True, slots=True)

@@ -453,7 +453,7 @@ def vision_probe_timer(
         runtime=runtime,
         probe=lambda rt: run_vision_probe(
             rt.analyzer_factory(), load_probe_assets(),
-            run_location=rt.settings.health.probe_run_location,
+            run_location=rt.settings.jobs.run_location,
             on_attempt=rt.on_vision_attempt),
     )
 
@@ -491,7 +491,7 @@ def _probe_timer(
     except Exception as exc:  # the host must never see a probe fail: record it instead
         logger.warning("%s: run failed before a result (%s)", function_name, type(exc).__name__,
                        exc_info=not isinstance(exc, VisionOpsError))
-        location = rt.settings.health.probe_run_location if rt is not None else "unknown"
+        location = rt.settings.jobs.run_location if rt is not None else "unknown"
         result = _failed(probe_name, exc, started_at=started_at,
                          duration_ms=ms(time.perf_counter() - t0), location=location)
         outcome.append(result)

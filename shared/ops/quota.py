@@ -80,12 +80,12 @@ class QuotaLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> QuotaLimits:
-        h = settings.health
-        tps = h.quota_tps_limit
+        q = settings.quota
+        tps = q.tps_limit
         if tps is None:
             tps = settings.vision.tier_limit_per_second
-        return cls(tier=settings.vision.tier.value, monthly_calls=h.quota_monthly_calls,
-                   tps_limit=tps, warn_thresholds=h.quota_warn_thresholds)
+        return cls(tier=settings.vision.tier.value, monthly_calls=q.monthly_calls,
+                   tps_limit=tps, warn_thresholds=q.warn_thresholds)
 
 
 @dataclass(frozen=True, slots=True)

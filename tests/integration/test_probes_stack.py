@@ -184,7 +184,7 @@ def test_quota_forecast_and_exhaustion_match_a_hand_computation(stack: PipelineS
     month_end = month_start + timedelta(days=days)
     elapsed = (t - month_start).total_seconds()
     fraction = elapsed / (days * 86400)
-    quota = settings.health.quota_monthly_calls
+    quota = settings.quota.monthly_calls
     forecast = quota_calls / fraction
     exhaustion = month_start + timedelta(seconds=quota * elapsed / quota_calls)
 

@@ -172,7 +172,7 @@ def test_probe_client_settings_fail_fast_and_use_the_probe_key() -> None:
         "PROBE_VISION_KEY": "probe-key", "PROBE_TIMEOUT_SECONDS": "4",
         "VISION_CONNECT_TIMEOUT_SECONDS": "9", "VISION_LANGUAGE": "fr",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
-    probe = settings.health.probe_vision
+    probe = settings.probes.vision
     assert probe.key == "probe-key"
     assert probe.max_retries == 0 and probe.timeout_seconds == 4
     assert probe.connect_timeout_seconds == 4  # never longer than the whole probe call
@@ -190,8 +190,8 @@ def test_probe_key_falls_back_to_the_pipeline_key() -> None:
     base = {"VISION_ENDPOINT": "http://127.0.0.1:1",
             "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
     keyed = Settings.from_env({**base, "VISION_KEY": "pipeline-key"})
-    assert keyed.health.probe_vision.key == "pipeline-key"
-    assert Settings.from_env(base).health.probe_vision.key is None  # Entra ID, like the pipeline
+    assert keyed.probes.vision.key == "pipeline-key"
+    assert Settings.from_env(base).probes.vision.key is None  # Entra ID, like the pipeline
 
 
 def test_health_settings_report_every_bad_value() -> None:

@@ -192,7 +192,7 @@ def test_every_secret_looking_setting_is_declared_secret() -> None:
 #: Every field declared ``secret()``, nested groups included, and the app setting it comes from.
 SECRET_SETTINGS = {
     "vision.key": ("VISION_KEY", "vision-key-0123456789"),
-    "health.probe_vision.key": ("PROBE_VISION_KEY", "probe-key-9876543210"),
+    "probes.vision.key": ("PROBE_VISION_KEY", "probe-key-9876543210"),
     "storage.connection_string": (
         "AzureWebJobsStorage",
         "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=storage-account-key==;"
@@ -224,7 +224,7 @@ def test_secret_values_cover_every_secret_setting() -> None:
 ])
 def test_probe_e2e_prefix_is_a_folder(raw: str | None, folder: str) -> None:
     env = BASE if raw is None else {**BASE, "PROBE_E2E_PREFIX": raw}
-    assert Settings.from_env(env).health.probe_e2e_prefix == folder
+    assert Settings.from_env(env).probes.e2e_prefix == folder
 
 
 @pytest.mark.parametrize("raw", ["/probes/", "pro\nbes/"])

@@ -226,7 +226,7 @@ def test_the_probe_key_and_the_pipeline_key_are_redacted_from_settings() -> None
         "VISION_KEY": "pipeline-vision-key-1", "PROBE_VISION_KEY": "probe-vision-key-2"})
     t.state._STATE.secrets = secret_values(settings)
     logging.getLogger("shared.ops.probes").warning(
-        "keys %s and %s", settings.health.probe_vision.key, settings.vision.key)
+        "keys %s and %s", settings.probes.vision.key, settings.vision.key)
     [record] = [r for r in logs() if "keys" in str(r.body)]
     assert record.body == "keys *** and ***"
 
@@ -466,7 +466,7 @@ def test_telemetry_settings_parse_and_report_problems() -> None:
                            "LOGS_QUERY_ENDPOINT": "http://127.0.0.1:9/v1",
                            "LOGS_WORKSPACE_ID": "ws"})
     assert s.telemetry.hash_blob_names and s.telemetry.ingestion_is_loopback
-    assert s.telemetry.query_is_loopback and s.telemetry.workspace_id == "ws"
+    assert s.logs_query.is_loopback and s.logs_query.workspace_id == "ws"
     assert LOCAL_CS not in repr(s)
     with pytest.raises(Exception, match="TELEMETRY_SAMPLING_RATIO") as err:
         Settings.from_env({**BASE, "TELEMETRY_SAMPLING_RATIO": "2",

@@ -219,8 +219,8 @@ def test_an_overlay_document_stored_with_the_flat_keys_still_applies() -> None:
     assert {k: v for k, v in current.items() if k in SETTING_FIELDS} == overlay.effective()
     assert current["host_blob_concurrency"] == 8.0
     # the probe's own client never takes the pipeline's tunables
-    assert merged.health.probe_vision == settings.health.probe_vision
-    assert isinstance(merged.health.probe_vision, VisionSettings)
+    assert merged.probes.vision == settings.probes.vision
+    assert isinstance(merged.probes.vision, VisionSettings)
 
 
 def test_overlay_cache_reads_once_per_ttl_and_keeps_the_last_good_one() -> None:
