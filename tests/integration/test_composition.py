@@ -19,7 +19,7 @@ from shared import composition, settings
 from shared.analysis import results
 from shared.blueprints import status as status_bp
 from shared.monitoring.logsquery import LogsQueryRunner
-from tests.unit.test_status import FakeRunner, healthy_answers
+from tests.support.status_answers import FakeRunner, healthy_answers
 
 pytestmark = pytest.mark.integration
 

@@ -40,10 +40,9 @@ from shared.monitoring.drift import Baseline, load_baseline
 from shared.monitoring.logsquery import LogsQueryRunner
 from shared.monitoring.status import CLIENT_OPTIONS, build_status
 from shared.settings import Settings
-from tests.support.fakes import MemoryBlob, MemoryStore
+from tests.support.fakes import Documents, MemoryBlob, MemoryStore
 from tests.support.images import darker_blurrier, sample_images
 from tests.support.telemetry_gen import MonitorEmulator, request, running_monitor
-from tests.unit.test_drift import Documents
 
 pytestmark = [pytest.mark.integration, pytest.mark.cost(40)]  # seconds: see tests/conftest.py
 

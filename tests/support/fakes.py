@@ -1,4 +1,4 @@
-"""Hand-written fakes of our own seams, shared by the unit tests (no mocks, no SDK patching)."""
+"""Hand-written fakes of our own seams, shared by the tests (no mocks, no SDK patching)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from shared.analysis.results import DocumentConflict, StoredDocument, normalize_etag
 from shared.analysis.sources import SourceChanged, SourceVersion, too_large
 from shared.errors import StorageError
+from shared.monitoring.drift import BASELINE_DOCUMENT
 from shared.naming import result_path
 
 _etags = itertools.count(1)
@@ -157,3 +158,17 @@ class MemoryBlob:
             raise too_large(len(data), limit)
         self.bytes_read += len(data)
         return data
+
+
+class Documents:
+    """The status container's JSON documents in memory (``read_json``/``write_json``), seeded
+    with a drift baseline document when ``doc`` is given."""
+
+    def __init__(self, doc: dict[str, Any] | None = None) -> None:
+        self.docs: dict[str, dict[str, Any]] = {} if doc is None else {BASELINE_DOCUMENT: doc}
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        return self.docs.get(path)
+
+    def write_json(self, path: str, doc: Mapping[str, Any]) -> None:
+        self.docs[path] = dict(doc)

@@ -23,7 +23,9 @@ import httpx
 
 from devstack import procs
 from devstack.monitor.config import DEFAULT_WORKSPACE_ID
-from shared.telemetry import SPAN_VISION_ANALYZE
+from devstack.monitor.envelopes import Context, map_envelope
+from devstack.monitor.store import Received
+from shared.telemetry import SPAN_VISION_ANALYZE, api, names
 
 FUNCTION = "analyze_image"
 IKEY = "00000000-0000-0000-0000-000000000000"
@@ -218,3 +220,71 @@ def running_monitor(state_dir: Path) -> Iterator[MonitorEmulator]:
         yield emulator
     finally:
         procs.stop(emulator.pid)
+
+
+# --------------------------------------------------------------- envelopes straight into a Store
+
+#: The emulator's workspace context for rows mapped in-process.
+CONTEXT = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
+
+
+def _ai_duration(ms: float) -> str:
+    return api._ai_duration(ms)  # the exporter's own formatting
+
+
+class Telemetry:
+    """Builds envelopes the way the exporter shapes what shared.telemetry records, mapped into
+    the Monitor emulator's rows (``items``) for a ``Store`` to ingest, without HTTP.
+
+    ``now`` is when events and availability results happen, and requests and dependencies
+    unless given ``at``.
+    """
+
+    def __init__(self, now: datetime, ctx: Context = CONTEXT) -> None:
+        self.now, self.ctx = now, ctx
+        self.items: list[Received] = []
+        self.seq = 0
+
+    def _add(self, kind: str, base_type: str, data: dict[str, Any], op: str, parent: str | None,
+             *, synthetic: bool, at: datetime) -> None:
+        tags = {"ai.operation.id": op, "ai.cloud.role": "visionops"}
+        if parent:
+            tags["ai.operation.parentId"] = parent
+        if synthetic:
+            tags["ai.operation.syntheticSource"] = "True"
+        env = {"name": f"Microsoft.ApplicationInsights.{kind}", "iKey": "k", "time": at.isoformat(),
+               "tags": tags, "data": {"baseType": base_type, "baseData": {"ver": 2, **data}}}
+        self.items.append(Received(json.dumps(env), map_envelope(env, self.ctx)))
+
+    def request(self, op: str, outcome: str, ms: float, *, success: bool = True,
+                synthetic: bool = False, at: datetime | None = None, **props: str) -> str:
+        self.seq += 1
+        rid = f"r{self.seq:015d}"
+        self._add("Request", "RequestData", {
+            "id": rid, "name": "analyze_image", "duration": _ai_duration(ms), "responseCode": "0",
+            "success": success,
+            "properties": {names.ATTR_OUTCOME: outcome, "faas.trigger": "datasource", **props},
+        }, op, None, synthetic=synthetic, at=at or self.now)
+        return rid
+
+    def vision(self, op: str, parent: str, code: int, ms: float, attempt: int = 1, *,
+               synthetic: bool = False, at: datetime | None = None, **props: str) -> None:
+        self.seq += 1
+        self._add("RemoteDependency", "RemoteDependencyData", {
+            "id": f"d{self.seq:015d}", "name": names.SPAN_VISION_ANALYZE,
+            "duration": _ai_duration(ms),
+            "resultCode": str(code), "success": code == 200, "type": "HTTP",
+            "target": "127.0.0.1:7081",
+            "properties": {names.ATTR_VISION_ATTEMPT: str(attempt), **props},
+        }, op, parent, synthetic=synthetic, at=at or self.now)
+
+    def event(self, op: str, parent: str, name: str, *, synthetic: bool = False,
+              **props: str) -> None:
+        self._add("Event", "EventData", {"name": name, "properties": props}, op, parent,
+                  synthetic=synthetic, at=self.now)
+
+    def availability(self, name: str, ok: bool, ms: float, location: str) -> None:
+        self._add("Availability", "AvailabilityData", {
+            "id": f"a{len(self.items)}", "name": name, "duration": _ai_duration(ms), "success": ok,
+            "runLocation": location, "message": "passed" if ok else "failed",
+        }, "avail", None, synthetic=True, at=self.now)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from devstack.host.host import Host, HostOptions
 from devstack.host.timers import MemoryStatusStore, TimerFire
-from tests.unit.test_host_timers import FakeClock
+from tests.support.clocks import TimerClock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -31,7 +31,7 @@ def test_probe_and_quota_timers_fire_on_their_schedules(tmp_path: Path) -> None:
                          "QUOTA_SCHEDULE": "0 7 * * * *",
                          "TUNING_SCHEDULE": "0 15 3 * * *",
                          "REDRIVE_SCHEDULE": "*/10 * * * * *"}
-    clock = FakeClock(T0)
+    clock = TimerClock(T0)
     environ = {**os.environ, **schedules}
     host = Host(HostOptions(script_root=REPO_ROOT, state_dir=tmp_path / "state",
                             settings_path=tmp_path / "local.settings.json",

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from shared.monitoring.drift import BASELINE_DOCUMENT, Baseline, load_baseline, save_baseline
+from shared.monitoring.drift import Baseline, load_baseline, save_baseline
 from shared.settings import DriftSettings
+from tests.support.fakes import Documents
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SETTINGS = DriftSettings()
-
-
-class Documents:
-    def __init__(self, doc: dict[str, Any] | None = None) -> None:
-        self.docs: dict[str, dict[str, Any]] = {} if doc is None else {BASELINE_DOCUMENT: doc}
-
-    def read_json(self, path: str) -> dict[str, Any] | None:
-        return self.docs.get(path)
-
-    def write_json(self, path: str, doc: Mapping[str, Any]) -> None:
-        self.docs[path] = dict(doc)
 
 
 def test_rolling_is_the_default_and_ends_where_the_current_window_starts() -> None:

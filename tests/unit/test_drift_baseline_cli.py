@@ -12,7 +12,7 @@ from devstack.drift_baseline import PinRefused, pin, unpin
 from shared.monitoring.drift import load_baseline
 from shared.monitoring.logsquery import QueryResult
 from shared.settings import Settings
-from tests.unit.test_drift import Documents
+from tests.support.fakes import Documents
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings.from_env({"VISION_ENDPOINT": "http://127.0.0.1:9",

@@ -13,7 +13,7 @@ import pytest
 from devstack.monitor.store import Store
 from shared import telemetry as t
 from shared.monitoring.logsquery import load_queries
-from tests.unit.test_queries import Telemetry
+from tests.support.telemetry_gen import Telemetry
 
 QUERIES = load_queries()
 NOW = datetime.now(UTC)
@@ -39,7 +39,7 @@ def image(tel: Telemetry, at: datetime, i: int, *, dark: bool = False,
 
 
 def stream(moved: dict[str, Any] | None, *, count: int = 40) -> Store:
-    tel = Telemetry()
+    tel = Telemetry(NOW)
     for i in range(count):  # baseline: an hour, ending an hour ago
         image(tel, NOW - timedelta(hours=2) + timedelta(minutes=i * 1.5), i)
     for i in range(count):  # current window: the last 10 minutes

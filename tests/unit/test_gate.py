@@ -25,6 +25,7 @@ import pytest
 
 from devstack import gate
 from devstack.gate import Decision, GatePolicy, Observation
+from tests.support.clocks import WallClock
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gate"
 
@@ -206,23 +207,10 @@ def test_alerts_that_cannot_be_evaluated_block_promotion() -> None:
     assert recovered.decision is Decision.PROMOTE
 
 
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += timedelta(seconds=seconds)
-
-
 def test_run_gate_requests_the_probe_once_and_promotes() -> None:
     fresh, healthy = load("status-fresh-stack"), load("status-healthy-probe-passed")
     # Start so that the recorded probe run lands after the request the gate makes.
-    clock = FakeClock(last_probe_time(healthy) - timedelta(seconds=60))
+    clock = WallClock(last_probe_time(healthy) - timedelta(seconds=60))
     requests: list[datetime] = []
 
     def poll(now: datetime) -> Observation:
@@ -240,7 +228,7 @@ def test_run_gate_requests_the_probe_once_and_promotes() -> None:
 
 def test_run_gate_stops_at_the_first_rollback() -> None:
     healthy, burning = load("status-healthy-probe-passed"), load("status-burn-rate-firing")
-    clock = FakeClock(at(burning))
+    clock = WallClock(at(burning))
     answers = iter([healthy, healthy, burning])
     verdict = gate.run_gate(policy(clock.now, probe=None), lambda now: ok(now, next(answers)),
                             request_probe=None, clock=clock, sleep=clock.sleep, interval_s=15)

@@ -22,6 +22,7 @@ from devstack.host.timers import (
     status_blob_name,
     timer_state,
 )
+from tests.support.clocks import TimerClock
 
 APP_ROOT = Path(__file__).resolve().parents[1] / "host_app"
 T0 = datetime(2030, 1, 1, 0, 0, 3, tzinfo=UTC)
@@ -31,25 +32,6 @@ def _spec(schedule: str, **extra: Any) -> FunctionSpec:
     trigger = {"type": "timerTrigger", "name": "timer", "schedule": schedule, **extra}
     return FunctionSpec(name="tick", func=lambda timer: None, trigger=trigger,
                         bindings=(trigger,), raw_bindings=(trigger,), is_async=False)
-
-
-class FakeClock:
-    """Time that moves only when the driver sleeps; stops the run at ``end``."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-        self.end: datetime | None = None
-        self.stopping: asyncio.Event | None = None
-        self.slept: list[float] = []
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += timedelta(seconds=seconds)
-        if self.end is not None and self.now >= self.end and self.stopping is not None:
-            self.stopping.set()
 
 
 def test_six_field_ncrontab_is_seconds_first() -> None:
@@ -130,7 +112,7 @@ def test_file_status_store_mirrors_the_blob_layout(tmp_path: Path) -> None:
 
 
 def test_run_loop_with_fake_clock_and_sleep() -> None:
-    clock = FakeClock(T0)
+    clock = TimerClock(T0)
     driver = TimerDriver([timer_state(_spec("*/10 * * * * *"), now=T0)], MemoryStatusStore(),
                          clock=clock, sleep=clock.sleep)
     fires: list[TimerFire] = []
@@ -154,7 +136,7 @@ def test_timer_fires_on_schedule_through_the_host_with_a_fake_clock(
     record = tmp_path / "record.jsonl"
     monkeypatch.setenv("HOST_TEST_RECORD", str(record))
     environ = {**os.environ, "TEST_SCHEDULE": "*/10 * * * * *"}
-    clock = FakeClock(T0)
+    clock = TimerClock(T0)
     host = Host(HostOptions(script_root=APP_ROOT, state_dir=tmp_path / "state",
                             settings_path=tmp_path / "local.settings.json",
                             triggers=frozenset({"timerTrigger"})),

@@ -20,7 +20,7 @@ from shared.analysis.vision import AttemptHook, VisionResult
 from shared.errors import ErrorClass, StorageError
 from shared.naming import result_path
 from tests.support.fakes import MemoryBlob, MemoryStore
-from tests.unit.test_pipeline import IMAGE, OK_PAYLOAD, RecordingObserver, jpeg, make_deps
+from tests.support.pipeline import IMAGE, OK_PAYLOAD, RecordingObserver, jpeg, make_deps
 
 NAME = "cats/tom.jpg"
 PATH = result_path(NAME)

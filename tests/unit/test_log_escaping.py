@@ -21,7 +21,7 @@ from shared.analysis.pipeline import process_blob
 from shared.errors import ThrottledError
 from shared.naming import printable
 from tests.support.fakes import MemoryStore
-from tests.unit.test_pipeline import FakeAnalyzer, blob, make_deps
+from tests.support.pipeline import FakeAnalyzer, blob, make_deps
 
 FORGED = "Executed 'Functions.analyze_image' (Succeeded, Id=FAKE, Duration=1ms)"
 HOSTILE = f"uploads/cat.jpg\n2026-01-01 00:00:00,000 INFO devstack.host.invoker: {FORGED}\r\x1b[2K"

@@ -11,20 +11,13 @@ import pytest
 
 from devstack.monitor import DEFAULT_WORKSPACE_ID, MonitorConfig, create_app
 from devstack.monitor.limits import LimitsError, QueryLimiter, QueryLimits, Throttled
+from tests.support.clocks import FakeClock
 
 QUERY = f"/v1/workspaces/{DEFAULT_WORKSPACE_ID}/query"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_rate_window_refuses_then_admits_when_the_oldest_leaves() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = QueryLimiter(QueryLimits(rate_limit=3, rate_window_s=30), clock=clock)
 
     async def main() -> None:
@@ -51,7 +44,7 @@ def test_rate_window_refuses_then_admits_when_the_oldest_leaves() -> None:
 
 
 def test_a_batch_costs_each_of_its_queries() -> None:
-    limiter = QueryLimiter(QueryLimits(rate_limit=5), clock=Clock())
+    limiter = QueryLimiter(QueryLimits(rate_limit=5), clock=FakeClock())
 
     async def main() -> None:
         async with limiter.admit("Bearer a", cost=4):

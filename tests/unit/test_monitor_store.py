@@ -13,17 +13,10 @@ import pytest
 
 from devstack.monitor.envelopes import Context, map_envelope
 from devstack.monitor.store import Received, Store
+from tests.support.clocks import WallClock
 
 CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
 NOW = datetime(2024, 5, 31, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def trace(message: str, at: datetime) -> Received:
@@ -36,12 +29,12 @@ def trace(message: str, at: datetime) -> Received:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(NOW)
+def clock() -> WallClock:
+    return WallClock(NOW)
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
+def store(tmp_path: Path, clock: WallClock) -> Iterator[Store]:
     s = Store(tmp_path / "m.duckdb", retention=timedelta(days=30), clock=clock)
     yield s
     s.close()
@@ -60,7 +53,7 @@ def test_window_restricts_rows(store: Store) -> None:
     assert messages(store, (None, NOW - timedelta(days=1))) == ["old"]
 
 
-def test_retention_deletes_only_expired_rows(store: Store, clock: Clock) -> None:
+def test_retention_deletes_only_expired_rows(store: Store, clock: WallClock) -> None:
     store.ingest([trace("expired", NOW - timedelta(days=31)),
                   trace("kept", NOW - timedelta(days=29))])
     assert store.purge() == 2  # the row and its raw envelope
@@ -73,10 +66,10 @@ def test_retention_deletes_only_expired_rows(store: Store, clock: Clock) -> None
 
 def test_data_survives_reopen_and_is_purged_at_the_next_start(tmp_path: Path) -> None:
     path = tmp_path / "m.duckdb"
-    first = Store(path, retention=timedelta(days=30), clock=Clock(NOW))
+    first = Store(path, retention=timedelta(days=30), clock=WallClock(NOW))
     first.ingest([trace("a", NOW)])
     first.close()
-    later = Store(path, retention=timedelta(days=30), clock=Clock(NOW + timedelta(days=40)))
+    later = Store(path, retention=timedelta(days=30), clock=WallClock(NOW + timedelta(days=40)))
     try:
         assert later.counts()["AppTraces"] == 1
         later.purge()
@@ -106,7 +99,8 @@ def test_kql_cannot_write(store: Store) -> None:
         store.query(".set-or-replace AppTraces <| datatable(x: long)[1]", (None, None))
 
 
-def test_a_file_from_an_older_emulator_gets_the_new_columns(tmp_path: Path, clock: Clock) -> None:
+def test_a_file_from_an_older_emulator_gets_the_new_columns(tmp_path: Path,
+                                                            clock: WallClock) -> None:
 
 
     path = tmp_path / "old.duckdb"

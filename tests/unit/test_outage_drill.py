@@ -28,7 +28,7 @@ from shared.settings import Settings
 from tests.support import images
 from tests.support.clocks import FakeClock
 from tests.support.fakes import MemoryStore
-from tests.unit.test_vision_client import OK_BODY
+from tests.support.vision import OK_BODY
 
 OUTAGE_S = 600
 UPLOAD_EVERY_S = 5

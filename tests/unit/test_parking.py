@@ -15,8 +15,9 @@ from shared.analysis.pipeline import Outcome, process_blob
 from shared.analysis.ratecontrol import CircuitBreaker
 from shared.analysis.results import ResultRepository
 from shared.errors import TransientError, VisionUnavailableError
+from tests.support.clocks import FakeClock
 from tests.support.fakes import MemoryStore
-from tests.unit.test_pipeline import FakeAnalyzer, blob, make_deps
+from tests.support.pipeline import FakeAnalyzer, blob, make_deps
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -37,14 +38,6 @@ class Blobs:
         self.retouched.append(name)
         self.etags[name] += "-next"
         return self.etags[name]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def parked_deps(store: MemoryStore, script: Sequence[Any]) -> Any:
@@ -79,7 +72,7 @@ def test_other_retryable_errors_still_raise_for_the_host() -> None:
 
 
 def test_redrive_waits_while_the_breaker_is_open_then_probes_with_one_blob() -> None:
-    store, clock = MemoryStore(), Clock()
+    store, clock = MemoryStore(), FakeClock(100.0)
     lot = ParkingLot(store, "parked")
     for i in range(5):
         lot.park("images", f"b{i}.jpg", f"0x{i}", reason="circuit_open", now=lambda: NOW)

@@ -5,7 +5,6 @@ LogsQueryClient."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,8 +14,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.monitor.query import LogsQueryError, LogsQueryResult, LogsTable
 
-from devstack.monitor.envelopes import Context, map_envelope
-from devstack.monitor.store import QueryResult, Received, Store
+from devstack.monitor.store import QueryResult, Store
 from shared import telemetry as t
 from shared.monitoring.logsquery import (
     BadQueryError,
@@ -32,8 +30,8 @@ from shared.monitoring.logsquery import (
     parse_query,
 )
 from tests.support.polling import wait_for
+from tests.support.telemetry_gen import Telemetry
 
-CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
 NOW = datetime.now(UTC).replace(microsecond=0)
 QUERIES = load_queries()
 EXPECTED = {
@@ -42,64 +40,9 @@ EXPECTED = {
 }
 
 
-def _duration(ms: float) -> str:
-    return t.api._ai_duration(ms)
-
-
-class Telemetry:
-    """Builds envelopes the way the exporter shapes what shared.telemetry records."""
-
-    def __init__(self) -> None:
-        self.items: list[Received] = []
-        self.seq = 0
-
-    def _add(self, kind: str, base_type: str, data: dict[str, Any], op: str, parent: str | None,
-             *, synthetic: bool, at: datetime) -> None:
-        tags = {"ai.operation.id": op, "ai.cloud.role": "visionops"}
-        if parent:
-            tags["ai.operation.parentId"] = parent
-        if synthetic:
-            tags["ai.operation.syntheticSource"] = "True"
-        env = {"name": f"Microsoft.ApplicationInsights.{kind}", "iKey": "k", "time": at.isoformat(),
-               "tags": tags, "data": {"baseType": base_type, "baseData": {"ver": 2, **data}}}
-        self.items.append(Received(json.dumps(env), map_envelope(env, CTX)))
-
-    def request(self, op: str, outcome: str, ms: float, *, success: bool = True,
-                synthetic: bool = False, at: datetime = NOW, **props: str) -> str:
-        self.seq += 1
-        rid = f"r{self.seq:015d}"
-        self._add("Request", "RequestData", {
-            "id": rid, "name": "analyze_image", "duration": _duration(ms), "responseCode": "0",
-            "success": success,
-            "properties": {t.ATTR_OUTCOME: outcome, "faas.trigger": "datasource", **props},
-        }, op, None, synthetic=synthetic, at=at)
-        return rid
-
-    def vision(self, op: str, parent: str, code: int, ms: float, attempt: int = 1, *,
-               synthetic: bool = False, at: datetime = NOW, **props: str) -> None:
-        self.seq += 1
-        self._add("RemoteDependency", "RemoteDependencyData", {
-            "id": f"d{self.seq:015d}", "name": t.SPAN_VISION_ANALYZE, "duration": _duration(ms),
-            "resultCode": str(code), "success": code == 200, "type": "HTTP",
-            "target": "127.0.0.1:7081",
-            "properties": {t.ATTR_VISION_ATTEMPT: str(attempt), **props},
-        }, op, parent, synthetic=synthetic, at=at)
-
-    def event(self, op: str, parent: str, name: str, *, synthetic: bool = False,
-              **props: str) -> None:
-        self._add("Event", "EventData", {"name": name, "properties": props}, op, parent,
-                  synthetic=synthetic, at=NOW)
-
-    def availability(self, name: str, ok: bool, ms: float, location: str) -> None:
-        self._add("Availability", "AvailabilityData", {
-            "id": f"a{len(self.items)}", "name": name, "duration": _duration(ms), "success": ok,
-            "runLocation": location, "message": "passed" if ok else "failed",
-        }, "avail", None, synthetic=True, at=NOW)
-
-
 @pytest.fixture(scope="module")
 def store() -> Iterator[Store]:
-    tel = Telemetry()
+    tel = Telemetry(NOW)
     # three analysed images (one throttled once, then fine)
     for i, ms in enumerate((100.0, 200.0, 300.0)):
         op = f"op{i}"

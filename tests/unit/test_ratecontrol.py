@@ -20,20 +20,7 @@ from shared.analysis.ratecontrol import (
     RetryBudget,
     TokenBucket,
 )
-
-
-class Clock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
+from tests.support.clocks import FakeClock
 
 # --------------------------------------------------------------------------- convergence
 
@@ -50,7 +37,7 @@ def simulate(clients: int, *, limit: float = 10.0, duration: float = 90.0,
              seed: int = 7) -> tuple[list[SimClient], list[float], int]:
     """K saturated clients (each as fast as its limiter lets it) against one rolling-second
     limit, with 20-40 ms of latency; Retry-After as the emulator computes it (rounded up)."""
-    clock, rng = Clock(0.0), random.Random(seed)
+    clock, rng = FakeClock(0.0), random.Random(seed)
     window = window_for_tps(limit)
     sims = [SimClient(FlowControl(ceiling=limit, clock=clock, sleep=lambda s: None))
             for _ in range(clients)]
@@ -135,7 +122,7 @@ def test_a_halved_limit_is_found_within_seconds() -> None:
 
 
 def test_a_throttle_decreases_once_per_overload_and_regrows() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rate = AdaptiveRate(10.0, clock=clock)
     assert rate.rate() == 10.0
     assert rate.on_throttled(clock.now - 0.01, pause_s=0.0)
@@ -150,7 +137,7 @@ def test_a_throttle_decreases_once_per_overload_and_regrows() -> None:
 
 
 def test_gross_overload_uses_the_admitted_share_not_repeated_steps() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rate = AdaptiveRate(10.0, clock=clock)
     rate.on_throttled(clock.now - 0.01)  # too few answers to judge: the plain 0.7 step
     assert rate.rate() == pytest.approx(7.0)
@@ -165,7 +152,7 @@ def test_gross_overload_uses_the_admitted_share_not_repeated_steps() -> None:
 
 
 def test_an_idle_clients_lone_throttle_is_an_ordinary_step() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rate = AdaptiveRate(10.0, clock=clock)
     clock.now += 60  # nothing sent for a minute: no share to measure
     rate.on_throttled(clock.now - 0.01, pause_s=120)
@@ -173,7 +160,7 @@ def test_an_idle_clients_lone_throttle_is_an_ordinary_step() -> None:
 
 
 def test_retry_after_pauses_everyone_only_when_longer_than_the_window() -> None:
-    clock = Clock()
+    clock = FakeClock()
     flow = FlowControl(ceiling=100.0, clock=clock, sleep=clock.sleep)
     flow.pause(1.0)  # S1: the retried call waits; others go on at the lowered rate
     assert flow.bucket.reserve() == pytest.approx(0.0)
@@ -185,7 +172,7 @@ def test_retry_after_pauses_everyone_only_when_longer_than_the_window() -> None:
 
 
 def test_token_bucket_rate_changes_apply_to_new_slots() -> None:
-    clock = Clock()
+    clock = FakeClock()
     bucket = TokenBucket(10.0, clock=clock, sleep=clock.sleep)
     assert [bucket.reserve() for _ in range(2)] == pytest.approx([0.0, 0.1])
     bucket.set_rate(2.0)
@@ -197,7 +184,7 @@ def test_token_bucket_rate_changes_apply_to_new_slots() -> None:
 
 
 def test_the_retry_budget_is_a_share_of_recent_first_attempts() -> None:
-    clock = Clock()
+    clock = FakeClock()
     budget = RetryBudget(ratio=0.2, min_per_second=0.0, window_s=10.0, clock=clock)
     for _ in range(50):
         budget.record_first_attempt()
@@ -211,7 +198,7 @@ def test_the_retry_budget_is_a_share_of_recent_first_attempts() -> None:
 
 
 def test_a_quiet_client_keeps_a_small_reserve() -> None:
-    clock = Clock()
+    clock = FakeClock()
     budget = RetryBudget(ratio=0.2, min_per_second=0.5, window_s=10.0, clock=clock)
     assert sum(budget.try_spend() for _ in range(10)) == 5
 
@@ -220,7 +207,7 @@ def test_a_quiet_client_keeps_a_small_reserve() -> None:
 
 
 def test_breaker_recovers_after_an_outage_with_one_probe_per_interval() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=3, probe_interval_s=5.0, clock=clock)
     breaker.on_failure()
     breaker.on_failure()
@@ -245,7 +232,7 @@ def test_breaker_recovers_after_an_outage_with_one_probe_per_interval() -> None:
 
 
 def test_a_throttle_or_4xx_probe_closes_the_breaker() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=1, probe_interval_s=1.0, clock=clock)
     breaker.on_failure()
     clock.now += 1

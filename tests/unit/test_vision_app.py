@@ -2,40 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
-from PIL import Image
 from starlette.testclient import TestClient
 
 from devstack.vision import VisionConfig, create_app
-from devstack.vision.analysis import Analyzer
 from devstack.vision.clock import FakeClock
-from devstack.vision.ocr import Line
-
-KEY = "unit-key"
-ANALYZE = "/computervision/imageanalysis:analyze"
-HEADERS = {"Ocp-Apim-Subscription-Key": KEY, "Content-Type": "application/octet-stream"}
-
-
-class FakeOcr:
-    """Stands in for rapidocr: one fixed line, so these tests stay fast."""
-
-    def lines(self, rgb: np.ndarray) -> list[Line]:
-        return [Line(((5.0, 5.0), (45.0, 5.0), (45.0, 15.0), (5.0, 15.0)), "ok go", 0.9)]
-
-
-def fast_analyzer(config: VisionConfig) -> Analyzer:
-    return Analyzer(config, ocr=FakeOcr())  # type: ignore[arg-type]  # duck-typed stand-in
-
-
-def png(size: tuple[int, int] = (120, 90)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, "white").save(buffer, "PNG")
-    return buffer.getvalue()
+from tests.support.vision import ANALYZE, HEADERS, KEY, fast_analyzer, png
 
 
 @pytest.fixture

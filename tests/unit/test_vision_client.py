@@ -38,6 +38,7 @@ from shared.errors import (
 )
 from shared.settings import Settings
 from tests.support.clocks import FakeClock
+from tests.support.vision import OK_BODY
 
 # --------------------------------------------------------------------------- fakes
 
@@ -54,16 +55,6 @@ def error_body(code: str, inner: str | None = None, message: str = "nope") -> di
     if inner:
         error["innererror"] = {"code": inner, "message": message}
     return {"error": error}
-
-
-OK_BODY = {
-    "modelVersion": "2023-10-01",
-    "metadata": {"width": 640, "height": 480},
-    "readResult": {
-        "blocks": [{"lines": [{"text": "SECRET OCR LINE", "boundingPolygon": [], "words": []}]}]
-    },
-    "peopleResult": {"values": []},
-}
 
 
 class _Closable:

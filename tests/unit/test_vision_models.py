@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 from devstack.vision import VisionConfig, create_app
 from devstack.vision.clock import FakeClock
 from devstack.vision.models import CATALOG, REHEARSAL_VERSION, ModelVersion
-from tests.unit.test_vision_app import ANALYZE, HEADERS, KEY, fast_analyzer, png
+from tests.support.vision import ANALYZE, HEADERS, KEY, fast_analyzer, png
 
 GA = "2023-10-01"
 
