@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any
 
+import isodate
+
 from shared.monitoring.drift import ROLLING, Baseline
 from shared.monitoring.logsquery import load_queries
 from shared.settings import DriftSettings, MonitoringSettings, Settings
@@ -360,18 +362,15 @@ def not_evaluated(rule: AlertRule, error: str) -> AlertState:
 
 
 def iso_duration(delta: timedelta) -> str:
-    """ISO 8601 duration as ARM expects it (``PT5M``, ``PT1H``, ``P1D``)."""
+    """ISO 8601 duration as ARM expects it (``PT5M``, ``PT1H``, ``P1D``), in whole seconds.
+
+    isodate writes it; the check is ours: a rule's window or frequency is never zero or
+    negative, and isodate would happily write ``P0D`` or ``-PT5M``.
+    """
     seconds = int(delta.total_seconds())
     if seconds <= 0:
         raise ValueError("duration must be positive")
-    days, rest = divmod(seconds, 86_400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    out = "P" + (f"{days}D" if days else "")
-    time = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (
-        f"{secs}S" if secs else "")
-    return out + ("T" + time if time else "")
-
+    return str(isodate.duration_isoformat(timedelta(seconds=seconds)))
 
 
 def _burn_rate_rule(

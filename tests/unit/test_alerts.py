@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+import isodate
 import pytest
 
 from shared.monitoring.alerts import (
@@ -119,6 +120,43 @@ def test_evaluate(aggregation: Aggregation, operator: Operator, rows: list[dict[
 ])
 def test_iso_duration(delta: timedelta, iso: str) -> None:
     assert iso_duration(delta) == iso
+
+
+def _designators(seconds: int) -> str:
+    """The ISO 8601 duration ARM reads, spelled out: days, then T and hours, minutes, seconds,
+    each left out when zero."""
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    time = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M"), (secs, "S")) if n)
+    return "P" + (f"{days}D" if days else "") + ("T" + time if time else "")
+
+
+def test_iso_duration_over_whole_seconds_days_hours_and_minutes() -> None:
+    # every second of the first two days, then whole minutes and hours out to 60 days
+    values = [*range(1, 2 * 86_400 + 1), *range(2 * 86_400, 60 * 86_400 + 1, 60),
+              *(d * 86_400 + h * 3600 + 1 for d in range(0, 60) for h in range(24))]
+    checked = 0
+    for seconds in values:
+        text = iso_duration(timedelta(seconds=seconds))
+        assert text == _designators(seconds), seconds
+        assert isodate.parse_duration(text) == timedelta(seconds=seconds), text
+        checked += 1
+    assert checked == len(values) > 250_000
+    assert {"P1D", "P1DT1S", "PT23H59M59S", "P59DT23H1S", "P60D"} <= {
+        iso_duration(timedelta(seconds=v)) for v in (86_400, 86_401, 86_399, 59 * 86_400 + 82_801,
+                                                      60 * 86_400)}
+
+
+@pytest.mark.parametrize("delta", [timedelta(0), timedelta(seconds=-300),
+                                   timedelta(milliseconds=999), timedelta(days=-1)])
+def test_iso_duration_refuses_what_is_not_a_positive_whole_second(delta: timedelta) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        iso_duration(delta)
+
+
+def test_iso_duration_drops_a_fraction_of_a_second() -> None:
+    assert iso_duration(timedelta(seconds=90, milliseconds=750)) == "PT1M30S"
 
 
 def test_render_alert_rules_has_the_bicep_shape() -> None:
