@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
 
     from shared.drift import Baseline
+    from shared.fleet import Fleet, FleetRunner
     from shared.parking import RedriveReport
     from shared.pipeline import PipelineDeps, PipelineObserver
     from shared.ratecontrol import FlowControl
@@ -47,10 +48,13 @@ def build_pipeline_deps(
     if repository is None:
         repository = ResultRepository.from_settings(
             BlobDocumentStore(blob_service_client(settings.storage)), settings)
-    analyzer = build_vision_client(settings, flow=flow,
+    fleet = vision_fleet(settings) if flow is None else None
+    analyzer = build_vision_client(settings, flow=flow, fleet=fleet,
                                    credential=None if settings.vision_key else get_credential())
     if flow is None:  # a new controller: its rate is what the gauge reports from now on
         telemetry.watch_vision_rate(analyzer.flow.rate)
+        if fleet is not None:
+            telemetry.watch_vision_fleet(fleet.members, lambda: fleet.limit)
     return PipelineDeps(
         analyzer=analyzer,
         repository=repository,
@@ -59,6 +63,55 @@ def build_pipeline_deps(
         observer=observer or NoOpObserver(),
         parking=ParkingLot(repository.store, settings.parked_container),
     )
+
+
+_FLEET_LOCK = threading.Lock()
+_fleets: dict[tuple[float, float, str], FleetRunner] = {}
+
+
+def vision_fleet(settings: Settings) -> Fleet | None:
+    """This process's membership of the instances sharing the Vision limit: heartbeats under
+    ``fleet/vision/`` in the status container of the app's storage account, from a daemon
+    thread, removed at a normal exit. ``None`` when off (static rate, or
+    ``VISION_FLEET_HEARTBEAT_SECONDS=0``) or when no storage client can be built; a storage
+    failure later only makes the client pace from its own observations until storage answers.
+    """
+    import atexit
+    import logging
+
+    from shared.fleet import BlobHeartbeatStore, Fleet, FleetRunner
+    from shared.settings import RateMode
+
+    interval = settings.vision_fleet_heartbeat_seconds
+    if settings.vision_rate_mode is not RateMode.ADAPTIVE or interval <= 0:
+        return None
+    key = (settings.rate_limit_per_second, interval, settings.health.status_container)
+    with _FLEET_LOCK:
+        runner = _fleets.get(key)
+        if runner is None:
+            try:
+                container = blob_service_for(settings.storage).get_container_client(
+                    settings.health.status_container)
+            except Exception as exc:  # bad storage settings must not stop analysis
+                logging.getLogger(__name__).warning(
+                    "no fleet membership (%s): each instance paces alone", type(exc).__name__)
+                return None
+            runner = FleetRunner(Fleet(settings.rate_limit_per_second, interval_s=interval),
+                                 BlobHeartbeatStore(container))  # fmt: skip
+            runner.start()
+            atexit.register(runner.stop)
+            _fleets[key] = runner
+        return runner.fleet
+
+
+def leave_vision_fleet() -> None:
+    """A graceful stop: remove this process's heartbeats now, so the other instances take its
+    slots at their next listing (also run at a normal exit)."""
+    with _FLEET_LOCK:
+        runners = list(_fleets.values())
+        _fleets.clear()
+    for runner in runners:
+        runner.stop()
 
 
 def get_credential() -> TokenCredential:

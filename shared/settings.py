@@ -336,6 +336,7 @@ class Settings:
     vision_retry_budget_ratio: float = 0.2
     vision_breaker_failures: int = 5
     vision_probe_interval_seconds: float = 5.0
+    vision_fleet_heartbeat_seconds: float = 2.0
     parked_container: str = "parked"
     redrive_schedule: str = DEFAULT_REDRIVE_SCHEDULE
     redrive_batch: int = 200
@@ -421,6 +422,10 @@ class Settings:
             vision_probe_interval_seconds=p.number(
                 "VISION_PROBE_INTERVAL_SECONDS", float, d["vision_probe_interval_seconds"],
                 0.1, 3600,
+            ),
+            vision_fleet_heartbeat_seconds=p.number(
+                "VISION_FLEET_HEARTBEAT_SECONDS", float, d["vision_fleet_heartbeat_seconds"],
+                0.0, 60,
             ),
             parked_container=p.container("PARKED_CONTAINER", d["parked_container"]),
             redrive_schedule=p.schedule("REDRIVE_SCHEDULE", d["redrive_schedule"]),
