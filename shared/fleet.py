@@ -20,11 +20,14 @@ instances). So the fleet shares two things through heartbeats:
   the slots ``n = j (mod N)``: the sum is one evenly paced sender, which the rolling window
   admits, and each member gets exactly ``1/N`` of it.
 
-The limit is learned once for the fleet: a throttle of a call sent under the current estimate
-(and at least ``hold_s`` after it took effect) multiplies it by ``beta``; every member that meets
-the same overload computes the same new value, and the others adopt it from the next listing —
-a cut only if they were throttled themselves around then, so one late call costs the member
-that met it, not the fleet (a real drop of the limit throttles every member within a second).
+The limit is learned once for the fleet. A member's first 429 (of a call sent at least
+``hold_s`` after the current limit took effect) only *thins* that member: for a few seconds it
+sends in every other one of its slots, on the same grid, and says so in its heartbeat — a call
+that arrived late elsewhere then costs one member a few slots, not the fleet its limit. A member
+throttled again while thinning, or half of the members thinning at once (every member meets
+429s within a second when the limit itself drops), cuts the limit by ``beta``: each computes the
+same value, and the others adopt the newest decision from the next listing — a cut only if they
+were throttled themselves around then.
 Below the ceiling (the tier's documented limit, or ``VISION_RATE_LIMIT_PER_SECOND``) the member
 that made the decision (else the first member) sends one extra call — a probe — after
 ``probe_base_s``, then at doubling intervals up to ``probe_max_s``. Half-way between two of the
@@ -92,6 +95,8 @@ class Heartbeat:
     probe_after: float
     probes_failed: int = 0
     decided_by: str = ""
+    #: until when this member sends in every other one of its slots (it met a 429)
+    thinning_until: float = 0.0
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -103,6 +108,7 @@ class Heartbeat:
             "probe_after": repr(self.probe_after),
             "probes_failed": str(self.probes_failed),
             "decided_by": self.decided_by,
+            "thinning_until": repr(self.thinning_until),
         }
 
     @classmethod
@@ -118,6 +124,7 @@ class Heartbeat:
                 probe_after=float(fields["probe_after"]),
                 probes_failed=int(fields["probes_failed"]),
                 decided_by=str(fields.get("decided_by", "")),
+                thinning_until=float(fields.get("thinning_until", "0")),
             )
         except (KeyError, ValueError, TypeError):
             return None
@@ -147,8 +154,8 @@ class Slot:
 
     at: float
     probe: bool = False
-    #: the grid it was cut from: (limit, members, index); a slot of an old grid is not sent
-    grid: tuple[float, int, int] = (0.0, 0, 0)
+    #: the grid it was cut from: (limit, members, index, thinning); an old grid's is not sent
+    grid: tuple[float, int, int, bool] = (0.0, 0, 0, False)
 
 
 class Fleet:
@@ -162,7 +169,7 @@ class Fleet:
         headroom: float = 0.03,
         beta: float = 0.5,
         hold_s: float = 2.0,
-        probe_base_s: float = 2.0,
+        probe_base_s: float = 4.0,
         probe_max_s: float = 8.0,
         instance: str | None = None,
         clock: WallClock = time.time,
@@ -188,9 +195,11 @@ class Fleet:
         self._last_ok = -math.inf  # last successful beat
         self._first_ok = False
         self._last_slot = -math.inf
-        self._last_grid: tuple[float, int, int] = (0.0, 0, 0)
+        self._last_grid: tuple[float, int, int, bool] = (0.0, 0, 0, False)
         self._probe_sent: float | None = None
         self._throttled_at = -math.inf
+        self._thinning_since = -math.inf
+        self._thin_s = interval_s + 2 * SETTLE_MARGIN_S  # long enough to be seen in a listing
         self._confirming = False
         self.failures = 0
         self.cuts = 0
@@ -221,6 +230,7 @@ class Fleet:
                     others[beat.instance] = beat
             self._others = others
             # the newest decision wins; the same instant is settled by the decider's id
+            self._cut_if_most_are_thinning(others, now)
             newest = max(others.values(), key=_decision, default=None)
             if newest is not None and _decision(newest) > _decision(self._me):
                 # a cut is adopted only by a member that met throttling itself around then:
@@ -231,6 +241,19 @@ class Fleet:
                     self._adopt(newest, now)
             self._last_ok = now
             self._first_ok = True
+
+    def _cut_if_most_are_thinning(self, others: dict[str, Heartbeat], now: float) -> None:
+        """Half or more of the members thinning at once: the limit dropped (every member met
+        429s), so the fleet's limit is cut — the same value decided by each of them."""
+        if now >= self._me.thinning_until:
+            return
+        members, _, _ = self._view(now)
+        thinning = [b for b in members
+                    if (b.thinning_until if b.instance != self.instance
+                        else self._me.thinning_until) > now]  # fmt: skip
+        if 2 * len(thinning) >= len(members) and (len(members) > 1 or now - self._thinning_since
+                                                   >= self._hold):  # fmt: skip
+            self._cut(now)
 
     def mark_failed(self) -> None:
         with self._lock:
@@ -289,8 +312,10 @@ class Fleet:
     def rate(self) -> float:
         """This member's share of the fleet's rate (calls per second)."""
         with self._lock:
-            members, _, _ = self._view(self._clock())
-            return self._me.limit * (1 - self._headroom) / len(members)
+            now = self._clock()
+            members, _, _ = self._view(now)
+            share = self._me.limit * (1 - self._headroom) / len(members)
+            return share / 2 if now < self._me.thinning_until else share
 
     def reserve(self) -> Slot:
         """The next send time of this member (the grid's next own slot, or a probe now)."""
@@ -307,19 +332,24 @@ class Fleet:
                 return Slot(at, probe=True, grid=self._grid(now))
             members, index, earliest = self._view(now)
             count = len(members)
-            grid = (self._me.limit, count, index)
+            thinning = now < self._me.thinning_until
+            grid = (self._me.limit, count, index, thinning)
             # slots taken on an old grid are given back (their callers re-reserve)
             last = self._last_slot if self._last_grid == grid else -math.inf
             start = max(now, last + 1e-6, earliest)
             rate = self._me.limit * (1 - self._headroom)
             first = math.ceil(start * rate - 1e-9)
             n = first + (index - first) % count
+            if thinning and (n // count + index) % 2:
+                # every other own slot, alternating between members, so that all members
+                # thinning at once still send evenly, at half the rate
+                n += count
             self._last_slot, self._last_grid = n / rate, grid
             return Slot(self._last_slot, grid=grid)
 
-    def _grid(self, now: float) -> tuple[float, int, int]:
+    def _grid(self, now: float) -> tuple[float, int, int, bool]:
         members, index, _ = self._view(now)
-        return self._me.limit, len(members), index
+        return self._me.limit, len(members), index, now < self._me.thinning_until
 
     def current(self, slot: Slot) -> bool:
         """May the caller that slept until ``slot`` send now? Not if the grid moved meanwhile
@@ -335,7 +365,7 @@ class Fleet:
                 return True
             rate = self._me.limit * (1 - self._headroom)
             slack = max(1.0, math.floor(self._me.limit)) / rate - 1.0
-            return now - slot.at <= slack / 2
+            return now - slot.at <= slack
 
     def forget(self, slot: Slot) -> None:
         """``slot`` was not used, or its call got no answer: a probe in it did not happen."""
@@ -375,11 +405,29 @@ class Fleet:
             self._throttled_at = now
             if slot.at < self._adopted_at + self._hold:
                 return False  # sent before the current limit could have freed the window
-            limit = max(self.floor, self._me.limit * self._beta)
-            self._decide(now, limit, probe_after=now + self._probe_base, probes_failed=0,
-                         adopt=True)  # fmt: skip
-            self.cuts += 1
+            if now >= self._me.thinning_until:
+                # first answer: this member alone halves its sending, on the same grid (a late
+                # call elsewhere costs one member a few slots, not the fleet its limit)
+                self._thin(now)
+                return False
+            if slot.at < self._thinning_since + self._hold:
+                return False
+            # throttled even at half its share: the limit itself dropped
+            self._cut(now)
             return True
+
+    def _thin(self, now: float) -> None:
+        self._thinning_since = now
+        self._me = replace(self._me, thinning_until=now + self._thin_s)
+        if self.on_decision is not None:
+            self.on_decision()
+
+    def _cut(self, now: float) -> None:
+        limit = max(self.floor, self._me.limit * self._beta)
+        self._me = replace(self._me, thinning_until=0.0)
+        self._decide(now, limit, probe_after=now + self._probe_base, probes_failed=0,
+                     adopt=True)  # fmt: skip
+        self.cuts += 1
 
     def on_admitted(self, slot: Slot) -> bool:
         """A call sent in ``slot`` was answered; True if it was a probe that raised the limit."""

@@ -53,6 +53,12 @@ def settle(runners: list[FleetRunner], clock: Clock) -> None:
         runner.beat_once()
 
 
+def force_cut(fleet: Fleet, clock: Clock) -> None:
+    assert fleet.on_throttled(fleet.reserve()) is False  # the first 429: this member thins
+    clock.t += 2.1  # past the hold
+    assert fleet.on_throttled(fleet.reserve()) is True  # throttled even at half: cut
+
+
 def test_members_are_counted_from_fresh_heartbeats_and_expire() -> None:
     clock, store = Clock(), fleet_sim.MemoryStore()
     runners = make(3, clock, store)
@@ -100,8 +106,7 @@ def test_a_cut_is_decided_once_and_adopted_by_members_that_were_throttled() -> N
     a, b, c = make(3, clock, store)
     settle([a, b, c], clock)
     clock.t += 2
-    slot = a.fleet.reserve()
-    assert a.fleet.on_throttled(slot) is True
+    force_cut(a.fleet, clock)
     assert a.fleet.limit == 5.0
     assert a.fleet.on_throttled(a.fleet.reserve()) is False  # within the hold: one reaction
     b.fleet.on_throttled(Slot(clock.t - 5))  # b met throttling too (a call of the old grid)
@@ -118,6 +123,9 @@ def test_a_raised_limit_is_adopted_by_everyone() -> None:
     a, b = make(2, clock, store, probe_base_s=2.0)
     settle([a, b], clock)
     clock.t += 2
+    a.fleet.on_throttled(a.fleet.reserve())
+    b.fleet.on_throttled(b.fleet.reserve())
+    clock.t += 2.1
     a.fleet.on_throttled(a.fleet.reserve())
     b.fleet.on_throttled(b.fleet.reserve())  # the same instant: the id settles who decided
     for runner in (a, b, a):
@@ -147,7 +155,7 @@ def test_probes_only_below_the_ceiling_and_back_off_when_they_fail() -> None:
     fleet = runner.fleet
     clock.t += 10
     assert not any(fleet.reserve().probe for _ in range(50))  # at the ceiling: never
-    fleet.on_throttled(fleet.reserve())
+    force_cut(fleet, clock)
     assert fleet.limit == 5.0
     intervals = []
     last = clock.t
@@ -169,12 +177,35 @@ def test_a_probe_goes_half_way_between_two_slots_of_the_fleet() -> None:
     (runner,) = make(1, clock, store, probe_base_s=2.0)
     settle([runner], clock)
     clock.t += 2
-    runner.fleet.on_throttled(runner.fleet.reserve())
+    force_cut(runner.fleet, clock)
     clock.t += 2.01
     slot = runner.fleet.reserve()
     assert slot.probe
     rate = 5.0 * 0.97
     assert (slot.at * rate) % 1 == pytest.approx(0.5, abs=1e-6)
+
+
+def test_a_lone_429_thins_one_member_and_most_members_thinning_cut_the_limit() -> None:
+    clock, store = Clock(), fleet_sim.MemoryStore()
+    runners = make(4, clock, store)
+    settle(runners, clock)
+    clock.t += 2
+    a = runners[0].fleet
+    a.on_throttled(a.reserve())
+    assert a.rate() == pytest.approx(9.7 / 8) and a.limit == 10.0
+    own = [round(a.reserve().at * 9.7) for _ in range(6)]
+    assert all(n % 4 == 0 for n in own)  # still its own slots of the same grid...
+    assert all(b - x == 8 for x, b in itertools.pairwise(own))  # ...every other one
+    for runner in runners:
+        runner.beat_once()
+    assert [r.fleet.limit for r in runners] == [10.0] * 4  # one of four thinning: no cut
+    clock.t += 4  # the thinning ends
+    assert a.rate() == pytest.approx(9.7 / 4)
+    for fleet in (runners[1].fleet, runners[2].fleet):
+        fleet.on_throttled(fleet.reserve())
+    for runner in (runners[1], runners[2], runners[1]):  # each lists the other's thinning
+        runner.beat_once()
+    assert [r.fleet.limit for r in runners] == [10.0, 5.0, 5.0, 10.0]  # two of four: cut
 
 
 def test_malformed_heartbeats_are_ignored() -> None:
@@ -231,7 +262,8 @@ def test_flow_control_sends_in_fleet_slots_and_feeds_the_fleet() -> None:
     clock.t += 2
     flow.acquire()
     flow.on_throttled(clock.t, 1.0)
-    assert runners[0].fleet.limit == 5.0
+    assert runners[0].fleet.limit == 10.0  # one 429: this member thins, the limit stays
+    assert flow.rate() == pytest.approx(9.7 / 4)
     assert flow.controller is not None and flow.controller.throttles == 0
 
 
@@ -243,17 +275,15 @@ def test_a_slot_of_an_old_grid_is_re_reserved_after_the_sleep() -> None:
 
     def sleep(seconds: float) -> None:
         clock.t += seconds
-        if fleet.limit == 10.0:
+        if fleet.rate() == pytest.approx(9.7):
             fleet.on_throttled(Slot(clock.t))  # another thread's call was throttled meanwhile
 
     clock.t += 2
     flow = FlowControl(ceiling=10.0, fleet=fleet, clock=clock, sleep=sleep)
     flow.acquire()
-    flow.acquire()
-    assert fleet.limit == 5.0
-    rate = 5.0 * 0.97
-    assert (clock.t * rate) % 1 == pytest.approx(0.0, abs=1e-6) or (
-        (clock.t * rate) % 1 == pytest.approx(1.0, abs=1e-6))  # on the new grid  # fmt: skip
+    assert fleet.rate() == pytest.approx(9.7 / 2)
+    n = round(clock.t * 9.7)
+    assert n == pytest.approx(clock.t * 9.7, abs=1e-6) and n % 2 == 0  # a thinned slot
 
 
 @pytest.mark.parametrize("k", [2, 4, 8])
