@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import _chart  # bench/ itself: the script's folder is first on sys.path
+import fleet_sim
 from goodput_bench import FEATURES, KEY, Emulator, small_jpeg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -473,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         azurite.stop()
     report(runs, tps=args.tps, threads=args.threads, duration=duration)
     print_pacing_floor(args.tps)
+    fleet_sim.print_simulation(duration, args.tps)
     for index, scenario in enumerate(chosen):
         path = args.charts / f"scaleout-{index + 1}.svg"
         _chart.write(path, chart_of(runs, scenario))

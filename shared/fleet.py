@@ -265,7 +265,14 @@ class Fleet:
             return self._fresh(self._clock())
 
     def _fresh(self, now: float) -> bool:
-        return self._first_ok and now - self._last_ok <= STALE_INTERVALS * self.interval_s
+        if not self._first_ok:
+            # not listed yet: pending until it could be counted, unless storage already failed
+            # (a newcomer that paced alone at the ceiling would overrun the fleet)
+            return self.failures == 0 and now < self._settles_at()
+        return now - self._last_ok <= STALE_INTERVALS * self.interval_s
+
+    def _settles_at(self) -> float:
+        return self._me.joined_at + self.interval_s + SETTLE_MARGIN_S
 
     def _adopt(self, beat: Heartbeat, now: float) -> None:
         if beat.limit != self._me.limit:
@@ -285,9 +292,11 @@ class Fleet:
         a newcomer waits until every member counts it (at the same instant everywhere)."""
         settled = [b for b in self._others.values() if self._settled(b, now)]
         start = -math.inf
-        if not self._settled(self._me, now):
+        if not self._first_ok:
+            start = self._settles_at()  # it does not know the others yet
+        elif not self._settled(self._me, now):
             if settled:
-                start = self._me.joined_at + self.interval_s + SETTLE_MARGIN_S
+                start = self._settles_at()
             else:  # a fleet starting together: everyone new counts everyone new at once
                 settled = list(self._others.values())
         members = sorted([*settled, self._me], key=lambda b: (b.joined_at, b.instance))

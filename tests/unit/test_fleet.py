@@ -101,6 +101,18 @@ def test_a_newcomer_waits_until_every_member_counts_it_at_the_same_instant() -> 
     assert [r.fleet.members() for r in (*old, new)] == [3, 3, 3]
 
 
+def test_before_its_first_listing_a_member_waits_instead_of_pacing_alone() -> None:
+    clock, store = Clock(), fleet_sim.MemoryStore()
+    fleet = Fleet(10.0, clock=clock, instance="new")
+    flow = FlowControl(ceiling=10.0, fleet=fleet, clock=clock, sleep=lambda s: None)
+    assert fleet.fresh()  # pending: its first heartbeat is on the way
+    assert fleet.reserve().at >= START + fleet.interval_s + SETTLE_MARGIN_S
+    assert flow.rate() == pytest.approx(9.7)
+    store.failing = True
+    assert FleetRunner(fleet, store).beat_once() is False
+    assert not fleet.fresh()  # storage down from the start: the local controller paces
+
+
 def test_a_cut_is_decided_once_and_adopted_by_members_that_were_throttled() -> None:
     clock, store = Clock(), fleet_sim.MemoryStore()
     a, b, c = make(3, clock, store)
