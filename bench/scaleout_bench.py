@@ -157,16 +157,15 @@ def worker(args: argparse.Namespace) -> int:
                     target.append(now - epoch)
 
     time.sleep(max(0.0, start - time.time()))  # all instances of a run begin together
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(args.threads)]
+    threads = [threading.Thread(target=loop) for _ in range(args.threads)]
     for thread in threads:
         thread.start()
-    time.sleep(max(0.0, stop - time.time()))
-    if args.variant == "ours":  # a graceful stop: the instance leaves the fleet as it ends
+    for thread in threads:
+        thread.join()
+    if args.variant == "ours":  # a graceful stop: calls in flight done, it leaves the fleet
         from shared.runtime import leave_vision_fleet
 
         leave_vision_fleet()
-    for thread in threads:
-        thread.join()
     flow = getattr(getattr(analyze, "client", None), "flow", None)
     fleet = getattr(flow, "fleet", None)
     if fleet is not None and args.debug:

@@ -107,7 +107,7 @@ class Heartbeat:
             "decided_at": repr(self.decided_at),
             "probe_after": repr(self.probe_after),
             "probes_failed": str(self.probes_failed),
-            "decided_by": self.decided_by,
+            "decided_by": self.decided_by or "-",  # storage drops empty metadata values
             "thinning_until": repr(self.thinning_until),
         }
 
@@ -123,7 +123,7 @@ class Heartbeat:
                 decided_at=float(fields["decided_at"]),
                 probe_after=float(fields["probe_after"]),
                 probes_failed=int(fields["probes_failed"]),
-                decided_by=str(fields.get("decided_by", "")),
+                decided_by=str(fields.get("decided_by", "-")).strip("-"),
                 thinning_until=float(fields.get("thinning_until", "0")),
             )
         except (KeyError, ValueError, TypeError):
