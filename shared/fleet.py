@@ -251,8 +251,7 @@ class Fleet:
         thinning = [b for b in members
                     if (b.thinning_until if b.instance != self.instance
                         else self._me.thinning_until) > now]  # fmt: skip
-        if 2 * len(thinning) >= len(members) and (len(members) > 1 or now - self._thinning_since
-                                                   >= self._hold):  # fmt: skip
+        if len(members) > 1 and 2 * len(thinning) >= len(members):
             self._cut(now)
 
     def mark_failed(self) -> None:
@@ -324,7 +323,7 @@ class Fleet:
             now = self._clock()
             members, _, _ = self._view(now)
             share = self._me.limit * (1 - self._headroom) / len(members)
-            return share / 2 if now < self._me.thinning_until else share
+            return share / 2 if now < self._me.thinning_until and len(members) > 1 else share
 
     def reserve(self) -> Slot:
         """The next send time of this member (the grid's next own slot, or a probe now)."""
@@ -341,7 +340,9 @@ class Fleet:
                 return Slot(at, probe=True, grid=self._grid(now))
             members, index, earliest = self._view(now)
             count = len(members)
-            thinning = now < self._me.thinning_until
+            # alone, thinning would halve the fleet for one late call: a lone member only
+            # remembers the 429, and a second one within the thinning time cuts the limit
+            thinning = now < self._me.thinning_until and count > 1
             grid = (self._me.limit, count, index, thinning)
             # slots taken on an old grid are given back (their callers re-reserve)
             last = self._last_slot if self._last_grid == grid else -math.inf
@@ -358,7 +359,8 @@ class Fleet:
 
     def _grid(self, now: float) -> tuple[float, int, int, bool]:
         members, index, _ = self._view(now)
-        return self._me.limit, len(members), index, now < self._me.thinning_until
+        thinning = now < self._me.thinning_until and len(members) > 1
+        return self._me.limit, len(members), index, thinning
 
     def current(self, slot: Slot) -> bool:
         """May the caller that slept until ``slot`` send now? Not if the grid moved meanwhile

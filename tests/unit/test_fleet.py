@@ -281,21 +281,36 @@ def test_flow_control_sends_in_fleet_slots_and_feeds_the_fleet() -> None:
 
 def test_a_slot_of_an_old_grid_is_re_reserved_after_the_sleep() -> None:
     clock, store = Clock(), fleet_sim.MemoryStore()
-    (runner,) = make(1, clock, store)
-    settle([runner], clock)
-    fleet = runner.fleet
+    runners = make(2, clock, store)
+    settle(runners, clock)
+    fleet = runners[0].fleet
 
     def sleep(seconds: float) -> None:
         clock.t += seconds
-        if fleet.rate() == pytest.approx(9.7):
+        if fleet.rate() == pytest.approx(9.7 / 2):
             fleet.on_throttled(Slot(clock.t))  # another thread's call was throttled meanwhile
 
     clock.t += 2
     flow = FlowControl(ceiling=10.0, fleet=fleet, clock=clock, sleep=sleep)
     flow.acquire()
-    assert fleet.rate() == pytest.approx(9.7 / 2)
+    assert fleet.rate() == pytest.approx(9.7 / 4)
     n = round(clock.t * 9.7)
-    assert n == pytest.approx(clock.t * 9.7, abs=1e-6) and n % 2 == 0  # a thinned slot
+    assert n == pytest.approx(clock.t * 9.7, abs=1e-6) and n % 4 == 0  # a thinned own slot
+
+
+def test_a_lone_member_does_not_thin_and_cuts_on_a_second_429() -> None:
+    clock, store = Clock(), fleet_sim.MemoryStore()
+    (runner,) = make(1, clock, store)
+    settle([runner], clock)
+    fleet = runner.fleet
+    clock.t += 2
+    assert fleet.on_throttled(fleet.reserve()) is False
+    assert fleet.rate() == pytest.approx(9.7)  # alone: halving would halve the fleet
+    runner.beat_once()
+    assert fleet.limit == 10.0  # no majority rule for one member
+    clock.t += 2.1
+    assert fleet.on_throttled(fleet.reserve()) is True
+    assert fleet.limit == 5.0
 
 
 @pytest.mark.parametrize("k", [2, 4, 8])
