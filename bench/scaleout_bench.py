@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import _chart  # bench/ itself: the script's folder is first on sys.path
+import fleet_sim
 from goodput_bench import FEATURES, KEY, Emulator, small_jpeg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,38 @@ WINDOW_S = 5
 # --------------------------------------------------------------------------- worker process
 
 
-def _client(variant: str, endpoint: str) -> Callable[[bytes], object]:
+class Azurite:
+    """A private Azurite on free ports: the storage account whose heartbeats ours shares."""
+
+    def __init__(self) -> None:
+        from devstack import procs
+        from devstack.azurite import AzuriteConfig, azurite_argv
+
+        root = Path(tempfile.mkdtemp(prefix="scaleout-azurite-"))
+        self.config = AzuriteConfig(location=root / "data", blob_port=procs.free_port(),
+                                    queue_port=procs.free_port(),
+                                    table_port=procs.free_port())
+        self._proc, self._record = procs.spawn("azurite", azurite_argv(self.config),
+                                               log_path=root / "azurite.log",
+                                               cwd=REPO_ROOT)
+        try:
+            procs.wait_until(lambda: procs.port_open(self.config.blob_port), timeout=60,
+                             interval=0.2, what="Azurite")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def connection_string(self) -> str:
+        return self.config.connection_string
+
+    def stop(self) -> None:
+        from devstack import procs
+
+        procs.stop(self._record.pid)
+
+
+def _client(variant: str, endpoint: str, storage: str) -> Callable[[bytes], object]:
     if variant == "sdk":
         from azure.ai.vision.imageanalysis import ImageAnalysisClient
         from azure.ai.vision.imageanalysis.models import VisualFeatures
@@ -63,25 +95,50 @@ def _client(variant: str, endpoint: str) -> Callable[[bytes], object]:
         features = [VisualFeatures(name) for name in FEATURES]
         return lambda image: sdk.analyze(image_data=image, visual_features=features)
     from shared.analysis.vision import build_vision_client
+    from shared.composition import vision_fleet
     from shared.settings import Settings
 
     env = {
         "VISION_ENDPOINT": endpoint,
         "VISION_KEY": KEY,
         "VISION_FEATURES": ",".join(FEATURES),
-        "AzureWebJobsStorage": "UseDevelopmentStorage=true",  # unused; Settings requires it
+        "AzureWebJobsStorage": storage,  # the heartbeats' account (static ignores it)
     }
     if variant == "static":
         env["VISION_RATE_MODE"] = "static"
     settings = Settings.from_env(env)
-    client = build_vision_client(settings.vision)
-    return lambda image: client.analyze(image, settings.vision.features)
+    # as the composition root builds it: the fleet membership, then the client
+    client = build_vision_client(settings.vision, fleet=vision_fleet(settings))
+    return _Analyze(client, settings.vision.features)
+
+
+@dataclass(frozen=True, slots=True)
+class _Analyze:
+    client: Any
+    features: tuple[str, ...]
+
+    def __call__(self, image: bytes) -> object:
+        return self.client.analyze(image, self.features)
 
 
 def worker(args: argparse.Namespace) -> int:
-    analyze = _client(args.variant, args.endpoint)
+    from devstack import procs
+
+    joins_late = args.start_at > 0.5
+    if joins_late:  # a scaled-out instance joins the fleet when it starts: warm imports only
+        _client("sdk" if args.variant == "sdk" else "static", args.endpoint, args.storage)
+    else:
+        analyze = _client(args.variant, args.endpoint, args.storage)
+    out = Path(args.out)
+    out.with_suffix(".ready").write_text("ready")
+    go = out.parent / "go"
+    procs.wait_until(go.exists, timeout=300, interval=0.05, what="the run's start")
+    epoch = float(go.read_text())
+    start, stop = epoch + args.start_at, epoch + args.start_at + args.duration
+    if joins_late:
+        time.sleep(max(0.0, start - time.time()))
+        analyze = _client(args.variant, args.endpoint, args.storage)
     image = small_jpeg()
-    start, stop = args.start_at, args.start_at + args.duration
     successes: list[float] = []
     failures: list[float] = []
     lock = threading.Lock()
@@ -97,7 +154,7 @@ def worker(args: argparse.Namespace) -> int:
             now = time.time()
             if now <= stop:
                 with lock:
-                    target.append(now - args.epoch)
+                    target.append(now - epoch)
 
     time.sleep(max(0.0, start - time.time()))  # all instances of a run begin together
     threads = [threading.Thread(target=loop) for _ in range(args.threads)]
@@ -105,9 +162,21 @@ def worker(args: argparse.Namespace) -> int:
         thread.start()
     for thread in threads:
         thread.join()
+    if args.variant == "ours":  # a graceful stop: calls in flight done, it leaves the fleet
+        from shared.composition import leave_vision_fleet
+
+        leave_vision_fleet()
+    flow = getattr(getattr(analyze, "client", None), "flow", None)
+    fleet = getattr(flow, "fleet", None)
+    if fleet is not None and args.debug:
+        print(f"fleet {fleet.instance}: members={fleet.members()} limit={fleet.limit:.2f} "
+              f"cuts={fleet.cuts} probes={fleet.probes} storage_failures={fleet.failures}",
+              file=sys.stderr)
+    elif args.debug:
+        print(f"worker {out.name}: no fleet", file=sys.stderr)
     Path(args.out).write_text(json.dumps({"successes": successes, "failures": failures,
-                                          "start": start - args.epoch,
-                                          "stop": stop - args.epoch}))
+                                          "start": start - epoch,
+                                          "stop": stop - epoch}))
     return 0
 
 
@@ -178,10 +247,22 @@ class Run:
         ok = sum(len(s) for s in self.successes)
         return self.total_calls / ok if ok else float("inf")
 
+    def fair_shares(self) -> list[float]:
+        """Per instance: the successes an equal split of the limit gives it over its seconds."""
+        shares = [0.0] * len(self.scenario.instances)
+        for second in range(int(self.duration)):
+            running = [i for i, inst in enumerate(self.scenario.instances)
+                       if inst.start_s <= second < inst.stop_s]
+            for i in running:
+                shares[i] += self.limit[second] / len(running)
+        return shares
+
     @property
     def fairness(self) -> float:
-        spans = [inst.stop_s - inst.start_s for inst in self.scenario.instances]
-        rates = [len(times) / span for times, span in zip(self.successes, spans, strict=True)]
+        """min/max of each instance's successes against its fair share over the time it ran
+        (with every instance running all along: min/max per-instance goodput)."""
+        rates = [len(times) / share for times, share
+                 in zip(self.successes, self.fair_shares(), strict=True) if share > 0]
         return min(rates) / max(rates) if rates and max(rates) > 0 else 0.0
 
     def reconverge(self) -> list[float | None]:
@@ -205,21 +286,30 @@ class Run:
         return out
 
 
-def run_once(scenario: Scenario, variant: str, *, emulator: Emulator, tps: float,
-             duration: float, threads: int, workdir: Path) -> Run:
+def run_once(scenario: Scenario, variant: str, *, emulator: Emulator, storage: str, tps: float,
+             duration: float, threads: int, workdir: Path, debug: bool = False) -> Run:
     initial = scenario.initial_tps or tps
     emulator.admin("PUT", "/admin/tier", {"tier": "S1", "tps": initial})
     emulator.admin("POST", "/admin/stats/reset")
-    epoch = time.time() + 8.0  # time for every worker to import the SDK before the start
+    from devstack import procs as devprocs
+
+    run_dir = workdir / f"{variant}-{len(list(workdir.iterdir()))}"
+    run_dir.mkdir()
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     for number, instance in enumerate(scenario.instances):
-        out = workdir / f"{variant}-{number}.json"
+        out = run_dir / f"{number}.json"
         argv = [sys.executable, __file__, "--worker", "--variant", variant,
-                "--endpoint", emulator.endpoint, "--threads", str(threads),
-                "--epoch", repr(epoch), "--start-at", repr(epoch + instance.start_s),
+                "--endpoint", emulator.endpoint, "--storage", storage,
+                "--threads", str(threads), "--start-at", repr(instance.start_s),
                 "--duration", repr(instance.stop_s - instance.start_s),
-                "--out", str(out)]
+                "--out", str(out), *(["--debug"] if debug else [])]
         procs.append((subprocess.Popen(argv, cwd=REPO_ROOT), out))
+    # every worker has imported the SDK and built its client (a running fleet) before the start
+    devprocs.wait_until(lambda: all(out.with_suffix(".ready").exists() for _, out in procs),
+                        timeout=300, interval=0.1, what="the workers")
+    epoch = time.time() + 4.0  # two heartbeats: every member has listed every other
+    (run_dir / "go.tmp").write_text(repr(epoch))
+    (run_dir / "go.tmp").rename(run_dir / "go")
     limit, calls, throttled = [], [], []
     current, changes = initial, list(scenario.changes)
     time.sleep(max(0.0, epoch - time.time()))
@@ -297,17 +387,29 @@ def report(runs: list[Run], *, tps: float, threads: int, duration: float) -> Non
     table = Table(title=f"Scale-out against one S1 limit of {tps:g} calls/s ({threads} threads "
                         f"per instance, {duration:g} s per run)")
     for column in ("scenario", "client", "goodput", "429 share", "failed", "calls/success",
-                   "fairness", "re-converge (start / changes)", "meets targets"):
+                   "fairness", "re-converge (start / changes)", "verdict"):
         table.add_column(column, justify="left" if column in ("scenario", "client") else "right")
     for r in runs:
         times = r.reconverge()
-        meets = (r.goodput_share >= TARGET_GOODPUT and r.share_429 <= TARGET_429
-                 and r.failures == 0 and r.fairness >= TARGET_FAIRNESS
-                 and all(t is not None and t <= TARGET_RECONVERGE_S for t in times))
+        verdicts = verdict(r)
+        misses = [name for name, ok in verdicts.items() if not ok]
         table.add_row(r.scenario.name, r.variant, f"{100 * r.goodput_share:.1f} %",
                       f"{100 * r.share_429:.1f} %", str(r.failures), f"{r.calls_per_success:.2f}",
-                      f"{r.fairness:.2f}", _seconds(times), "yes" if meets else "no")
-    Console(width=160).print(table)
+                      f"{r.fairness:.2f}", _seconds(times),
+                      "PASS" if not misses else "MISS " + ", ".join(misses))
+    Console(width=190).print(table)
+
+
+def verdict(r: Run) -> dict[str, bool]:
+    """Each target of the scenario, met or not."""
+    times = r.reconverge()
+    return {
+        "goodput": r.goodput_share >= TARGET_GOODPUT,
+        "429": r.share_429 <= TARGET_429,
+        "failed": r.failures == 0,
+        "fairness": r.fairness >= TARGET_FAIRNESS,
+        "re-converge": all(t is not None and t <= TARGET_RECONVERGE_S for t in times),
+    }
 
 
 def chart_of(runs: list[Run], scenario: Scenario) -> str:
@@ -337,10 +439,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for one SVG per scenario")
     parser.add_argument("--json", type=Path, help="also write the per-second series here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    for name in ("--variant", "--endpoint", "--out"):
+    parser.add_argument("--debug", action="store_true",
+                        help="workers print their fleet's counters")
+    for name in ("--variant", "--endpoint", "--storage", "--out"):
         parser.add_argument(name, help=argparse.SUPPRESS)
-    for name in ("--epoch", "--start-at"):
-        parser.add_argument(name, type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -350,19 +453,27 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in scenarios(duration, args.tps)
               if not args.only or any(o in s.name for o in args.only)]
     emulator = Emulator(args.tps)
+    try:
+        azurite = Azurite()
+    except BaseException:
+        emulator.stop()
+        raise
     runs: list[Run] = []
     try:
         with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:
             for scenario in chosen:
                 for variant in variants:
                     print(f"  {scenario.name}: {variant} ...", file=sys.stderr, flush=True)
-                    runs.append(run_once(scenario, variant, emulator=emulator, tps=args.tps,
+                    runs.append(run_once(scenario, variant, emulator=emulator,
+                                         storage=azurite.connection_string, tps=args.tps,
                                          duration=duration, threads=args.threads,
-                                         workdir=Path(tmp)))
+                                         workdir=Path(tmp), debug=args.debug))
     finally:
         emulator.stop()
+        azurite.stop()
     report(runs, tps=args.tps, threads=args.threads, duration=duration)
     print_pacing_floor(args.tps)
+    fleet_sim.print_simulation(duration, args.tps)
     for index, scenario in enumerate(chosen):
         path = args.charts / f"scaleout-{index + 1}.svg"
         _chart.write(path, chart_of(runs, scenario))

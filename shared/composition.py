@@ -14,7 +14,9 @@ pipeline gets ``shared.analysis.observer.TelemetryObserver``.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import logging
 import math
 import threading
 import time
@@ -25,6 +27,7 @@ from azure.identity import DefaultAzureCredential
 
 from shared import telemetry
 from shared.analysis import results
+from shared.analysis.fleet import BlobHeartbeatStore, Fleet, FleetRunner
 from shared.analysis.observer import TelemetryObserver
 from shared.analysis.parking import ParkingLot
 from shared.analysis.pipeline import NoOpObserver, PipelineDeps
@@ -52,7 +55,14 @@ from shared.ops.tuning.review import (
     host_blob_concurrency,
     tuning_summary,
 )
-from shared.settings import Settings, SettingsError, StorageConnection, TuningMode, get_settings
+from shared.settings import (
+    RateMode,
+    Settings,
+    SettingsError,
+    StorageConnection,
+    TuningMode,
+    get_settings,
+)
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -63,6 +73,8 @@ if TYPE_CHECKING:
     from shared.analysis.ratecontrol import FlowControl
     from shared.analysis.vision import AttemptHook
     from shared.monitoring.drift import Baseline
+
+logger = logging.getLogger(__name__)
 
 
 def build_pipeline_deps(
@@ -77,10 +89,13 @@ def build_pipeline_deps(
     if repository is None:
         repository = ResultRepository.from_settings(
             BlobDocumentStore(results.blob_service_client(settings.storage)), settings)
-    analyzer = build_vision_client(settings.vision, flow=flow,
+    fleet = vision_fleet(settings) if flow is None else None
+    analyzer = build_vision_client(settings.vision, flow=flow, fleet=fleet,
                                    credential=None if settings.vision.key else get_credential())
     if flow is None:  # a new controller: its rate is what the gauge reports from now on
         telemetry.watch_vision_rate(analyzer.flow.rate)
+        if fleet is not None:
+            telemetry.watch_vision_fleet(fleet.members, lambda: fleet.limit)
     return PipelineDeps(
         analyzer=analyzer,
         repository=repository,
@@ -89,6 +104,50 @@ def build_pipeline_deps(
         observer=observer or NoOpObserver(),
         parking=ParkingLot(repository.store, settings.pipeline.parked_container),
     )
+
+
+_FLEET_LOCK = threading.Lock()
+_fleets: dict[tuple[float, float, str], FleetRunner] = {}
+
+
+def vision_fleet(settings: Settings) -> Fleet | None:
+    """This process's membership of the instances sharing the Vision limit: heartbeats under
+    ``fleet/vision/`` in the status container of the app's storage account, from a daemon
+    thread, removed at a normal exit. ``None`` when off (static rate, or
+    ``VISION_FLEET_HEARTBEAT_SECONDS=0``) or when no storage client can be built; a storage
+    failure later only makes the client pace from its own observations until storage answers.
+    """
+    vision = settings.vision
+    interval = vision.fleet_heartbeat_seconds
+    if vision.rate_mode is not RateMode.ADAPTIVE or interval <= 0:
+        return None
+    key = (vision.rate_limit_per_second, interval, settings.jobs.status_container)
+    with _FLEET_LOCK:
+        runner = _fleets.get(key)
+        if runner is None:
+            try:
+                container = blob_service_for(settings.storage).get_container_client(
+                    settings.jobs.status_container)
+            except Exception as exc:  # bad storage settings must not stop analysis
+                logger.warning("no fleet membership (%s): each instance paces alone",
+                               type(exc).__name__)
+                return None
+            runner = FleetRunner(Fleet(vision.rate_limit_per_second, interval_s=interval),
+                                 BlobHeartbeatStore(container))
+            runner.start()
+            atexit.register(runner.stop)
+            _fleets[key] = runner
+        return runner.fleet
+
+
+def leave_vision_fleet() -> None:
+    """A graceful stop: remove this process's heartbeats now, so the other instances take its
+    slots at their next listing (also run at a normal exit)."""
+    with _FLEET_LOCK:
+        runners = list(_fleets.values())
+        _fleets.clear()
+    for runner in runners:
+        runner.stop()
 
 
 def get_credential() -> TokenCredential:
@@ -116,6 +175,8 @@ def blob_service_for(storage: StorageConnection) -> BlobServiceClient:
     """One client per storage connection (the app has one; operator tools may name another)."""
     credential = credential_for(storage.client_id) if storage.uses_identity else None
     return results.blob_service_client(storage, credential=credential)
+
+
 
 
 @dataclass(slots=True)

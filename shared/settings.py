@@ -150,6 +150,9 @@ class VisionSettings:
     breaker_failures: int = 5
     #: how often an open breaker lets one trial call through (``VISION_PROBE_INTERVAL_SECONDS``)
     probe_interval_seconds: float = 5.0
+    #: how often each instance renews its heartbeat in the fleet sharing the limit
+    #: (``VISION_FLEET_HEARTBEAT_SECONDS``; 0: no fleet, each instance paces alone)
+    fleet_heartbeat_seconds: float = 2.0
 
     @property
     def tier_limit_per_second(self) -> float:
@@ -163,7 +166,8 @@ class VisionSettings:
     def rate_limit_per_second(self) -> float:
         """The client's ceiling: ``VISION_RATE_LIMIT_PER_SECOND`` if set, else the tier's limit.
 
-        One instance never sends faster; the adaptive controller finds its share below it."""
+        With fleet heartbeats it caps the limit all instances learn together; without, one
+        instance never sends faster and the adaptive controller finds its share below it."""
         if self.rate_limit_override is not None:
             return self.rate_limit_override
         return self.tier_limit_per_second
@@ -188,6 +192,7 @@ class VisionSettings:
             # the probe measures Vision: it must always call it, never adapt away or be refused
             rate_mode=RateMode.STATIC,
             breaker_failures=1000,
+            fleet_heartbeat_seconds=0.0,
         )
 
 
@@ -605,6 +610,9 @@ class _Parser:
             ),
             probe_interval_seconds=self.number(
                 "VISION_PROBE_INTERVAL_SECONDS", float, d.probe_interval_seconds, 0.1, 3600,
+            ),
+            fleet_heartbeat_seconds=self.number(
+                "VISION_FLEET_HEARTBEAT_SECONDS", float, d.fleet_heartbeat_seconds, 0.0, 60,
             ),
         )
         if vision.backoff_max_seconds < vision.backoff_base_seconds:

@@ -118,11 +118,13 @@ var appSettings = {
   VISION_BACKOFF_BASE_SECONDS: '0.5'
   VISION_BACKOFF_MAX_SECONDS: '20'
   VISION_MAX_RETRY_AFTER_SECONDS: '60'
-  // Adaptive rate, retry budget and breaker: the rate finds each instance's share by itself.
+  // Adaptive rate (the instances learn one limit together through heartbeats in the status
+  // container), retry budget and breaker.
   VISION_RATE_MODE: 'adaptive'
   VISION_RETRY_BUDGET_RATIO: '0.2'
   VISION_BREAKER_FAILURES: '5'
   VISION_PROBE_INTERVAL_SECONDS: '5'
+  VISION_FLEET_HEARTBEAT_SECONDS: '2'
 
   // Preprocessing (docs/pipeline.md).
   PREPROCESS_MAX_DIMENSION: '2048'

@@ -36,6 +36,10 @@ import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.analysis.fleet import Fleet, Slot
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -375,6 +379,10 @@ class CircuitBreaker:
 # --------------------------------------------------------------------------- composition
 
 
+#: A caller re-reserves a fleet slot at most this often in one acquire (grid changes are rare).
+_MAX_RESERVATIONS = 4
+
+
 class FlowControl:
     """One client's flow control: pacing at the adaptive (or fixed) rate, budget, breaker.
 
@@ -384,6 +392,11 @@ class FlowControl:
     the lowered rate; only a wait longer than ``pause_all_after_s`` (a full window, e.g. F0's
     minute or a quota) stops every caller — the S1 window frees within a second, and idling
     the whole instance for the rounded-up second of each 429 would cost more than the 429.
+
+    With a ``fleet`` (``shared.analysis.fleet``) whose membership is current, sends go in this
+    member's slots of the fleet's one time grid instead, and throttles and probes feed the fleet's
+    shared limit; when the membership goes stale (storage unreachable) the local controller
+    takes over again, so analysis never waits on storage.
     """
 
     def __init__(
@@ -396,10 +409,14 @@ class FlowControl:
         budget: RetryBudget | None = None,
         breaker: CircuitBreaker | None = None,
         pause_all_after_s: float = 1.0,
+        fleet: Fleet | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
     ) -> None:
         self.ceiling = ceiling
+        self.fleet = fleet if adaptive else None
+        self._slot = threading.local()  # the fleet slot of the call this thread is making
+        self._paused_until = -math.inf
         self.adaptive = adaptive
         self.clock = clock
         paced = ceiling * (1.0 - headroom)
@@ -413,14 +430,39 @@ class FlowControl:
         self.throttles = 0
         self.pauses = 0
 
+    def _fleet(self) -> Fleet | None:
+        fleet = self.fleet
+        return fleet if fleet is not None and fleet.fresh() else None
+
     def rate(self) -> float:
         """Calls per second this client sends at now."""
+        fleet = self._fleet()
+        if fleet is not None:
+            return fleet.rate()
         if self.controller is None:
             return self.bucket.rate_per_second
         return self.controller.rate()
 
     def acquire(self) -> float:
         """Wait for the next slot at the current rate; return the seconds waited."""
+        fleet = self._fleet()
+        if fleet is not None:
+            with self._lock:
+                paused = max(0.0, self._paused_until - self.clock())
+            waited = 0.0
+            for _ in range(_MAX_RESERVATIONS):
+                slot = fleet.reserve()
+                wait = max(paused, slot.at - fleet.now())
+                paused = 0.0
+                if wait > 0:
+                    self._sleep(wait)
+                    waited += wait
+                if fleet.current(slot):
+                    break  # else the grid moved, or this caller woke too late for its slot
+                fleet.forget(slot)
+            self._slot.value = slot
+            return waited
+        self._slot.value = None
         if self.controller is not None:
             self.bucket.set_rate(self.controller.rate())
         wait = self.bucket.reserve()
@@ -432,7 +474,10 @@ class FlowControl:
         with self._lock:
             self.throttles += 1
         self.breaker.on_neutral()  # a throttle is an answer: the service is up
-        if self.controller is not None:
+        slot = self._take_slot()
+        if slot is not None and self.fleet is not None:
+            self.fleet.on_throttled(slot)
+        elif self.controller is not None:
             wait = retry_after or 0.0
             paused = wait > self._pause_all_after
             self.controller.on_throttled(sent_at, pause_s=wait if paused else 0.0)
@@ -440,16 +485,28 @@ class FlowControl:
     def on_answered(self) -> None:
         """Any answer other than a throttle or a server error."""
         self.breaker.on_success()
-        if self.controller is not None:
+        slot = self._take_slot()
+        if slot is not None and self.fleet is not None:
+            self.fleet.on_admitted(slot)
+        elif self.controller is not None:
             self.controller.on_admitted()
 
     def on_failure(self) -> None:
         """5xx, 408, timeout or connection error: counts towards opening the breaker."""
+        slot = self._take_slot()
+        if slot is not None and self.fleet is not None:
+            self.fleet.forget(slot)
         self.breaker.on_failure()
+
+    def _take_slot(self) -> Slot | None:
+        slot: Slot | None = getattr(self._slot, "value", None)
+        self._slot.value = None
+        return slot
 
     def pause(self, retry_after: float) -> None:
         """The service asked to wait ``retry_after`` before the next call."""
         if self.controller is None or retry_after > self._pause_all_after:
             with self._lock:
                 self.pauses += 1
+                self._paused_until = max(self._paused_until, self.clock() + retry_after)
             self.bucket.pause(retry_after)

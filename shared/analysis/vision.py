@@ -18,7 +18,8 @@ parks the blob.
 
 The rate starts at the ceiling (``VISION_RATE_LIMIT_PER_SECOND``, else the tier's documented
 limit) less ``LIMITER_HEADROOM`` and adapts to this instance's share of the account's limit
-(``VISION_RATE_MODE=adaptive``), with no coordination between instances.
+(``VISION_RATE_MODE=adaptive``); with heartbeats in the app's storage
+(``shared.analysis.fleet``) the instances share one learned limit and one send grid instead.
 
 Still one module past 450 lines: results, classification, retry rules and the client are the
 Vision seam's one vocabulary; the azure-core policies and the flow-control pieces live apart.
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
     from azure.core.pipeline import PipelineRequest, PipelineResponse
     from azure.core.pipeline.transport import HttpTransport
 
+    from shared.analysis.fleet import Fleet
     from shared.settings import VisionSettings
 
 logger = logging.getLogger(__name__)
@@ -351,9 +353,11 @@ class VisionClient:
 
 
 def build_flow_control(
-    settings: VisionSettings, *, clock: Clock = time.monotonic, sleep: Sleep = time.sleep
+    settings: VisionSettings, *, clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
+    fleet: Fleet | None = None,
 ) -> FlowControl:
-    """Rate, retry budget and breaker of one client, from settings."""
+    """Rate, retry budget and breaker of one client, from settings (``fleet``: the shared
+    membership and limit, when the composition root runs heartbeats)."""
     return FlowControl(
         ceiling=settings.rate_limit_per_second,
         adaptive=settings.rate_mode is RateMode.ADAPTIVE,
@@ -365,6 +369,7 @@ def build_flow_control(
             probe_interval_s=settings.probe_interval_seconds,
             clock=clock,
         ),
+        fleet=fleet,
         clock=clock,
         sleep=sleep,
     )
@@ -380,6 +385,7 @@ def build_vision_client(
     limiter_clock: Clock = time.monotonic,
     rng: random.Random | None = None,
     flow: FlowControl | None = None,
+    fleet: Fleet | None = None,
 ) -> VisionClient:
     """The real client from one client's Vision settings (the pipeline's or the probe's): key
     auth when they carry a key, else Entra ID (``credential``, or the default chain).
@@ -394,7 +400,7 @@ def build_vision_client(
         auth = credential
     else:
         auth = DefaultAzureCredential()
-    flow = flow or build_flow_control(settings, clock=limiter_clock, sleep=sleep)
+    flow = flow or build_flow_control(settings, clock=limiter_clock, sleep=sleep, fleet=fleet)
     options: dict[str, Any] = {
         "retry_policy": AdaptiveRetryPolicy(
             RetryRules.from_settings(settings), flow, sleep=sleep, rng=rng

@@ -34,6 +34,7 @@ from shared.telemetry.api import (
     record_finished_span,
     track_availability,
     track_event,
+    watch_vision_fleet,
     watch_vision_rate,
 )
 from shared.telemetry.logqueue import LogQueue
@@ -109,6 +110,8 @@ from shared.telemetry.names import (
     METRIC_VISION_ATTEMPT_DURATION,
     METRIC_VISION_BREAKER_REFUSED,
     METRIC_VISION_BUDGET_EXHAUSTED,
+    METRIC_VISION_FLEET_LIMIT,
+    METRIC_VISION_FLEET_MEMBERS,
     METRIC_VISION_RATE,
     METRIC_VISION_RETRIES,
     METRIC_VISION_THROTTLES,
@@ -214,6 +217,8 @@ __all__ = [
     "METRIC_VISION_ATTEMPT_DURATION",
     "METRIC_VISION_BREAKER_REFUSED",
     "METRIC_VISION_BUDGET_EXHAUSTED",
+    "METRIC_VISION_FLEET_LIMIT",
+    "METRIC_VISION_FLEET_MEMBERS",
     "METRIC_VISION_RATE",
     "METRIC_VISION_RETRIES",
     "METRIC_VISION_THROTTLES",
@@ -258,5 +263,6 @@ __all__ = [
     "synthetic_attributes",
     "track_availability",
     "track_event",
+    "watch_vision_fleet",
     "watch_vision_rate",
 ]

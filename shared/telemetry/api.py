@@ -69,6 +69,8 @@ from shared.telemetry.names import (
     METRIC_VISION_ATTEMPT_DURATION,
     METRIC_VISION_BREAKER_REFUSED,
     METRIC_VISION_BUDGET_EXHAUSTED,
+    METRIC_VISION_FLEET_LIMIT,
+    METRIC_VISION_FLEET_MEMBERS,
     METRIC_VISION_RATE,
     METRIC_VISION_RETRIES,
     METRIC_VISION_THROTTLES,
@@ -212,6 +214,37 @@ def watch_vision_rate(source: Callable[[], float]) -> None:
             get_meter().create_observable_gauge(
                 METRIC_VISION_RATE, callbacks=[_observe_rates], unit="{call}/s",
                 description="The Vision client's current sending rate (adaptive, per instance)")
+
+
+_FLEET_SOURCES: list[tuple[Callable[[], float], Callable[[], float]]] = []
+
+
+def watch_vision_fleet(members: Callable[[], float], limit: Callable[[], float]) -> None:
+    """Export the fleet's membership as ``vision.fleet.members`` (instances sharing the limit,
+    as this one sees them) and its learned limit as ``vision.fleet.limit`` (calls/s)."""
+    with _RATE_GAUGE_LOCK:
+        first = not _FLEET_SOURCES
+        _FLEET_SOURCES.append((members, limit))
+        if first:
+            meter = get_meter()
+            meter.create_observable_gauge(
+                METRIC_VISION_FLEET_MEMBERS, unit="{instance}",
+                callbacks=[lambda options: _observe_fleet(0)],
+                description="Instances sharing the Vision limit, from storage heartbeats")
+            meter.create_observable_gauge(
+                METRIC_VISION_FLEET_LIMIT, unit="{call}/s",
+                callbacks=[lambda options: _observe_fleet(1)],
+                description="The Vision limit the fleet has learned (all instances together)")
+
+
+def _observe_fleet(which: int) -> Iterable[Observation]:
+    observed = []
+    for sources in list(_FLEET_SOURCES):
+        try:
+            observed.append(Observation(float(sources[which]())))
+        except Exception:  # telemetry never breaks the app
+            logger.debug("vision fleet source failed", exc_info=True)
+    return observed
 
 
 def _observe_rates(options: CallbackOptions) -> Iterable[Observation]:

@@ -116,6 +116,8 @@ METRIC_VISION_RETRIES: Final = "vision.retries"
 METRIC_VISION_THROTTLES: Final = "vision.throttles"
 METRIC_LIMITER_WAIT: Final = "vision.rate_limiter.wait"
 METRIC_VISION_RATE: Final = "vision.rate.effective"
+METRIC_VISION_FLEET_MEMBERS: Final = "vision.fleet.members"
+METRIC_VISION_FLEET_LIMIT: Final = "vision.fleet.limit"
 METRIC_VISION_BUDGET_EXHAUSTED: Final = "vision.retry_budget.exhausted"
 METRIC_VISION_BREAKER_REFUSED: Final = "vision.breaker.refused"
 #: The quota check's gauges (``quota.*``), read back by the status report and the workbook.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import scaleout_bench as bench  # the benchmarks' own folder, put on sys.path above
@@ -31,7 +33,7 @@ def test_goodput_share_fairness_and_429_share() -> None:
     run = make_run([10] * 20, [0] * 18 + [5, 5])
     assert run.goodput_share == 1.0
     assert run.share_429 == 10 / 210
-    assert run.fairness == 4 / 6
+    assert run.fairness == pytest.approx(4 / 6)
     assert run.calls_per_success == 210 / 200
 
 
@@ -50,3 +52,14 @@ def test_reconverge_says_never_when_no_window_qualifies() -> None:
 def test_the_pacing_floor_is_zero_for_one_instance_and_not_for_eight() -> None:
     assert bench.even_pacing_429_share(1, 0.98, seconds=50) == 0.0
     assert bench.even_pacing_429_share(8, 0.95, seconds=50) > 0.02
+
+
+def test_fairness_weighs_each_instance_against_its_fair_share_while_it_ran() -> None:
+    # 2 instances all along, 2 more in seconds 10-20 of 30: an equal split gives the first two
+    # 5/s, 2.5/s, 5/s and the joiners 2.5/s while they run
+    scenario = bench.Scenario("join", (bench.Instance(0, 30), bench.Instance(0, 30),
+                                       bench.Instance(10, 20), bench.Instance(10, 20)))
+    run = bench.Run(scenario, "ours", 30.0, [10.0] * 30)
+    run.successes = [[0.5] * 125, [0.5] * 125, [10.5] * 25, [10.5] * 20]
+    assert run.fair_shares() == [125.0, 125.0, 25.0, 25.0]
+    assert run.fairness == pytest.approx(0.8)  # 20/25 against 125/125
