@@ -139,7 +139,7 @@ def measure(
     return seconds, peak_kib, size, decoded_at, split
 
 
-def chart_of(dimension: int, rows: dict[str, Measured]) -> str:
+def chart_of(dimension: int, rows: dict[str, Measured]) -> _chart.Chart:
     """Ours split by stage against the naive path, the decode floor and the 4x budget."""
     ours_ms, naive_ms, floor_ms = (rows[name][0] * 1000 for name in ("ours", "naive", "floor"))
     stages = list(rows["ours"][4].items())

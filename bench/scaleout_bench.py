@@ -310,7 +310,7 @@ def report(runs: list[Run], *, tps: float, threads: int, duration: float) -> Non
     Console(width=160).print(table)
 
 
-def chart_of(runs: list[Run], scenario: Scenario) -> str:
+def chart_of(runs: list[Run], scenario: Scenario) -> _chart.Chart:
     series = []
     mine = [r for r in runs if r.scenario is scenario]
     if mine:
