@@ -22,7 +22,9 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure  # not pyplot: no global figure state, no GUI backend
 
-PALETTE = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
+#: Paul Tol's "muted" scheme: ten colours told apart also by colour-blind readers.
+PALETTE = ("#332288", "#88ccee", "#44aa99", "#117733", "#999933", "#ddcc77", "#cc6677",
+           "#882255", "#aa4499", "#dddddd")
 _SVG_SALT = "visionops-bench"
 
 Chart = Figure
@@ -71,17 +73,18 @@ def bars(title: str, unit: str, rows: Sequence[Bar], marks: Sequence[Mark] = ())
                     label=None if name in labelled else name, gid=f"{row.label}: {name}")
             labelled.add(name)
             left += value
-        ax.annotate(f"{left:.0f} {unit}", (left, y), xytext=(4, 0),
+        total = f"{left:.0f}" if left >= 100 else f"{left:.3g}"
+        ax.annotate(f"{total} {unit}", (left, y), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=9)
-    for mark in marks:
+    for i, mark in enumerate(marks):  # labels stacked, so marks close together stay legible
         ax.axvline(mark.value, color="black", linestyle="--", linewidth=1)
         ax.annotate(mark.label, (mark.value, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(0, 3), textcoords="offset points", ha="center", fontsize=9)
+                    xytext=(0, 3 + 11 * i), textcoords="offset points", ha="center", fontsize=9)
     ax.set_yticks(range(len(rows)), [row.label for row in rows])
     ax.invert_yaxis()
     ax.set_xlabel(unit)
     ax.margins(x=0.12)
-    ax.set_title(title, loc="left", fontsize=11, fontweight="bold", pad=16 if marks else 6)
+    ax.set_title(title, loc="left", fontsize=11, fontweight="bold", pad=6 + 11 * len(marks))
     if len(colour.names) > 1:
         fig.legend(loc="outside lower center", ncols=min(len(colour.names), 5), fontsize=9,
                    frameon=False)
