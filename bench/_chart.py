@@ -86,7 +86,9 @@ def bars(title: str, unit: str, rows: Sequence[Bar], marks: Sequence[Mark] = ())
     ax.margins(x=0.12)
     ax.set_title(title, loc="left", fontsize=11, fontweight="bold", pad=6 + 11 * len(marks))
     if len(colour.names) > 1:
-        fig.legend(loc="outside lower center", ncols=min(len(colour.names), 5), fontsize=9,
+        widest = max(len(name) for name in colour.names) + 6
+        fig.legend(loc="outside lower center",
+                   ncols=max(1, min(len(colour.names), 5, 110 // widest)), fontsize=9,
                    frameon=False)
     return fig
 
@@ -113,9 +115,10 @@ def lines(
     ax.set_ylabel(y_label)
     ax.grid(True, linewidth=0.4, alpha=0.5)
     ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
-    if series:
-        fig.legend(loc="outside lower center", ncols=min(len(series), 4), fontsize=9,
-                   frameon=False)
+    if series:  # as many columns as fit the width (~110 characters of labels at 9 pt)
+        widest = max(len(s.name) for s in series) + 6
+        fig.legend(loc="outside lower center", ncols=max(1, min(len(series), 110 // widest)),
+                   fontsize=9, frameon=False)
     return fig
 
 
