@@ -1,6 +1,7 @@
-"""Plain SVG charts for the benchmarks: what a reader would rather look at than read.
+"""The benchmarks' charts, drawn with matplotlib (a bench-only dependency, requirements-dev.txt).
 
-No plotting dependency: a chart is a few rectangles, lines and labels. Two shapes:
+Two shapes, each returned as a matplotlib ``Figure`` that ``write`` saves (SVG for ``.svg``,
+PNG for ``.png``, from the file name):
 
 * ``bars``: horizontal bars, each split into named segments (e.g. ours' preprocessing stages),
   with optional vertical marks (e.g. the time a target allows);
@@ -8,19 +9,25 @@ No plotting dependency: a chart is a few rectangles, lines and labels. Two shape
   horizontal marks (e.g. the rate limit).
 
 Colours come from one fixed palette by segment/series order, so the same name keeps its colour
-across the charts of one run.
+across the charts of one run. Saved SVGs carry no date and a fixed id salt, so the same numbers
+give the same file.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
-PALETTE = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
-FONT = 'font-family="sans-serif" font-size="12"'
+import matplotlib
+from matplotlib.figure import Figure  # not pyplot: no global figure state, no GUI backend
+
+#: Paul Tol's "muted" scheme: ten colours told apart also by colour-blind readers.
+PALETTE = ("#332288", "#88ccee", "#44aa99", "#117733", "#999933", "#ddcc77", "#cc6677",
+           "#882255", "#aa4499", "#dddddd")
+_SVG_SALT = "visionops-bench"
+
+Chart = Figure
 
 
 @dataclass(frozen=True)
@@ -41,144 +48,83 @@ class Mark:
     value: float
 
 
-@dataclass
-class _Legend:
-    names: list[str] = field(default_factory=list)
+class _Colours:
+    """One palette colour per name, in the order names are first seen."""
 
-    def colour(self, name: str) -> str:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, name: str) -> str:
         if name not in self.names:
             self.names.append(name)
         return PALETTE[self.names.index(name) % len(PALETTE)]
 
-    def svg(self, x: float, y: float, width: float) -> tuple[list[str], float]:
-        """The legend's items in rows from (x, y); returns them and the y below the last row."""
-        out, cx = [], x
-        for i, name in enumerate(self.names):
-            item_w = 16 + _text_width(name) + 18
-            if cx > x and cx + item_w > x + width:
-                cx, y = x, y + 16
-            out.append(f'<rect x="{cx:.0f}" y="{y - 10}" width="12" height="12" '
-                       f'fill="{PALETTE[i % len(PALETTE)]}"/>')
-            out.append(f'<text x="{cx + 16:.0f}" y="{y}" {FONT}>{escape(name)}</text>')
-            cx += item_w
-        return out, y + 8
 
-
-def _text_width(text: str) -> float:
-    return 6.5 * len(text)  # 12 px sans-serif, close enough to keep labels apart
-
-
-def nice_step(span: float, ticks: int = 6) -> float:
-    """A 1, 2 or 5 times a power of ten that cuts ``span`` into about ``ticks`` parts."""
-    if span <= 0:
-        return 1.0
-    raw = span / ticks
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-
-
-def _attr(text: str) -> str:
-    return escape(text, {'"': "&quot;"})
-
-
-def _document(width: float, height: float, title: str, body: list[str]) -> str:
-    return "\n".join([
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-        f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="{_attr(title)}">',
-        f'<rect width="{width:.0f}" height="{height:.0f}" fill="white"/>',
-        f'<text x="10" y="20" {FONT} font-weight="bold">{escape(title)}</text>',
-        *body,
-        "</svg>",
-        "",
-    ])
-
-
-def bars(title: str, unit: str, rows: Sequence[Bar], marks: Sequence[Mark] = ()) -> str:
-    """Horizontal bars of segment totals, scaled to the largest total or mark."""
-    label_w, plot_w, row_h = 190, 560, 26
-    legend = _Legend()
-    for row in rows:
-        for name, _ in row.segments:
-            legend.colour(name)
-    legend_svg, top = legend.svg(label_w, 42, plot_w)
-    top += 20
-    scale_max = max([sum(v for _, v in r.segments) for r in rows] + [m.value for m in marks])
-    scale = plot_w / scale_max if scale_max > 0 else 0.0
-    body: list[str] = list(legend_svg)
-    for i, row in enumerate(rows):
-        y = top + i * row_h
-        body.append(f'<text x="{label_w - 6}" y="{y + 15}" {FONT} text-anchor="end">'
-                    f"{escape(row.label)}</text>")
-        x = float(label_w)
+def bars(title: str, unit: str, rows: Sequence[Bar], marks: Sequence[Mark] = ()) -> Figure:
+    """Horizontal stacked bars, the first row on top, each labelled with its total."""
+    colour = _Colours()
+    fig = Figure(figsize=(9.0, 1.6 + 0.42 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    labelled: set[str] = set()
+    for y, row in enumerate(rows):
+        left = 0.0
         for name, value in row.segments:
-            w = value * scale
-            body.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 6}" '
-                        f'fill="{legend.colour(name)}"><title>{escape(name)}: {value:g} {unit}'
-                        "</title></rect>")
-            x += w
-        total = sum(v for _, v in row.segments)
-        body.append(f'<text x="{x + 4:.1f}" y="{y + 15}" {FONT}>{total:.0f} {unit}</text>')
-    bottom = top + len(rows) * row_h
-    for mark in marks:
-        x = label_w + mark.value * scale
-        body.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{bottom}" '
-                    'stroke="black" stroke-dasharray="4 3"/>')
-        body.append(f'<text x="{x:.1f}" y="{top - 12}" {FONT} text-anchor="middle">'
-                    f"{escape(mark.label)}</text>")
-    return _document(label_w + plot_w + 90, bottom + 10, title, body)
+            ax.barh(y, value, left=left, height=0.7, color=colour(name),
+                    label=None if name in labelled else name, gid=f"{row.label}: {name}")
+            labelled.add(name)
+            left += value
+        total = f"{left:.0f}" if left >= 100 else f"{left:.3g}"
+        ax.annotate(f"{total} {unit}", (left, y), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=9)
+    for i, mark in enumerate(marks):  # labels stacked, so marks close together stay legible
+        ax.axvline(mark.value, color="black", linestyle="--", linewidth=1)
+        ax.annotate(mark.label, (mark.value, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(0, 3 + 11 * i), textcoords="offset points", ha="center", fontsize=9)
+    ax.set_yticks(range(len(rows)), [row.label for row in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(unit)
+    ax.margins(x=0.12)
+    ax.set_title(title, loc="left", fontsize=11, fontweight="bold", pad=6 + 11 * len(marks))
+    if len(colour.names) > 1:
+        widest = max(len(name) for name in colour.names) + 6
+        fig.legend(loc="outside lower center",
+                   ncols=max(1, min(len(colour.names), 5, 110 // widest)), fontsize=9,
+                   frameon=False)
+    return fig
 
 
 def lines(
     title: str, x_label: str, y_label: str, series: Sequence[Series], marks: Sequence[Mark] = ()
-) -> str:
+) -> Figure:
     """Time series on shared axes from 0, with horizontal marks (e.g. a limit)."""
-    left, plot_w, plot_h = 60, 640, 260
-    legend = _Legend()
+    colour = _Colours()
+    fig = Figure(figsize=(9.0, 4.6), layout="constrained")
+    ax = fig.subplots()
     for s in series:
-        legend.colour(s.name)
-    legend_svg, top = legend.svg(left, 42, plot_w)
-    top += 10
-    xs = [x for s in series for x, _ in s.points]
-    ys = [y for s in series for _, y in s.points] + [m.value for m in marks]
-    x_step = nice_step(max(xs, default=1.0))
-    y_step = nice_step(max(ys, default=1.0) * 1.1)
-    x_max = x_step * max(1, math.ceil(max(xs, default=1.0) / x_step))
-    y_max = y_step * max(1, math.ceil(max(ys, default=1.0) * 1.1 / y_step))
-
-    def px(x: float, y: float) -> str:
-        return f"{left + x / x_max * plot_w:.1f},{top + plot_h - y / y_max * plot_h:.1f}"
-
-    body = [
-        *legend_svg,
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
-        'stroke="black"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-        f'<text x="{left + plot_w / 2}" y="{top + plot_h + 32}" {FONT} text-anchor="middle">'
-        f"{escape(x_label)}</text>",
-        f'<text x="14" y="{top + plot_h / 2}" {FONT} text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + plot_h / 2})">{escape(y_label)}</text>',
-    ]
-    for i in range(round(x_max / x_step) + 1):
-        body.append(f'<text x="{left + i * x_step / x_max * plot_w:.1f}" y="{top + plot_h + 16}" '
-                    f'{FONT} text-anchor="middle">{i * x_step:g}</text>')
-    for i in range(round(y_max / y_step) + 1):
-        y = top + plot_h - i * y_step / y_max * plot_h
-        body.append(f'<text x="{left - 6}" y="{y + 4:.1f}" {FONT} text-anchor="end">'
-                    f"{i * y_step:g}</text>")
+        xs = [x for x, _ in s.points]
+        ys = [y for _, y in s.points]
+        ax.plot(xs, ys, color=colour(s.name), linewidth=1.8, label=s.name)
     for mark in marks:
-        y = top + plot_h - mark.value / y_max * plot_h
-        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
-                    'stroke="black" stroke-dasharray="4 3"/>')
-        body.append(f'<text x="{left + plot_w - 4}" y="{y - 4:.1f}" {FONT} text-anchor="end">'
-                    f"{escape(mark.label)}</text>")
-    for s in series:
-        points = " ".join(px(x, y) for x, y in s.points)
-        body.append(f'<polyline points="{points}" fill="none" stroke="{legend.colour(s.name)}" '
-                    'stroke-width="2"/>')
-    return _document(left + plot_w + 30, top + plot_h + 44, title, body)
+        ax.axhline(mark.value, color="black", linestyle="--", linewidth=1)
+        ax.annotate(mark.label, (1.0, mark.value), xycoords=("axes fraction", "data"),
+                    xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=9)
+    top = max([y for s in series for _, y in s.points] + [m.value for m in marks], default=0.0)
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)  # room above the highest line or mark
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+    if series:  # as many columns as fit the width (~110 characters of labels at 9 pt)
+        widest = max(len(s.name) for s in series) + 6
+        fig.legend(loc="outside lower center", ncols=max(1, min(len(series), 110 // widest)),
+                   fontsize=9, frameon=False)
+    return fig
 
 
-def write(path: Path, svg: str) -> Path:
+def write(path: Path, figure: Figure) -> Path:
+    """Save ``figure`` to ``path`` (format from the suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(svg, encoding="utf-8")
+    with matplotlib.rc_context({"svg.hashsalt": _SVG_SALT, "svg.fonttype": "none"}):
+        figure.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
     return path

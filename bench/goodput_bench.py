@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def chart_of(outcomes: list[Outcome], *, tps: float) -> str:
+def chart_of(outcomes: list[Outcome], *, tps: float) -> _chart.Chart:
     series = []
     for o in outcomes:
         series.append(_chart.Series(f"{o.name}: ok/s", [(t, ok) for t, ok, _ in o.seconds]))

@@ -412,7 +412,7 @@ def verdict(r: Run) -> dict[str, bool]:
     }
 
 
-def chart_of(runs: list[Run], scenario: Scenario) -> str:
+def chart_of(runs: list[Run], scenario: Scenario) -> _chart.Chart:
     series = []
     mine = [r for r in runs if r.scenario is scenario]
     if mine:

@@ -152,8 +152,8 @@ def main() -> None:
         bars += [_chart.Bar(f"{feature} before", [("before", total_before)]),
                  _chart.Bar(f"{feature} now", [("now", total_now)])]
     print(f"measured {len(paths)} images x {len(FEATURES)} features x {args.repeat} rounds")
-    svg = _chart.bars(f"Vision emulator CPU per image (mean of {len(paths)} images)", "ms", bars)
-    print(f"chart: {_chart.write(args.chart, svg)}")
+    chart = _chart.bars(f"Vision emulator CPU per image (mean of {len(paths)} images)", "ms", bars)
+    print(f"chart: {_chart.write(args.chart, chart)}")
     if failed:
         raise SystemExit(f"CPU per image grew by more than {TARGET_GROWTH:.0%}: {failed}")
 
