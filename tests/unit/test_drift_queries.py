@@ -16,7 +16,6 @@ from shared.monitoring.logsquery import load_queries
 from tests.support.telemetry_gen import Telemetry
 
 QUERIES = load_queries()
-NOW = datetime.now(UTC)
 DESC = t.IMAGE_DESCRIPTOR_ATTRIBUTES
 
 
@@ -39,11 +38,14 @@ def image(tel: Telemetry, at: datetime, i: int, *, dark: bool = False,
 
 
 def stream(moved: dict[str, Any] | None, *, count: int = 40) -> Store:
-    tel = Telemetry(NOW)
+    # "now" when the rows are made, not when the module was imported: a worker may import it
+    # minutes before it runs these tests, and the queries count back from the real clock
+    now = datetime.now(UTC)
+    tel = Telemetry(now)
     for i in range(count):  # baseline: an hour, ending an hour ago
-        image(tel, NOW - timedelta(hours=2) + timedelta(minutes=i * 1.5), i)
+        image(tel, now - timedelta(hours=2) + timedelta(minutes=i * 1.5), i)
     for i in range(count):  # current window: the last 10 minutes
-        image(tel, NOW - timedelta(minutes=10) + timedelta(seconds=i * 15), i, **(moved or {}))
+        image(tel, now - timedelta(minutes=10) + timedelta(seconds=i * 15), i, **(moved or {}))
     store = Store(None, retention=timedelta(days=30), clock=lambda: datetime.now(UTC))
     store.ingest(tel.items)
     return store
