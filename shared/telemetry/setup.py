@@ -49,6 +49,12 @@ _LOOPBACK_ENV_DEFAULTS: Final = {
     # endpoint, which does not exist on a laptop and costs a timeout.
     "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_app_service",
 }
+_ENV_DEFAULTS: Final = {
+    # The SDK offers every measurement in a sampled span to an exemplar reservoir; the Azure
+    # Monitor metric exporter never sends exemplars, so that is work on the invocation's thread
+    # for nothing (the SDK's own variable: an operator can still set it).
+    "OTEL_METRICS_EXEMPLAR_FILTER": "always_off",
+}
 
 
 def mode() -> Mode:
@@ -135,9 +141,9 @@ def export_environment(t: TelemetrySettings) -> dict[str, str]:
 
 
 def _configure_azure_monitor(t: TelemetrySettings) -> None:
-    if t.ingestion_is_loopback:
-        for key, value in _LOOPBACK_ENV_DEFAULTS.items():
-            os.environ.setdefault(key, value)
+    defaults = {**_ENV_DEFAULTS, **(_LOOPBACK_ENV_DEFAULTS if t.ingestion_is_loopback else {})}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
     os.environ.update(export_environment(t))
     configure_azure_monitor(**azure_monitor_options(t))
 

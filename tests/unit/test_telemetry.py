@@ -49,7 +49,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from devstack.monitor.ingest import decode_body, split_items
 from shared import telemetry as t
 from shared.analysis.attempts import VisionAttempt
-from shared.analysis.observer import TelemetryObserver
+from shared.analysis.observer import TelemetryObserver, outcome_measures
 from shared.analysis.pipeline import AnalysisOutcome, BlobInput, Outcome
 from shared.analysis.preprocessing import PreprocessRecord
 from shared.errors import ErrorClass, ThrottledError, classify
@@ -538,11 +538,13 @@ def test_configure_once_locally_and_never_when_the_worker_owns_it() -> None:
                           "on_root": len(exporting),
                           "filters": [[type(f).__name__ for f in h.filters] for h in exporting],
                           "statsbeat": os.environ.get(
-                              "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL")}}))
+                              "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"),
+                          "exemplars": os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER")}}))
     """)
     # The distro's exporting handler stays on the root logger, redacting filter on it, once.
     assert out == {"worker": "worker", "first": "app", "second": "app", "on_root": 1,
-                   "filters": [["TelemetryLogFilter"]], "statsbeat": "true"}
+                   "filters": [["TelemetryLogFilter"]], "statsbeat": "true",
+                   "exemplars": "always_off"}
 
 
 def test_no_connection_string_means_no_exporter() -> None:
@@ -776,14 +778,20 @@ def test_an_analysed_image_carries_its_descriptors_outputs_and_model_version() -
         observer.on_outcome(SOURCE, outcome)
     [request] = spans()["analyze_image"]
     [event] = [r for r in logs() if (r.attributes or {}).get(t.CUSTOM_EVENT_NAME)]
-    for record in (request.attributes, event.attributes):
-        assert record is not None
-        assert record["pipeline.image.brightness"] == 0.42
-        assert record["pipeline.image.sharpness"] == 2.5
-        assert record["pipeline.image.source_format"] == "jpeg"
-        assert "pipeline.image.camera_model" not in record  # absent, not "None"
-        assert record[t.ATTR_OUTPUT_WORD_CONFIDENCE_MIN] == 0.8
-        assert record[t.ATTR_OUTPUT_PEOPLE_CONFIDENCE] == 0.7
-        assert record[t.ATTR_OUTPUT_CROP_SHARE] == 0.5
-        assert record[t.ATTR_MODEL_VERSION] == "2023-10-01"
+    record = request.attributes
+    assert record is not None
+    assert record["pipeline.image.brightness"] == 0.42
+    assert record["pipeline.image.sharpness"] == 2.5
+    assert record["pipeline.image.source_format"] == "jpeg"
+    assert "pipeline.image.camera_model" not in record  # absent, not "None"
+    assert record[t.ATTR_OUTPUT_WORD_CONFIDENCE_MIN] == 0.8
+    assert record[t.ATTR_OUTPUT_PEOPLE_CONFIDENCE] == 0.7
+    assert record[t.ATTR_OUTPUT_CROP_SHARE] == 0.5
+    assert record[t.ATTR_MODEL_VERSION] == "2023-10-01"
     assert set(t.IMAGE_DESCRIPTOR_ATTRIBUTES) == set(descriptors.as_dict())
+    # The queries read the measures from AppRequests only: the event carries the outcome alone.
+    measures = {k for k, v in outcome_measures(outcome).items() if v is not None}
+    assert len(measures) >= 15
+    assert measures <= set(record)
+    assert not measures & set(event.attributes or {})
+    assert (event.attributes or {})[t.ATTR_OUTCOME] == "analyzed"
