@@ -12,17 +12,15 @@ Variants:
 * **on**: what the app runs in Azure: ``telemetry.configure()`` (azure-monitor-opentelemetry,
   exporting to an ingestion sink on loopback in this process's parent), the request span of
   ``telemetry.invocation`` around each blob, ``TelemetryObserver``; root logger at INFO, as
-  host.json asks;
-* **on, no log queue**: the same with ``LogQueue.install`` turned into a no-op before
-  ``configure()``, so the exporting OpenTelemetry ``LoggingHandler`` stays on the root logger
-  (with ``TelemetryLogFilter``, which ``configure`` attaches to it) and runs on the caller.
+  host.json asks (the exporting ``LoggingHandler`` on the root logger, with
+  ``TelemetryLogFilter``, as ``configure`` leaves it).
 
 Workloads, each measured on its own: ``photo`` (a generated 24 MP JPEG, re-encoded to 2048 px),
 ``samples`` (the repository's sample images, mostly sent unchanged) and ``rejected`` (text
-uploaded as .jpg: a classified rejection, which logs one warning, the one record per image the
-log queue could matter for). CPU is ``time.process_time`` over the images and the final
-``force_flush``: every thread of the process, so the exporters' envelope building counts; the
-invocation thread's own CPU (``time.thread_time``) is printed beside it. Trials are interleaved
+uploaded as .jpg: a classified rejection, which logs one warning per image). CPU is
+``time.process_time`` over the images and the final ``force_flush``: every thread of the
+process, so the exporters' envelope building counts; the invocation thread's own CPU
+(``time.thread_time``) is printed beside it. Trials are interleaved
 (every variant once per trial, rotating order, each in a fresh process); the cost per image is
 on - off per trial, then the median; the spread is the range over trials. A cost is called
 resolved only when every trial shows one: a 24 MP photo's CPU moves by more than telemetry costs
@@ -57,8 +55,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 TARGET_SHARE = 0.02
 PAIRED_BLOCK = 6  # blobs per block of the in-process pairing (the six samples once each)
-VARIANTS = ("off", "on", "on_no_queue")
-TITLES = {"off": "off", "on": "on (log queue)", "on_no_queue": "on, no log queue"}
+VARIANTS = ("off", "on")
+TITLES = {"off": "off", "on": "on"}
 WORKLOADS = ("photo", "samples", "rejected")
 ANALYSED = ("photo", "samples")
 IKEY = "00000000-0000-0000-0000-000000000000"
@@ -93,9 +91,6 @@ def child(variant: str, count: int, photo: Path) -> dict[str, Any]:
     settings = Settings.from_env(dict(os.environ))
     observer: PipelineObserver = NoOpObserver()
     if on:
-        if variant == "on_no_queue":
-            # before the queue existed: the exporting handler on the root logger, filter on it
-            telemetry.LogQueue.install = classmethod(lambda cls, root: None)  # type: ignore[assignment, method-assign]
         assert telemetry.configure(settings) is telemetry.Mode.APP
         observer = TelemetryObserver.from_settings(settings)
     logging.getLogger().setLevel(logging.INFO)
@@ -252,7 +247,7 @@ def main() -> int:
     try:
         emulator.fresh_window()
         for trial in range(args.trials):
-            order = VARIANTS[trial % 3:] + VARIANTS[: trial % 3]
+            order = VARIANTS[trial % len(VARIANTS):] + VARIANTS[: trial % len(VARIANTS)]
             for variant in order:
                 env = dict(base)
                 if variant != "off":
@@ -334,7 +329,6 @@ def report(res: Results, trials: int, load: list[float], chart_path: Path) -> in
             _span([float(c[kind]) for c in res.items[v]]).replace(".00", "").rjust(26)
             for v in VARIANTS))
     verdicts = _cost_verdicts(res)
-    _queue_verdict(res)
     chart = _chart.write(chart_path, chart_of(res, trials))
     print(f"chart: {chart}")
     return 0 if verdicts and all(verdicts) else 1
@@ -347,21 +341,20 @@ def _cost_verdicts(res: Results) -> list[bool]:
     print("telemetry's cost per image, process against process (on - off, per trial):")
     for workload in WORKLOADS:
         off = med(res.per_image("off", workload))
-        for variant in ("on", "on_no_queue"):
-            cost = res.cost(variant, workload)
-            line = (f"  {workload}: {TITLES[variant]} costs {_span(cost)} ms ="
-                    f" {med(cost) / off:.1%} of the pipeline's {off:.2f} ms")
-            # measurable only when every trial shows a cost: process-to-process differences
-            # (heap layout, page faults of a 24 MP decode) can exceed what telemetry adds
-            if variant == "on" and min(cost) > 0:
-                resolved[workload] = med(cost)
-                if workload in ANALYSED:
-                    met = med(cost) / off <= TARGET_SHARE
-                    verdicts.append(met)
-                    line += f"; target <= {TARGET_SHARE:.0%}: {'PASS' if met else 'MISS'}"
-            elif variant == "on":
-                line += "; NOT RESOLVED: the trials' spread is larger than the cost"
-            print(line)
+        cost = res.cost("on", workload)
+        line = (f"  {workload}: on costs {_span(cost)} ms ="
+                f" {med(cost) / off:.1%} of the pipeline's {off:.2f} ms")
+        # measurable only when every trial shows a cost: process-to-process differences
+        # (heap layout, page faults of a 24 MP decode) can exceed what telemetry adds
+        if min(cost) > 0:
+            resolved[workload] = med(cost)
+            if workload in ANALYSED:
+                met = med(cost) / off <= TARGET_SHARE
+                verdicts.append(met)
+                line += f"; target <= {TARGET_SHARE:.0%}: {'PASS' if met else 'MISS'}"
+        else:
+            line += "; NOT RESOLVED: the trials' spread is larger than the cost"
+        print(line)
     print("in the same process (blocks of blobs with telemetry bypassed vs on, alternating;"
           f" each on-block flushed, so metrics are exported every {PAIRED_BLOCK} blobs here"
           " instead of once a minute: the high side):")
@@ -394,42 +387,16 @@ def _cost_verdicts(res: Results) -> list[bool]:
     return verdicts
 
 
-def _queue_verdict(res: Results) -> bool:
-    """Print what the hand-built log queue changes; whether it pays."""
-    print("log queue (on minus on-without-queue; negative = the queue saves):")
-    pays = []
-    for workload in WORKLOADS:
-        telemetry_ms = med(res.cost("on", workload))
-        for key, what in (("cpu_s", "process CPU"), ("thread_s", "invocation-thread CPU")):
-            diff = [a - b for a, b in zip(res.per_image("on", workload, key),
-                                          res.per_image("on_no_queue", workload, key),
-                                          strict=True)]
-            # it pays where it saves in every trial (5 trials: 1 in 32 by chance alone) and
-            # the saving is a tenth of what telemetry costs there or more
-            consistent = len(diff) >= 3 and max(diff) < 0
-            material = consistent and -med(diff) >= 0.1 * abs(telemetry_ms)
-            pays.append(material)
-            verdict = (": saves, in every trial" if material else
-                       ": saves in every trial, under a tenth of telemetry's cost" if consistent
-                       else "")
-            print(f"  {workload}, {what}: {med(diff):+.3f} ms per image (per trial"
-                  f" {min(diff):+.3f} to {max(diff):+.3f}){verdict}")
-    print(f"the log queue pays: {'YES' if any(pays) else 'NO'} (yes only where it saves CPU in"
-          " every trial, >= 3 trials, and at least a tenth of telemetry's cost per image)")
-    return any(pays)
-
-
 def chart_of(res: Results, trials: int) -> _chart.Chart:
     """Telemetry's CPU per image, split caller / export threads, against 2 % of each workload."""
     bars = []
     for workload in WORKLOADS:
-        for variant in ("on", "on_no_queue"):
-            cost = res.cost(variant, workload)
-            total = med(cost) if min(cost) > 0 else 0.0  # an unresolved cost is not drawn
-            caller = min(max(0.0, med(res.cost(variant, workload, "thread_s"))), total)
-            label = f"{workload}: {TITLES[variant]}" + ("" if total else " (not resolved)")
-            bars.append(_chart.Bar(label, [("invocation thread", caller),
-                                           ("export threads", total - caller)]))
+        cost = res.cost("on", workload)
+        total = med(cost) if min(cost) > 0 else 0.0  # an unresolved cost is not drawn
+        caller = min(max(0.0, med(res.cost("on", workload, "thread_s"))), total)
+        label = f"{workload}: on" + ("" if total else " (not resolved)")
+        bars.append(_chart.Bar(label, [("invocation thread", caller),
+                                       ("export threads", total - caller)]))
         if workload in ANALYSED:
             bars.append(_chart.Bar(f"{workload}: same process", [
                 ("same process, all threads", max(0.0, med(res.paired(workload))))]))

@@ -4,8 +4,8 @@ and events through the ``shared.telemetry`` API.
 It lives beside the pipeline (it knows ``AnalysisOutcome``, ``BlobInput``, ``PreprocessRecord``,
 ``VisionAttempt``) so that telemetry itself knows nothing of the analysis. One CLIENT span per
 Vision attempt and per document write [AppDependencies], the instruments [AppMetrics] and one
-custom event per terminal outcome [AppEvents]; ``outcome_measures`` is the evidence the tuning
-review and the drift queries read back.
+custom event per terminal outcome [AppEvents]; ``outcome_measures`` (on the request span only)
+is the evidence the tuning review and the drift queries read back from AppRequests.
 
 Must never: raise into the pipeline (every hook is ``never_raises``), or put OCR text, image
 bytes or (when hashing) a blob name into telemetry.
@@ -234,12 +234,13 @@ class TelemetryObserver:
             ATTR_STAGE: outcome.stage,
             ATTR_STATUS_CODE: outcome.status_code,
             ATTR_SERVICE_CODE: outcome.service_inner_code or outcome.service_error_code,
-            **outcome_measures(outcome),
             ATTR_CURRENT_ETAG: outcome.current_etag,
         }
         current = telemetry.current_invocation()
         if current is not None:
-            current.set_outcome(status, **details)
+            # The measures go on the request row only: the drift and tuning queries read them
+            # from AppRequests; on the event too they would double its envelope for no reader.
+            current.set_outcome(status, **details, **outcome_measures(outcome))
         ins = telemetry.instruments()
         dims = {ATTR_OUTCOME: status,
                 ATTR_ERROR_CLASS: outcome.error_class.value if outcome.error_class else "none"}

@@ -5,7 +5,6 @@ Code elsewhere imports from here only (``from shared import telemetry``); the mo
 * ``names`` — every attribute, span, event and metric name, and the ``faas.trigger`` values;
 * ``state`` — what this process configured and the invocation whose span is open;
 * ``redaction`` — secrets and blob names out of every exported record;
-* ``logqueue`` — callers only enqueue log records, a listener thread exports them;
 * ``setup`` — ``configure()`` (once, lazily), ``force_flush``, ``shutdown`` (bounded);
 * ``api`` — ``invocation()``, ``track_event``, ``track_availability``, instruments.
 
@@ -22,7 +21,7 @@ into telemetry when ``TELEMETRY_HASH_BLOB_NAMES`` asks for its hash instead.
 
 from __future__ import annotations
 
-from shared.telemetry import api, logqueue, names, redaction, setup, state
+from shared.telemetry import api, names, redaction, setup, state
 from shared.telemetry.api import (
     Instruments,
     QuotaGauges,
@@ -37,7 +36,6 @@ from shared.telemetry.api import (
     watch_vision_fleet,
     watch_vision_rate,
 )
-from shared.telemetry.logqueue import LogQueue
 from shared.telemetry.names import (
     ATTR_ATTEMPTS,
     ATTR_BYTES_IN,
@@ -232,7 +230,6 @@ __all__ = [
     "VISION_ANALYZE_PATH",
     "Instruments",
     "Invocation",
-    "LogQueue",
     "Mode",
     "QuotaGauges",
     "TelemetryLogFilter",
@@ -250,7 +247,6 @@ __all__ = [
     "instruments",
     "invocation",
     "is_synthetic_blob",
-    "logqueue",
     "mode",
     "names",
     "never_raises",

@@ -2,8 +2,8 @@
 
 ``redact`` replaces every secret value Settings declares (``secret_values``) and the current
 invocation's blob name (escaped, or its hash under ``TELEMETRY_HASH_BLOB_NAMES``).
-``TelemetryLogFilter`` applies it on the exporting handler and drops the SDK's own records;
-the log queue applies the same on the caller's side.
+``TelemetryLogFilter`` applies it on the exporting handler (on the caller's thread, before the
+record reaches the SDK's batch processor) and drops the SDK's own records.
 
 Must never: raise into the caller, or let a record through unredacted.
 """

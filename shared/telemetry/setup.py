@@ -26,7 +26,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from shared.settings import secret_values
-from shared.telemetry.logqueue import LogQueue
 from shared.telemetry.redaction import install_log_filter
 from shared.telemetry.state import _STATE, Mode
 
@@ -49,6 +48,12 @@ _LOOPBACK_ENV_DEFAULTS: Final = {
     # Only the App Service detector (reads env vars); the VM detector calls the metadata
     # endpoint, which does not exist on a laptop and costs a timeout.
     "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_app_service",
+}
+_ENV_DEFAULTS: Final = {
+    # The SDK offers every measurement in a sampled span to an exemplar reservoir; the Azure
+    # Monitor metric exporter never sends exemplars, so that is work on the invocation's thread
+    # for nothing (the SDK's own variable: an operator can still set it).
+    "OTEL_METRICS_EXEMPLAR_FILTER": "always_off",
 }
 
 
@@ -79,12 +84,12 @@ def configure(settings: Settings | None) -> Mode:
             else:
                 _configure_azure_monitor(t)
                 _STATE.mode = Mode.APP
-                # Our own handler: callers only enqueue; the worker's set-up is left as it is.
-                _STATE.log_queue = LogQueue.install(logging.getLogger())
                 _take_over_exit(_sdk_providers())
             if _STATE.mode is not Mode.DISABLED:
                 # Registered after the providers' own handlers, so it runs before them.
                 atexit.register(shutdown)
+            # The distro's (or the worker's) exporting handler stays where it is, on the root
+            # logger; the filter on it redacts on the caller, before the record is exported.
             install_log_filter()
         except Exception as exc:  # a broken exporter must not take the function down
             logger.warning("telemetry: set-up failed (%s); continuing without export",
@@ -136,9 +141,9 @@ def export_environment(t: TelemetrySettings) -> dict[str, str]:
 
 
 def _configure_azure_monitor(t: TelemetrySettings) -> None:
-    if t.ingestion_is_loopback:
-        for key, value in _LOOPBACK_ENV_DEFAULTS.items():
-            os.environ.setdefault(key, value)
+    defaults = {**_ENV_DEFAULTS, **(_LOOPBACK_ENV_DEFAULTS if t.ingestion_is_loopback else {})}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
     os.environ.update(export_environment(t))
     configure_azure_monitor(**azure_monitor_options(t))
 
@@ -146,14 +151,12 @@ def _configure_azure_monitor(t: TelemetrySettings) -> None:
 def force_flush(timeout_millis: int = 10_000) -> bool:
     """Push buffered spans, logs and metrics now (tests, benchmarks, a host's graceful stop).
 
-    Drains the log queue first, so records logged before the call are in the flushed batch.
     Bounded by ``timeout_millis`` even when an export hangs (the SDK's batch processors ignore
     the timeout they are given); never raises. False if anything did not finish in time.
     """
-    log_queue = _STATE.log_queue
     providers = _sdk_providers()
     return _bounded("flush", timeout_millis / 1000,
-                    lambda deadline: _flush(providers, log_queue, deadline, close=False))
+                    lambda deadline: _flush(providers, deadline, close=False))
 
 
 def shutdown(timeout_s: float | None = None,
@@ -170,13 +173,12 @@ def shutdown(timeout_s: float | None = None,
     if _STATE.closed and providers is None:
         return True
     bound = _STATE.shutdown_timeout_s if timeout_s is None else timeout_s
-    log_queue = _STATE.log_queue
     chosen = _sdk_providers() if providers is None else tuple(providers)
     close = providers is not None or _STATE.mode is Mode.APP
     if close and providers is None:
         _STATE.closed = True  # even if the bound passes: the exit goes on without them
     return _bounded("shutdown", bound,
-                    lambda deadline: _flush(chosen, log_queue, deadline, close=close))
+                    lambda deadline: _flush(chosen, deadline, close=close))
 
 
 def _sdk_providers() -> tuple[object, ...]:
@@ -193,15 +195,9 @@ def _take_over_exit(providers: Sequence[object]) -> None:
             atexit.unregister(stop)  # equal bound methods: removes what shutdown_on_exit added
 
 
-def _flush(providers: Sequence[object], log_queue: LogQueue | None, deadline: float,
-           *, close: bool) -> bool:
-    """Log queue first (its records go to the logger provider), then every provider."""
+def _flush(providers: Sequence[object], deadline: float, *, close: bool) -> bool:
+    """Flush (and if ``close``, shut down) every provider, each with what is left of the bound."""
     ok = True
-    if log_queue is not None:
-        if close:
-            log_queue.stop()
-        else:
-            ok = log_queue.drain(max(deadline - time.monotonic(), 0.0))
     for provider in providers:
         left_ms = max(int((deadline - time.monotonic()) * 1000), 0)
         try:

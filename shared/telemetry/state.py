@@ -29,8 +29,6 @@ from shared.telemetry.names import ATTR_OUTCOME, PROBE_BLOB_MARKER, SYNTHETIC_TY
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from shared.telemetry.logqueue import LogQueue
-
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
@@ -55,7 +53,6 @@ class _State:
     secrets: tuple[str, ...] = ()
     shutdown_timeout_s: float = 5.0
     closed: bool = False  # the providers were shut down (at exit): nothing more to flush
-    log_queue: LogQueue | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 

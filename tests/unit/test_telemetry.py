@@ -49,7 +49,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from devstack.monitor.ingest import decode_body, split_items
 from shared import telemetry as t
 from shared.analysis.attempts import VisionAttempt
-from shared.analysis.observer import TelemetryObserver
+from shared.analysis.observer import TelemetryObserver, outcome_measures
 from shared.analysis.pipeline import AnalysisOutcome, BlobInput, Outcome
 from shared.analysis.preprocessing import PreprocessRecord
 from shared.errors import ErrorClass, ThrottledError, classify
@@ -341,49 +341,28 @@ def test_observer_failures_are_swallowed(monkeypatch: pytest.MonkeyPatch,
     assert "RuntimeError" in caplog.text and "on fire" not in caplog.text
 
 
-# --------------------------------------------------------------------------- log queue
+# --------------------------------------------------------------------------- log records
+# The exporting handler sits on the root logger as the distro puts it there, with
+# TelemetryLogFilter on it (the ``clean`` fixture wires it the same way ``configure()`` does).
 
 
-@pytest.fixture
-def log_queue() -> Iterator[t.LogQueue]:
-    """The exporting handler behind the queue (as ``configure()`` wires it), instead of direct."""
-    root = logging.getLogger()
-    direct = [h for h in root.handlers if isinstance(h, LoggingHandler)]
-    for handler in direct:
-        root.removeHandler(handler)
-    queued = t.LogQueue([LoggingHandler(logger_provider=get_logger_provider())])
-    queued.start()
-    root.addHandler(queued.handler)
-    t.state._STATE.log_queue = queued
-    try:
-        yield queued
-    finally:
-        t.state._STATE.log_queue = None
-        root.removeHandler(queued.handler)
-        queued.stop()
-        for handler in direct:
-            root.addHandler(handler)
-
-
-def test_queued_record_keeps_the_span_it_was_logged_in(log_queue: t.LogQueue) -> None:
+def test_a_record_keeps_the_span_it_was_logged_in() -> None:
     with t.invocation("analyze_image", trigger=t.Trigger.DATASOURCE) as inv:
         logging.getLogger("shared.analysis.pipeline").warning("blob %s rejected", "x.jpg")
         with t.get_tracer().start_as_current_span("child") as child:
             logging.getLogger("shared.analysis.pipeline").warning("inside the child")
     logging.getLogger("shared.analysis.pipeline").warning("outside any span")
-    assert t.force_flush()
     got = {str(r.body): r for r in logs()}
+    assert len(got) == 3
     request = inv.span.get_span_context()
     assert got["blob x.jpg rejected"].trace_id == request.trace_id
     assert got["blob x.jpg rejected"].span_id == request.span_id
     assert int(got["blob x.jpg rejected"].trace_flags) == int(request.trace_flags)
     assert got["inside the child"].span_id == child.get_span_context().span_id
     assert got["outside any span"].trace_id == 0
-    # the stamp is ours, never an exported attribute
-    assert all(t.logqueue._CONTEXT_ATTR not in (r.attributes or {}) for r in got.values())
 
 
-def test_queued_records_are_redacted_on_the_callers_side(log_queue: t.LogQueue) -> None:
+def test_records_are_redacted_before_export() -> None:
     t.state._STATE.hash_blob_names = True
     t.state._STATE.secrets = ("super-secret-vision-key",)
     label = t.blob_label("images", SOURCE.name, hash_names=True)
@@ -392,14 +371,13 @@ def test_queued_records_are_redacted_on_the_callers_side(log_queue: t.LogQueue) 
         logging.getLogger("shared.analysis.pipeline").warning(
             "blob %s failed with key %s", SOURCE.name, args[0])
         logging.getLogger("shared.analysis.pipeline").warning("arguments %s", args)
-        args.append("changed later")  # the message is frozen when logged, not when exported
+        args.append("changed later")  # the message is the one of when it was logged
     logging.getLogger("azure.monitor.opentelemetry.exporter.export._base").warning("retrying")
-    assert t.force_flush()
     bodies = sorted(str(r.body) for r in logs())
     assert bodies == ["arguments ['***']", f"blob {label} failed with key ***"]
 
 
-def test_queued_exception_still_carries_its_type_and_stack(log_queue: t.LogQueue) -> None:
+def test_an_exception_record_carries_its_type_and_stack() -> None:
     def fail() -> None:
         raise ValueError("bad image header")
 
@@ -408,7 +386,6 @@ def test_queued_exception_still_carries_its_type_and_stack(log_queue: t.LogQueue
             fail()
         except ValueError:
             logging.getLogger("shared.analysis.pipeline").exception("analysis failed")
-    assert t.force_flush()
     [record] = logs()
     attributes = record.attributes or {}
     assert attributes["exception.type"] == "ValueError"
@@ -417,38 +394,53 @@ def test_queued_exception_still_carries_its_type_and_stack(log_queue: t.LogQueue
     assert record.span_id == inv.span.get_span_context().span_id
 
 
-def test_force_flush_drains_the_queue_and_stop_hands_on_the_rest(log_queue: t.LogQueue) -> None:
-    for i in range(500):
-        logging.getLogger("shared.analysis.pipeline").warning("record %d", i)
-    assert t.force_flush()  # no waiting of our own: after flush, all are exported
-    assert len(logs()) == 500
-    logging.getLogger("shared.analysis.pipeline").warning("flushed by the handler")
-    log_queue.handler.flush()  # what a host flushing every root handler on its stop calls
-    assert str(logs()[-1].body) == "flushed by the handler"
-    logging.getLogger("shared.analysis.pipeline").warning("just before exit")
-    log_queue.stop()  # what shutdown() does at exit, before the providers shut down
-    assert str(logs()[-1].body) == "just before exit"
-    assert log_queue.drain(1.0)  # stopped: nothing to wait for, never blocks
+class _HungLogExporter(InMemoryLogRecordExporter):
+    """A log export that does not return until the test releases it (an endpoint that hangs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def export(self, batch: Any) -> Any:
+        self.entered.set()
+        self.release.wait(60)
+        return super().export(batch)
 
 
-def test_a_full_queue_drops_instead_of_blocking_the_caller() -> None:
-    full = t.LogQueue([LoggingHandler(logger_provider=get_logger_provider())], maxsize=3)
-    log = logging.getLogger("test.queue.full")
+def test_a_hung_exporter_neither_blocks_nor_breaks_a_log_call() -> None:
+    hung = _HungLogExporter()
+    provider = LoggerProvider(shutdown_on_exit=False)
+    # A small queue, exported as soon as one record waits: the export hangs from the first one.
+    provider.add_log_record_processor(BatchLogRecordProcessor(
+        hung, schedule_delay_millis=1, max_queue_size=50, max_export_batch_size=1))
+    handler = LoggingHandler(logger_provider=provider)
+    handler.addFilter(t.TelemetryLogFilter())
+    log = logging.getLogger("test.exporter.down")
     log.propagate = False
-    log.addHandler(full.handler)
+    log.addHandler(handler)
     try:
-        for i in range(5):  # listener not started: nothing drains
+        log.warning("first")
+        deadline = time.monotonic() + 10
+        while not hung.entered.is_set() and time.monotonic() < deadline:
+            hung.entered.wait(0.05)
+        assert hung.entered.is_set()  # the exporter thread is stuck in an export
+        # Far more records than the SDK's queue holds: the surplus is dropped, nothing waits.
+        for i in range(2_000):
             log.warning("record %d", i)
-        assert full.dropped == 2
-        full.start()
-        assert full.drain(5.0)
+        started = time.monotonic()
+        assert t.shutdown(0.2, providers=[provider]) is False  # the exit flush stays bounded
+        assert time.monotonic() - started < 5.0
     finally:
-        log.removeHandler(full.handler)
+        log.removeHandler(handler)
         log.propagate = True
-        full.stop()
-    bodies = [str(r.body) for r in logs()]
-    assert [b for b in bodies if b.startswith("record")] == ["record 0", "record 1", "record 2"]
-    assert bodies.count("telemetry: log queue full (3); records dropped") == 1  # said once
+        hung.release.set()
+    deadline = time.monotonic() + 10  # the released export finishes on the SDK's thread
+    while not hung.get_finished_logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    exported = [str(r.log_record.body) for r in hung.get_finished_logs()]
+    assert exported and exported[0] == "first"
+    assert len(exported) <= 1 + 50 + 1  # bounded by the SDK's queue, not by what was logged
 
 
 # --------------------------------------------------------------------------- configuration
@@ -541,19 +533,18 @@ def test_configure_once_locally_and_never_when_the_worker_owns_it() -> None:
         first = telemetry.configure(s)
         second = telemetry.configure(s)
         from opentelemetry.instrumentation.logging.handler import LoggingHandler
-        root = logging.getLogger().handlers
-        queued = [h for h in root if h is telemetry.state._STATE.log_queue.handler]
-        behind = telemetry.state._STATE.log_queue.listener.handlers
+        exporting = [h for h in logging.getLogger().handlers if isinstance(h, LoggingHandler)]
         print(json.dumps({{"worker": worker, "first": first, "second": second,
-                          "on_root": sum(isinstance(h, LoggingHandler) for h in root),
-                          "queued": len(queued),
-                          "behind_queue": [type(h).__name__ for h in behind],
+                          "on_root": len(exporting),
+                          "filters": [[type(f).__name__ for f in h.filters] for h in exporting],
                           "statsbeat": os.environ.get(
-                              "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL")}}))
+                              "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"),
+                          "exemplars": os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER")}}))
     """)
-    # The exporting handler moved behind the queue; redaction runs on the caller's side.
-    assert out == {"worker": "worker", "first": "app", "second": "app", "on_root": 0,
-                   "queued": 1, "behind_queue": ["LoggingHandler"], "statsbeat": "true"}
+    # The distro's exporting handler stays on the root logger, redacting filter on it, once.
+    assert out == {"worker": "worker", "first": "app", "second": "app", "on_root": 1,
+                   "filters": [["TelemetryLogFilter"]], "statsbeat": "true",
+                   "exemplars": "always_off"}
 
 
 def test_no_connection_string_means_no_exporter() -> None:
@@ -787,14 +778,20 @@ def test_an_analysed_image_carries_its_descriptors_outputs_and_model_version() -
         observer.on_outcome(SOURCE, outcome)
     [request] = spans()["analyze_image"]
     [event] = [r for r in logs() if (r.attributes or {}).get(t.CUSTOM_EVENT_NAME)]
-    for record in (request.attributes, event.attributes):
-        assert record is not None
-        assert record["pipeline.image.brightness"] == 0.42
-        assert record["pipeline.image.sharpness"] == 2.5
-        assert record["pipeline.image.source_format"] == "jpeg"
-        assert "pipeline.image.camera_model" not in record  # absent, not "None"
-        assert record[t.ATTR_OUTPUT_WORD_CONFIDENCE_MIN] == 0.8
-        assert record[t.ATTR_OUTPUT_PEOPLE_CONFIDENCE] == 0.7
-        assert record[t.ATTR_OUTPUT_CROP_SHARE] == 0.5
-        assert record[t.ATTR_MODEL_VERSION] == "2023-10-01"
+    record = request.attributes
+    assert record is not None
+    assert record["pipeline.image.brightness"] == 0.42
+    assert record["pipeline.image.sharpness"] == 2.5
+    assert record["pipeline.image.source_format"] == "jpeg"
+    assert "pipeline.image.camera_model" not in record  # absent, not "None"
+    assert record[t.ATTR_OUTPUT_WORD_CONFIDENCE_MIN] == 0.8
+    assert record[t.ATTR_OUTPUT_PEOPLE_CONFIDENCE] == 0.7
+    assert record[t.ATTR_OUTPUT_CROP_SHARE] == 0.5
+    assert record[t.ATTR_MODEL_VERSION] == "2023-10-01"
     assert set(t.IMAGE_DESCRIPTOR_ATTRIBUTES) == set(descriptors.as_dict())
+    # The queries read the measures from AppRequests only: the event carries the outcome alone.
+    measures = {k for k, v in outcome_measures(outcome).items() if v is not None}
+    assert len(measures) >= 15
+    assert measures <= set(record)
+    assert not measures & set(event.attributes or {})
+    assert (event.attributes or {})[t.ATTR_OUTCOME] == "analyzed"
