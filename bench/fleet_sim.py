@@ -101,14 +101,14 @@ def simulate(
     Instances that start at 0 join 8 s early (a fleet already running); later ones join when
     they start, as a scaled-out instance does."""
     sim = _Sim(spans, limits, seconds=seconds, threads=threads, jitter_s=jitter_s, seed=seed,
-               ceiling=ceiling, options=fleet_options)  # fmt: skip
+               ceiling=ceiling, options=fleet_options)
     return sim.run()
 
 
 class _Sim:
     def __init__(self, spans: list[tuple[float, float]], limits: list[tuple[float, float]], *,
                  seconds: float, threads: int, jitter_s: float, seed: int, ceiling: float,
-                 options: dict[str, Any]) -> None:  # fmt: skip
+                 options: dict[str, Any]) -> None:
         self.spans, self.limits, self.seconds = spans, limits, seconds
         self.threads, self.jitter, self.ceiling, self.options = threads, jitter_s, ceiling, options
         self.rng = random.Random(seed)
@@ -208,7 +208,7 @@ class _Sim:
             for i in running:
                 shares[i] += limit_at[s] / len(running)
         return SimResult(n, sum(limit_at), self.ok, self.throttled, self.per, shares,
-                         [self.fleets[i] for i in sorted(self.fleets)])  # fmt: skip
+                         [self.fleets[i] for i in sorted(self.fleets)])
 
 
 def _limit(limits: list[tuple[float, float]], second: int) -> float:
@@ -232,12 +232,12 @@ def scenarios(duration: float = 40.0, tps: float = 10.0) -> dict[str, dict[str, 
                                "limits": [(0.0, tps / 2), (duration / 2, tps)]},
         "2 + 2 join, then leave": {"spans": [whole, whole, joiner, joiner],
                                    "limits": [(0.0, tps)]},
-    }  # fmt: skip
+    }
 
 
 def print_simulation(duration: float = 40.0, tps: float = 10.0) -> None:
     print(f"ours, simulated ({duration:g} s, the real fleet classes on the emulator's window, "
-          "0-5 ms jitter):")  # fmt: skip
+          "0-5 ms jitter):")
     for name, inputs in scenarios(duration, tps).items():
         r = simulate(seconds=duration, ceiling=tps, **inputs)
         print(f"  {name}: goodput {100 * r.goodput:.1f} %, 429 {100 * r.share_429:.1f} %, "

@@ -237,7 +237,7 @@ def main() -> int:
         "VISION_ENDPOINT": emulator.endpoint, "VISION_KEY": KEY, "VISION_TIER": "S1",
         "VISION_RATE_LIMIT_PER_SECOND": "1000", "VISION_FEATURES": "smartCrops",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true", "TUNING_MODE": "off",
-    }  # fmt: skip
+    }
     base.pop("APPLICATIONINSIGHTS_CONNECTION_STRING", None)
     sink = (f"InstrumentationKey={IKEY};"
             f"IngestionEndpoint=http://127.0.0.1:{server.server_address[1]}/")
@@ -297,7 +297,7 @@ class Results:
                 for w in WORKLOADS
                 if sum(r[w]["statuses"].values()) != self.images
                 or next(iter(r[w]["statuses"])) != ("rejected" if w == "rejected" else "analyzed")
-                or not r[w]["flushed"]]  # fmt: skip
+                or not r[w]["flushed"]]
 
 
 def med(values: list[float]) -> float:

@@ -165,7 +165,7 @@ def _floor(data: bytes, max_dimension: int) -> Run:
 VARIANTS: dict[str, Callable[[bytes, int], Run]] = {
     "ours": _ours, "naive": _naive, "pyvips": _pyvips, "simplejpeg": _simplejpeg,
     "floor": _floor,
-}  # fmt: skip
+}
 LABELS = {
     "ours": "ours (shared.analysis.preprocessing)",
     "naive": "naive: full decode + resize",
@@ -308,14 +308,14 @@ def chart_of(dimension: int, rows: dict[str, Row]) -> _chart.Chart:
         _chart.Bar(LABELS[name], [*stages, ("other", other)] if name == "ours"
                    else [(name, rows[name].ms)])
         for name in ("naive", "pyvips", "simplejpeg", "ours", "floor")
-    ]  # fmt: skip
+    ]
     return _chart.bars(
         f"Preprocessing a 24 MP JPEG to {dimension} px, one thread: median CPU ms per image",
         "ms",
         bars,
         [_chart.Mark(f"{FLOOR_TARGET:g}x floor", rows["floor"].ms * FLOOR_TARGET),
          _chart.Mark("4x naive", rows["naive"].ms / 4)],
-    )  # fmt: skip
+    )
 
 
 def _spread(values: list[float], scale: float = 1.0) -> str:
@@ -330,7 +330,7 @@ def report(dimension: int, rows: dict[str, Row]) -> list[bool]:
         print(f"{dimension:>6}  {name:<10} {row.ms:>5.0f} ms {_spread(row.cpu_s, 1000):>9}"
               f" {row.wall_ms:>6.0f} ms {_spread(row.wall_s, 1000):>9} {row.threads:>4}"
               f" {row.peak_kib / 1024:>7.1f} MB {row.psnr_db:>5.1f} dB  {output:<10}"
-              f" {row.decoded_at}")  # fmt: skip
+              f" {row.decoded_at}")
     sizes = {rows[name].size for name in rows if name != "floor"}
     if len(sizes) != 1:
         print(f"{dimension:>6}  OUTPUT SIZES DIFFER ({sizes}): the rows are not comparable")

@@ -195,7 +195,7 @@ class Fleet:
         now = clock()
         self.instance = instance or new_instance_id()
         self._me = Heartbeat(self.instance, joined_at=now, beat_at=now, limit=ceiling,
-                             decided_at=0.0, probe_after=0.0)  # fmt: skip  # 0: never
+                             decided_at=0.0, probe_after=0.0)  # 0: never
         self._adopted_at = -math.inf  # local time the current limit took effect here
         self._others: dict[str, Heartbeat] = {}
         self._last_ok = -math.inf  # last successful beat
@@ -256,7 +256,7 @@ class Fleet:
         members, _, _ = self._view(now)
         thinning = [b for b in members
                     if (b.thinning_until if b.instance != self.instance
-                        else self._me.thinning_until) > now]  # fmt: skip
+                        else self._me.thinning_until) > now]
         if len(members) > 1 and 2 * len(thinning) >= len(members):
             self._cut(now)
 
@@ -285,7 +285,7 @@ class Fleet:
         self._me = replace(self._me, limit=min(self.ceiling, beat.limit),
                            decided_at=beat.decided_at, probe_after=beat.probe_after,
                            probes_failed=beat.probes_failed,
-                           decided_by=beat.decided_by)  # fmt: skip
+                           decided_by=beat.decided_by)
 
     # -- membership ------------------------------------------------------------------------
 
@@ -417,7 +417,7 @@ class Fleet:
                 failed = self._me.probes_failed + 1
                 wait = min(self._probe_max, self._probe_base * 2 ** (failed - 1))
                 self._decide(now, self._me.limit, probe_after=now + wait, probes_failed=failed,
-                             adopt=False)  # fmt: skip
+                             adopt=False)
                 return False
             self._throttled_at = now
             if slot.at < self._adopted_at + self._hold:
@@ -443,7 +443,7 @@ class Fleet:
         limit = max(self.floor, self._me.limit * self._beta)
         self._me = replace(self._me, thinning_until=0.0)
         self._decide(now, limit, probe_after=now + self._probe_base, probes_failed=0,
-                     adopt=True)  # fmt: skip
+                     adopt=True)
         self.cuts += 1
 
     def on_admitted(self, slot: Slot) -> bool:
@@ -462,15 +462,15 @@ class Fleet:
             self._confirming = False
             limit = min(self.ceiling, self._me.limit / self._beta)
             self._decide(now, limit, probe_after=now + self._probe_base, probes_failed=0,
-                         adopt=True)  # fmt: skip
+                         adopt=True)
             return True
 
     def _decide(self, now: float, limit: float, *, probe_after: float, probes_failed: int,
-                adopt: bool) -> None:  # fmt: skip
+                adopt: bool) -> None:
         if adopt and limit != self._me.limit:
             self._adopted_at = now
         self._me = replace(self._me, limit=limit, decided_at=now, probe_after=probe_after,
-                           probes_failed=probes_failed, decided_by=self.instance)  # fmt: skip
+                           probes_failed=probes_failed, decided_by=self.instance)
         if self.on_decision is not None:
             self.on_decision()  # publish now, not at the next interval
 
@@ -484,7 +484,7 @@ class FleetRunner:
     """
 
     def __init__(self, fleet: Fleet, store: HeartbeatStore,
-                 *, on_error: Callable[[BaseException], None] | None = None) -> None:  # fmt: skip
+                 *, on_error: Callable[[BaseException], None] | None = None) -> None:
         self.fleet = fleet
         self._store = store
         self._on_error = on_error
@@ -504,7 +504,7 @@ class FleetRunner:
             self.fleet.mark_failed()
             if not self._failing:
                 logger.warning("fleet heartbeat failed (%s); pacing from local observations "
-                               "until storage answers", type(exc).__name__)  # fmt: skip
+                               "until storage answers", type(exc).__name__)
             self._failing = True
             if self._on_error is not None:
                 self._on_error(exc)
@@ -582,7 +582,7 @@ class ContainerClientLike(Protocol):
     """What ``BlobHeartbeatStore`` uses of azure-storage-blob's ``ContainerClient``."""
 
     def upload_blob(self, name: str, data: bytes, *, overwrite: bool,
-                    metadata: dict[str, str]) -> object: ...  # fmt: skip
+                    metadata: dict[str, str]) -> object: ...
 
     def list_blobs(self, *, name_starts_with: str, include: list[str]) -> Iterable[Any]: ...
 

@@ -39,9 +39,9 @@ class Clock:
 
 
 def make(count: int, clock: Clock, store: fleet_sim.MemoryStore, *, prefix: str = "m",
-         **options: Any) -> list[FleetRunner]:  # fmt: skip
+         **options: Any) -> list[FleetRunner]:
     runners = [FleetRunner(Fleet(10.0, clock=clock, instance=f"{prefix}{i}", **options), store)
-               for i in range(count)]  # fmt: skip
+               for i in range(count)]
     for runner in runners:
         runner.beat_once()
     return runners
@@ -270,7 +270,7 @@ def test_flow_control_sends_in_fleet_slots_and_feeds_the_fleet() -> None:
         sent.append(clock.t)
         flow.on_answered()
     assert [round(b - a, 6) for a, b in itertools.pairwise(sent)] == [
-        round(2 / 9.7, 6)] * 2  # every second slot of the grid  # fmt: skip
+        round(2 / 9.7, 6)] * 2  # every second slot of the grid
     clock.t += 2
     flow.acquire()
     flow.on_throttled(clock.t, 1.0)
@@ -351,7 +351,7 @@ class FakeContainer:
         self.blobs: dict[str, dict[str, str]] = {}
 
     def upload_blob(self, name: str, data: bytes, *, overwrite: bool,
-                    metadata: dict[str, str]) -> object:  # fmt: skip
+                    metadata: dict[str, str]) -> object:
         if not self.exists:
             raise ResourceNotFoundError("ContainerNotFound")
         self.blobs[name] = metadata
