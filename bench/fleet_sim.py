@@ -22,8 +22,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import _targets  # bench/ itself: this file's folder is on sys.path
+
 from devstack.vision.limits import window_for_tps
 from shared.analysis.fleet import Fleet, FleetRunner, Slot
+from shared.analysis.ratecontrol import REGRID_CHECK_S
 
 _EPOCH = 1_000_000.0  # simulated wall-clock start of the run
 
@@ -69,6 +72,11 @@ class SimResult:
     per_instance: list[int]
     fair_shares: list[float]
     fleets: list[Fleet] = field(default_factory=list)
+    limit_at: list[float] = field(default_factory=list)  # per second
+    per_second: list[list[int]] = field(default_factory=list)  # per instance, per second
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    #: what the run re-converges after (limit steps, joins, leaves; the start if below the limit)
+    events: list[float] = field(default_factory=list)
 
     @property
     def goodput(self) -> float:
@@ -83,6 +91,23 @@ class SimResult:
     def fairness(self) -> float:
         rates = [n / s for n, s in zip(self.per_instance, self.fair_shares, strict=True) if s]
         return min(rates) / max(rates) if rates and max(rates) > 0 else 0.0
+
+    def settled(self) -> list[int]:
+        return _targets.settled_seconds(self.seconds, self.events)
+
+    @property
+    def settled_goodput(self) -> float:
+        return _targets.share(self.ok, self.limit_at, self.settled())
+
+    @property
+    def settled_429(self) -> float:
+        calls = [a + b for a, b in zip(self.ok, self.throttled, strict=True)]
+        return _targets.share(self.throttled, calls, self.settled())
+
+    @property
+    def settled_fairness(self) -> float:
+        return _targets.fairness(self.per_second, _targets.fair_shares(self.limit_at, self.spans),
+                                 self.settled())
 
 
 def simulate(
@@ -120,6 +145,7 @@ class _Sim:
         self.counter = 0
         n = int(seconds)
         self.ok, self.throttled, self.per = [0] * n, [0] * n, [0] * len(spans)
+        self.per_second = [[0] * n for _ in spans]
         self.fleets: dict[int, Fleet] = {}
         self.runners: dict[int, FleetRunner] = {}
         self.gone: set[int] = set()
@@ -140,7 +166,7 @@ class _Sim:
             while self.steps and _EPOCH + self.steps[0][0] <= self.clock.t:
                 self.window = window_for_tps(self.steps.pop(0)[1])
             member = data if isinstance(data, int) else data[0]
-            if kind not in ("join", "leave") and member in self.gone:
+            if kind not in ("join", "leave", "quit") and member in self.gone:
                 continue
             getattr(self, "on_" + kind)(data)
         return self.result()
@@ -154,7 +180,16 @@ class _Sim:
             self.push(max(self.clock.t, _EPOCH + self.spans[i][0]), "want", i)
 
     def on_leave(self, i: int) -> None:
+        """A graceful stop, as the app's: announce the leave, hand the slots over when it
+        takes effect everywhere (no more calls from it meanwhile: its work is done)."""
         self.gone.add(i)
+        at = self.fleets[i].leave()
+        if at is not None and self.runners[i].beat_once():
+            self.push(at, "quit", i)
+        else:
+            self.runners[i].stop()
+
+    def on_quit(self, i: int) -> None:
         self.runners[i].stop()
 
     def on_beat(self, i: int) -> None:
@@ -162,15 +197,21 @@ class _Sim:
         self.push(self.clock.t + self.fleets[i].interval_s, "beat", i)
 
     def on_want(self, i: int) -> None:
-        slot = self.fleets[i].reserve()
-        self.push(max(self.clock.t, slot.at), "wake", (i, slot, 0))
+        self.sleep_until(i, self.fleets[i].reserve(), 0)
+
+    def sleep_until(self, i: int, slot: Slot, tries: int) -> None:
+        """As ``FlowControl.acquire``: sleep towards the slot, looking every
+        ``REGRID_CHECK_S`` whether the grid moved."""
+        self.push(max(self.clock.t, min(slot.at, self.clock.t + REGRID_CHECK_S)), "wake",
+                  (i, slot, tries))
 
     def on_wake(self, data: tuple[int, Slot, int]) -> None:
         i, slot, tries = data
-        if not self.fleets[i].current(slot) and tries < 4:
+        if self.clock.t < slot.at and not self.fleets[i].moved(slot):
+            self.sleep_until(i, slot, tries)
+        elif not self.fleets[i].current(slot) and tries < 4:
             self.fleets[i].forget(slot)
-            slot = self.fleets[i].reserve()
-            self.push(max(self.clock.t, slot.at), "wake", (i, slot, tries + 1))
+            self.sleep_until(i, self.fleets[i].reserve(), tries + 1)
         else:
             self.push(self.clock.t + abs(self.rng.gauss(0, self.jitter)), "arrive", (i, slot))
 
@@ -184,6 +225,7 @@ class _Sim:
             self.per[i] += 1
             if counted:
                 self.ok[second] += 1
+                self.per_second[i][second] += 1
             self.push(answer_at, "admitted", (i, slot))
         else:
             if counted:
@@ -207,8 +249,13 @@ class _Sim:
             running = [i for i, (a, b) in enumerate(self.spans) if a <= s < b]
             for i in running:
                 shares[i] += limit_at[s] / len(running)
+        events = [at for at, _ in self.limits[1:]]
+        events += [t for span in self.spans for t in span if 0 < t < n]
+        if self.limits[0][1] < self.ceiling:
+            events.append(0.0)
         return SimResult(n, sum(limit_at), self.ok, self.throttled, self.per, shares,
-                         [self.fleets[i] for i in sorted(self.fleets)])
+                         [self.fleets[i] for i in sorted(self.fleets)], limit_at,
+                         self.per_second, list(self.spans), sorted(set(events)))
 
 
 def _limit(limits: list[tuple[float, float]], second: int) -> float:
@@ -222,7 +269,8 @@ def _limit(limits: list[tuple[float, float]], second: int) -> float:
 def scenarios(duration: float = 40.0, tps: float = 10.0) -> dict[str, dict[str, Any]]:
     """The scale-out bench's scenarios, as simulation inputs."""
     whole = (0.0, duration)
-    third = duration / 3
+    longer = 1.5 * duration  # as the bench: each phase has settled seconds after its change
+    third = longer / 3
     joiner = (round(third, 1), round(2 * third, 1))
     return {
         **{f"K={k}": {"spans": [whole] * k, "limits": [(0.0, tps)]} for k in (1, 2, 4, 8)},
@@ -230,8 +278,8 @@ def scenarios(duration: float = 40.0, tps: float = 10.0) -> dict[str, dict[str, 
                               "limits": [(0.0, tps), (duration / 2, tps / 2)]},
         "K=4, limit doubles": {"spans": [whole] * 4,
                                "limits": [(0.0, tps / 2), (duration / 2, tps)]},
-        "2 + 2 join, then leave": {"spans": [whole, whole, joiner, joiner],
-                                   "limits": [(0.0, tps)]},
+        "2 + 2 join, then leave": {"spans": [(0.0, longer), (0.0, longer), joiner, joiner],
+                                   "limits": [(0.0, tps)], "seconds": longer},
     }
 
 
@@ -239,9 +287,10 @@ def print_simulation(duration: float = 40.0, tps: float = 10.0) -> None:
     print(f"ours, simulated ({duration:g} s, the real fleet classes on the emulator's window, "
           "0-5 ms jitter):")
     for name, inputs in scenarios(duration, tps).items():
-        r = simulate(seconds=duration, ceiling=tps, **inputs)
-        print(f"  {name}: goodput {100 * r.goodput:.1f} %, 429 {100 * r.share_429:.1f} %, "
-              f"fairness {r.fairness:.2f}")
+        r = simulate(ceiling=tps, **{"seconds": duration, **inputs})
+        print(f"  {name}: goodput {100 * r.goodput:.1f} %, 429 {100 * r.share_429:.1f} %; "
+              f"settled: goodput {100 * r.settled_goodput:.1f} %, "
+              f"429 {100 * r.settled_429:.1f} %, fairness {r.settled_fairness:.2f}")
 
 
 if __name__ == "__main__":

@@ -135,19 +135,20 @@ def vision_fleet(settings: Settings) -> Fleet | None:
             runner = FleetRunner(Fleet(vision.rate_limit_per_second, interval_s=interval),
                                  BlobHeartbeatStore(container))
             runner.start()
-            atexit.register(runner.stop)
+            atexit.register(runner.leave)
             _fleets[key] = runner
         return runner.fleet
 
 
 def leave_vision_fleet() -> None:
-    """A graceful stop: remove this process's heartbeats now, so the other instances take its
-    slots at their next listing (also run at a normal exit)."""
+    """A graceful stop (also run at a normal exit): announce the leave, so every other instance
+    takes this one's slots at the same instant (at most one heartbeat interval and a half
+    second from now; at once when it is alone), then remove its heartbeat."""
     with _FLEET_LOCK:
         runners = list(_fleets.values())
         _fleets.clear()
     for runner in runners:
-        runner.stop()
+        runner.leave()
 
 
 def get_credential() -> TokenCredential:

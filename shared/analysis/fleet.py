@@ -103,6 +103,8 @@ class Heartbeat:
     decided_by: str = ""
     #: until when this member sends in every other one of its slots (it met a 429)
     thinning_until: float = 0.0
+    #: when this member stops counting, for everyone at once (a graceful leave); 0: staying
+    leaving_at: float = 0.0
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -115,6 +117,7 @@ class Heartbeat:
             "probes_failed": str(self.probes_failed),
             "decided_by": self.decided_by or "-",  # storage drops empty metadata values
             "thinning_until": repr(self.thinning_until),
+            "leaving_at": repr(self.leaving_at),
         }
 
     @classmethod
@@ -131,10 +134,12 @@ class Heartbeat:
                 probes_failed=int(fields["probes_failed"]),
                 decided_by=str(fields.get("decided_by", "-")).strip("-"),
                 thinning_until=float(fields.get("thinning_until", "0")),
+                leaving_at=float(fields.get("leaving_at", "0")),
             )
         except (KeyError, ValueError, TypeError):
             return None
-        numbers = (beat.joined_at, beat.beat_at, beat.limit, beat.decided_at, beat.probe_after)
+        numbers = (beat.joined_at, beat.beat_at, beat.limit, beat.decided_at, beat.probe_after,
+                   beat.leaving_at)
         if not all(math.isfinite(v) for v in numbers) or beat.limit <= 0 or not beat.instance:
             return None
         return beat
@@ -210,6 +215,8 @@ class Fleet:
         self.failures = 0
         self.cuts = 0
         self.probes = 0
+        #: slots given up because the caller woke too late for them
+        self.late_skips = 0
         #: called (under the lock, so it must only signal) when this member decided the limit
         self.on_decision: Callable[[], None] | None = None
 
@@ -294,8 +301,10 @@ class Fleet:
 
     def _view(self, now: float) -> tuple[list[Heartbeat], int, float]:
         """Members in slot order (this one included), this one's index, and when it may send:
-        a newcomer waits until every member counts it (at the same instant everywhere)."""
-        settled = [b for b in self._others.values() if self._settled(b, now)]
+        a newcomer waits until every member counts it, and a leaver stops counting at the
+        instant it announced (the same instant everywhere, both ways)."""
+        staying = [b for b in self._others.values() if not 0 < b.leaving_at <= now]
+        settled = [b for b in staying if self._settled(b, now)]
         start = -math.inf
         if not self._first_ok:
             start = self._settles_at()  # it does not know the others yet
@@ -303,9 +312,21 @@ class Fleet:
             if settled:
                 start = self._settles_at()
             else:  # a fleet starting together: everyone new counts everyone new at once
-                settled = list(self._others.values())
+                settled = staying
         members = sorted([*settled, self._me], key=lambda b: (b.joined_at, b.instance))
         return members, members.index(self._me), start
+
+    def leave(self) -> float | None:
+        """A graceful leave: from the returned wall-clock time on, no member counts this one
+        (by then each has listed the heartbeat that says so), and its slots pass to the others
+        at once instead of idling until they notice it gone. ``None``: alone, nothing to say."""
+        with self._lock:
+            now = self._clock()
+            if not self._others:  # no one else is listed: no one to hand the slots to
+                return None
+            if not self._me.leaving_at:
+                self._me = replace(self._me, leaving_at=now + self.interval_s + SETTLE_MARGIN_S)
+            return self._me.leaving_at
 
     def members(self) -> int:
         """How many instances share the limit now (this one included)."""
@@ -368,6 +389,11 @@ class Fleet:
         thinning = now < self._me.thinning_until and len(members) > 1
         return self._me.limit, len(members), index, thinning
 
+    def moved(self, slot: Slot) -> bool:
+        """Has the grid ``slot`` was cut from changed (its caller should take a new one)?"""
+        with self._lock:
+            return slot.grid != self._grid(self._clock())
+
     def current(self, slot: Slot) -> bool:
         """May the caller that slept until ``slot`` send now? Not if the grid moved meanwhile
         (a limit decision, a membership change), nor if it woke so late that its call could
@@ -382,7 +408,10 @@ class Fleet:
                 return True
             rate = self._me.limit * (1 - self._headroom)
             slack = max(1.0, math.floor(self._me.limit)) / rate - 1.0
-            return now - slot.at <= slack
+            if now - slot.at <= slack:
+                return True
+            self.late_skips += 1
+            return False
 
     def forget(self, slot: Slot) -> None:
         """``slot`` was not used, or its call got no answer: a probe in it did not happen."""
@@ -479,8 +508,9 @@ class FleetRunner:
     """The heartbeat loop of one member, on a daemon thread; storage errors never escape it.
 
     ``beat_once`` is the whole job (tests call it directly); ``start`` runs it every interval
-    and at once after a limit decision (``wake``); ``stop`` removes this member's heartbeat, so
-    the others take its slots at their next listing instead of after the stale horizon.
+    and at once after a limit decision (``wake``); ``leave`` announces a graceful stop so that
+    every member takes over its slots at one instant; ``stop`` removes this member's heartbeat
+    (else the others would keep its slots idle until the stale horizon).
     """
 
     def __init__(self, fleet: Fleet, store: HeartbeatStore,
@@ -535,6 +565,17 @@ class FleetRunner:
             if not self._stop.is_set():
                 due = time.monotonic() + self.fleet.interval_s
                 self.beat_once()
+
+    def leave(self, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        """A graceful stop: announce the leave in a heartbeat, keep this member's slots (calls
+        still in flight may use them) until it takes effect everywhere, then ``stop``. At most
+        ``interval_s`` plus the settle margin; at once when this member is alone."""
+        if self._stop.is_set():
+            return  # stopped already (a graceful stop, then the exit hook)
+        at = self.fleet.leave()
+        if at is not None and self.beat_once():
+            sleep(min(max(0.0, at - self.fleet.now()), self.fleet.interval_s + SETTLE_MARGIN_S))
+        self.stop()
 
     def stop(self) -> None:
         self._stop.set()

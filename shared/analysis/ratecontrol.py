@@ -381,6 +381,10 @@ class CircuitBreaker:
 
 #: A caller re-reserves a fleet slot at most this often in one acquire (grid changes are rare).
 _MAX_RESERVATIONS = 4
+#: A caller waiting for its fleet slot looks this often whether the grid moved (a raised limit,
+#: a member joining or leaving), so it takes a slot of the new grid at once, not after sleeping
+#: out a slot of the old one (up to a few seconds at a small share).
+REGRID_CHECK_S = 0.25
 
 
 class FlowControl:
@@ -448,15 +452,17 @@ class FlowControl:
         fleet = self._fleet()
         if fleet is not None:
             with self._lock:
-                paused = max(0.0, self._paused_until - self.clock())
-            waited = 0.0
+                waited = max(0.0, self._paused_until - self.clock())
+            if waited > 0:
+                self._sleep(waited)  # a pause first: a slot taken before it would be stale
             for _ in range(_MAX_RESERVATIONS):
                 slot = fleet.reserve()
-                wait = max(paused, slot.at - fleet.now())
-                paused = 0.0
-                if wait > 0:
-                    self._sleep(wait)
-                    waited += wait
+                wait = slot.at - fleet.now()
+                while wait > 0 and not fleet.moved(slot):
+                    step = min(wait, REGRID_CHECK_S)
+                    self._sleep(step)
+                    waited += step
+                    wait = slot.at - fleet.now()
                 if fleet.current(slot):
                     break  # else the grid moved, or this caller woke too late for its slot
                 fleet.forget(slot)

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from tests.support.images import encode, photo
-from tests.support.polling import wait_for
+from tests.support.polling import poll, wait_for
 from tests.support.stack import (
     BASE_SETTINGS,
     FUNCTION_ID,
@@ -217,8 +217,11 @@ def test_rollout_under_load_promotes_a_good_version_and_rejects_broken_ones(
             ("v4-unhealthy", "started"), ("v4-unhealthy", "rolled_back"),
         ]
         # …and the status series the dashboard draws them from.
-        history = httpx.get(f"{stack.endpoints['functions_url']}/api/status", timeout=60,
-                            params={"code": stack.endpoints["function_key"], "history": "1",
-                                    "window": "15m"}).json()
+        # a history report is its own report: its first call may be told it is pending
+        history = poll(lambda: httpx.get(
+            f"{stack.endpoints['functions_url']}/api/status", timeout=60,
+            params={"code": stack.endpoints["function_key"], "history": "1", "window": "15m"}),
+            lambda res: res.status_code == 200, timeout=120, interval=0.5,
+            what="the status history report").json()
         shown = [(m["version"], m["outcome"]) for m in history["series"]["deployments"]]
         assert ("v2", "promoted") in shown and ("v3-broken", "rolled_back") in shown, shown

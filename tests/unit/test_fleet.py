@@ -75,6 +75,41 @@ def test_members_are_counted_from_fresh_heartbeats_and_expire() -> None:
     assert len(store.beats) == 2  # the crashed one is still there, just not counted
 
 
+def test_a_graceful_leave_hands_its_slots_over_at_one_instant() -> None:
+    clock, store = Clock(), fleet_sim.MemoryStore()
+    runners = make(3, clock, store)
+    settle(runners, clock)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the leaver waits; meanwhile the others list it
+        slept.append(seconds)
+        runners[0].beat_once()
+        clock.t += 1.0
+        runners[1].beat_once()
+        assert [r.fleet.members() for r in runners[:2]] == [3, 3]  # not yet: still counted
+        clock.t += seconds - 1.0
+
+    runners[2].leave(sleep=sleep)
+    assert slept == [pytest.approx(2.0 + SETTLE_MARGIN_S)]
+    # at the announced instant both drop it, each without another listing
+    assert [r.fleet.members() for r in runners[:2]] == [2, 2]
+    assert sorted(store.beats) == ["m0", "m1"]  # and its heartbeat is gone
+    slots = sorted(r.fleet.reserve().at for r in runners[:2] for _ in range(2))
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(slots)}
+    assert gaps == {round(1 / 9.7, 6)}  # the two share the whole grid at once
+
+
+def test_a_lone_member_leaves_at_once_and_a_second_stop_does_nothing() -> None:
+    clock, store = Clock(), fleet_sim.MemoryStore()
+    (runner,) = make(1, clock, store)
+    settle([runner], clock)
+    slept: list[float] = []
+    runner.leave(sleep=slept.append)
+    assert slept == [] and store.beats == {}
+    runner.leave(sleep=slept.append)  # the exit hook after a graceful stop
+    assert slept == [] and store.beats == {}
+
+
 def test_slots_of_the_members_interleave_on_one_evenly_spaced_grid() -> None:
     clock, store = Clock(), fleet_sim.MemoryStore()
     runners = make(4, clock, store)
@@ -221,8 +256,9 @@ def test_a_lone_429_thins_one_member_and_most_members_thinning_cut_the_limit() -
 
 
 def test_malformed_heartbeats_are_ignored() -> None:
-    good = Heartbeat("x", 1.0, 2.0, 10.0, 0.0, 0.0).to_fields()
-    assert Heartbeat.from_fields(good) == Heartbeat("x", 1.0, 2.0, 10.0, 0.0, 0.0)
+    good = Heartbeat("x", 1.0, 2.0, 10.0, 0.0, 0.0, leaving_at=9.5).to_fields()
+    assert Heartbeat.from_fields(good) == Heartbeat("x", 1.0, 2.0, 10.0, 0.0, 0.0,
+                                                    leaving_at=9.5)
     bad = [{}, {**good, "limit": "-1"}, {**good, "beat_at": "nan"}, {**good, "limit": "ten"}]
     assert [Heartbeat.from_fields(fields) for fields in bad] == [None] * 4
 
@@ -298,6 +334,34 @@ def test_a_slot_of_an_old_grid_is_re_reserved_after_the_sleep() -> None:
     assert n == pytest.approx(clock.t * 9.7, abs=1e-6) and n % 4 == 0  # a thinned own slot
 
 
+def test_a_caller_waiting_for_a_far_slot_takes_the_new_grid_when_a_member_leaves() -> None:
+    clock, store = Clock(), fleet_sim.MemoryStore()
+    runners = make(8, clock, store)
+    settle(runners, clock)
+    fleet = runners[0].fleet
+    for r in runners[1:]:  # the others leave, announced for 2.5 s from now
+        r.fleet.leave()
+        r.beat_once()
+    runners[0].beat_once()
+    leaves_at = clock.t + 2.0 + SETTLE_MARGIN_S
+    steps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        steps.append(seconds)
+        clock.t += seconds
+
+    flow = FlowControl(ceiling=10.0, fleet=fleet, clock=clock, sleep=sleep)
+    for _ in range(3):  # three own slots of eight members: the third is ~2.5 s away
+        flow.acquire()
+        flow.on_answered()
+    assert fleet.members() == 8
+    clock.t = leaves_at - 0.5
+    flow.acquire()  # its slot would be ~0.8 s ahead on the old grid
+    assert fleet.members() == 1
+    assert clock.t - leaves_at < 0.25 + 1 / 9.7  # it looked within a check, then took a new slot
+    assert max(steps) <= 0.25  # it never slept more than one check at a time
+
+
 def test_a_lone_member_does_not_thin_and_cuts_on_a_second_429() -> None:
     clock, store = Clock(), fleet_sim.MemoryStore()
     (runner,) = make(1, clock, store)
@@ -324,9 +388,11 @@ def test_simulated_instances_converge_to_fair_shares_of_the_limit(k: int) -> Non
 
 def test_simulated_join_then_leave_keeps_the_limit_full_without_429s() -> None:
     r = fleet_sim.simulate(**fleet_sim.scenarios()["2 + 2 join, then leave"])
+    assert r.events == [20.0, 40.0] and len(r.settled()) == 40
     assert sum(r.ok) > 0
-    assert r.goodput >= 0.95
+    assert r.settled_goodput >= 0.95 and r.goodput >= 0.93  # a hand-over costs < 2.5 s of slots
     assert r.share_429 <= 0.02
+    assert r.settled_fairness >= 0.9
     assert r.per_instance[2] > 0 and r.per_instance[3] > 0
 
 

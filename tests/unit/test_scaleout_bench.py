@@ -1,5 +1,6 @@
-"""The scale-out bench's arithmetic: goodput share, fairness and time to re-converge, computed
-from hand-made per-second series (the bench's own numbers must not be taken on trust)."""
+"""The scale-out bench's arithmetic: goodput share, fairness, the settled seconds a run with
+changes is judged on and time to re-converge, computed from hand-made per-second series (the
+bench's own numbers must not be taken on trust)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import scaleout_bench as bench  # the benchmarks' own folder, put on sys.path above
+import _targets  # the benchmarks' own folder, put on sys.path above
+import scaleout_bench as bench
 
 
 def make_run(ok: list[int], throttled: list[int], *, limit: float = 10.0,
@@ -61,5 +63,33 @@ def test_fairness_weighs_each_instance_against_its_fair_share_while_it_ran() -> 
                                        bench.Instance(10, 20), bench.Instance(10, 20)))
     run = bench.Run(scenario, "ours", 30.0, [10.0] * 30)
     run.successes = [[0.5] * 125, [0.5] * 125, [10.5] * 25, [10.5] * 20]
-    assert run.fair_shares() == [125.0, 125.0, 25.0, 25.0]
+    spans = [(i.start_s, i.stop_s) for i in scenario.instances]
+    shares = _targets.fair_shares(run.limit, spans)
+    assert [sum(s) for s in shares] == [125.0, 125.0, 25.0, 25.0]
+    assert shares[2][9] == 0.0 and shares[2][10] == 2.5 and shares[0][10] == 2.5
     assert run.fairness == pytest.approx(0.8)  # 20/25 against 125/125
+
+
+def test_a_run_with_changes_is_judged_on_its_settled_seconds() -> None:
+    # 30 s, a change at 10: seconds 10-19 are the re-converge allowance, 0-9 and 20-29 count
+    ok = [10] * 10 + [0] * 10 + [9] * 10
+    throttled = [0] * 10 + [10] * 10 + [1] * 10
+    run = make_run(ok, throttled, changes=((10.0, 5.0),))
+    assert run.settled() == [*range(10), *range(20, 30)]
+    assert run.goodput_share == pytest.approx(190 / 300)  # the whole run, shown beside it
+    assert run.settled_goodput == pytest.approx(190 / 200)
+    assert run.settled_429 == pytest.approx(10 / 200)
+    assert bench.verdict(run)["goodput"] and not bench.verdict(run)["429"]
+    steady = make_run(ok, throttled)  # no change: every second counts
+    assert steady.settled() == list(range(30))
+    assert steady.settled_goodput == steady.goodput_share
+    assert not bench.verdict(steady)["goodput"]
+
+
+def test_a_start_below_the_limit_is_a_change_and_seconds_from_events_are_whole() -> None:
+    assert _targets.settled_seconds(30, [0.0, 13.3]) == [10, 11, 12, 24, 25, 26, 27, 28, 29]
+    scenario = bench.Scenario("d", (bench.Instance(0, 30),), changes=((15.0, 10.0),),
+                              initial_tps=5.0)
+    run = bench.Run(scenario, "ours", 30.0, [5.0] * 15 + [10.0] * 15)
+    assert run.events() == [0.0, 15.0]
+    assert run.settled() == [10, 11, 12, 13, 14, 25, 26, 27, 28, 29]

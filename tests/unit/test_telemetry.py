@@ -742,7 +742,9 @@ def test_a_normal_exit_flushes_to_the_ingestion_endpoint(
                 if item["data"]["baseType"] == "RequestData"]
     messages = [item["data"]["baseData"]["message"] for item in handler.received
                 if item["data"]["baseType"] == "MessageData"]
-    assert requests == ["analyze_image"], kinds
+    # (the worker process's own earlier exporters may still deliver to a reused loopback port:
+    # only this run's request is counted)
+    assert requests.count("analyze_image") == 1, kinds
     assert "the last record before exit" in messages
     assert kinds["MetricData"] >= 1  # the final metric collection went out too
 
