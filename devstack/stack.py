@@ -200,30 +200,33 @@ def up(opts: StackOptions, report: Callable[[str], None] = print) -> StackState:
     logs = state_dir / "logs"
     python = sys.executable
     try:
-        _start(state, state_dir, "azurite",
-               azurite_argv(AzuriteConfig(location=state_dir / "azurite",
-                                          blob_port=state.ports["blob"],
-                                          queue_port=state.ports["queue"],
-                                          table_port=state.ports["table"])),
-               logs, env=None,
-               ready=lambda: procs.port_open(state.ports["blob"])
-               and procs.port_open(state.ports["queue"]),
-               timeout=opts.timeout, report=report)
-        ensure_containers(state.azurite.connection_string, CONTAINERS, QUEUES)
-
+        # The three emulators need nothing from each other: they start together (most of a
+        # start is each process importing its libraries) and are waited for in turn.
+        azurite = _spawn(state, state_dir, "azurite",
+                         azurite_argv(AzuriteConfig(location=state_dir / "azurite",
+                                                    blob_port=state.ports["blob"],
+                                                    queue_port=state.ports["queue"],
+                                                    table_port=state.ports["table"])),
+                         logs, env=None,
+                         ready=lambda: procs.port_open(state.ports["blob"])
+                         and procs.port_open(state.ports["queue"]), report=report)
         vision_argv = [python, "-m", "devstack.vision", "--port", str(state.ports["vision"]),
                        "--key", opts.vision_key, "--tier", opts.vision_tier,
                        "--tps", str(opts.vision_tps)]
-        _start(state, state_dir, "vision", vision_argv, logs, env=None,
-               ready=lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{state.ports['vision']}/healthz"),
-               timeout=opts.timeout, report=report)
-
+        vision = _spawn(state, state_dir, "vision", vision_argv, logs, env=None,
+                        ready=lambda: procs.http_ok(
+                            f"http://{procs.LOOPBACK}:{state.ports['vision']}/healthz"),
+                        report=report)
         monitor_argv = [python, "-m", "devstack.monitor", "--port", str(state.ports["monitor"]),
                         "--state-dir", str(state_dir / "monitor")]
-        _start(state, state_dir, "monitor", monitor_argv, logs, env=None,
-               ready=lambda: procs.http_ok(
-                   f"http://{procs.LOOPBACK}:{state.ports['monitor']}/healthz"),
-               timeout=opts.timeout, report=report)
+        monitor = _spawn(state, state_dir, "monitor", monitor_argv, logs, env=None,
+                         ready=lambda: procs.http_ok(
+                             f"http://{procs.LOOPBACK}:{state.ports['monitor']}/healthz"),
+                         report=report)
+        azurite(opts.timeout)
+        ensure_containers(state.azurite.connection_string, CONTAINERS, QUEUES)
+        vision(opts.timeout)
+        monitor(opts.timeout)
 
         if opts.start_host:
             if opts.front:
@@ -301,6 +304,24 @@ def _start(
     report: Callable[[str], None],
     stop_timeout: float = STOP_TIMEOUT,
 ) -> None:
+    _spawn(state, state_dir, name, argv, logs, env=env, ready=ready, report=report,
+           stop_timeout=stop_timeout)(timeout)
+
+
+def _spawn(
+    state: StackState,
+    state_dir: Path,
+    name: str,
+    argv: list[str],
+    logs: Path,
+    *,
+    env: dict[str, str] | None,
+    ready: Callable[[], bool],
+    report: Callable[[str], None],
+    stop_timeout: float = STOP_TIMEOUT,
+) -> Callable[[float], None]:
+    """Start and record one process; the returned call waits (up to its timeout) until it is
+    ready, failing at once if it exits."""
     proc, record = procs.spawn(name, argv, log_path=logs / f"{name}.log", env=env,
                                cwd=REPO_ROOT)
     state.processes[name] = {"pid": record.pid, "log": record.log, "argv": list(record.argv),
@@ -315,8 +336,11 @@ def _start(
             )
         return ready()
 
-    procs.wait_until(ready_or_dead, timeout=timeout, interval=0.2, what=name)
-    report(f"{name} is up (pid {record.pid})")
+    def wait(timeout: float) -> None:
+        procs.wait_until(ready_or_dead, timeout=timeout, interval=0.2, what=name)
+        report(f"{name} is up (pid {record.pid})")
+
+    return wait
 
 
 def down(state_dir: Path, report: Callable[[str], None] = print) -> list[int]:
