@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,8 +27,31 @@ class StartupError(RuntimeError):
     """A component did not become ready before its deadline."""
 
 
+#: Where ``free_port`` picks from: below the kernel's ephemeral range (Linux: 32768-60999).
+_LISTEN_PORTS = (20000, 32768)
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free right now (the OS picks it)."""
+    """A TCP port that is free right now, for a server started a moment later.
+
+    Not one the OS picks for ``bind(0)``: those come from the ephemeral range, which is also
+    where every outgoing connection's source port comes from, so on a busy machine (several
+    stacks and their clients) a client could take the port before the server binds it. A
+    random free port below that range has no such race; only another stack picking the same
+    one at the same instant could collide, one chance in thousands."""
+    low, high = _LISTEN_PORTS
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        high = min(high, int(_EPHEMERAL_RANGE.read_text().split()[0]))
+    if high - low >= 1000:
+        for _ in range(100):
+            port = low + secrets.randbelow(high - low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
