@@ -83,7 +83,7 @@ def test_fifty_dashboards_cost_one_report_per_ttl(stack: PipelineStack) -> None:
           f" {load.stale} stale, p95 {p95 * 1000:.0f} ms; Log Analytics queries"
           f" {stats['admitted']} (allowed {allowed}), throttled {stats['throttled']}")
     assert load.total >= LOAD_CLIENTS * 10
-    assert set(load.codes) == {200}, load.codes
+    assert set(load.codes) == {200}, (load.codes, load.errors)
     assert 0 < stats["admitted"] <= allowed
     assert stats["throttled"] == {}
 

@@ -25,6 +25,7 @@ Nothing waits for real minutes: reviews are called on demand; every wait polls w
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -132,10 +133,14 @@ def test_4_larger_images_that_read_no_better_lower_the_max_dimension(
 ) -> None:
     stack.restart_host({"VISION_FEATURES": "read"})
     reset_monitor(stack)
-    stack.set_faults({"size_latency": {"ms_per_mb": 4000}})
+    # ~1-3 s per image by its size (0.02-0.08 MB here), more than the emulator's OCR queue adds
+    # on a busy box; the sizes interleaved, so a queue that grows or drains during the stream
+    # weighs on every size alike
+    stack.set_faults({"size_latency": {"ms_per_mb": 40000}})
     started = datetime.now(UTC)
     uploaded: dict[str, str] = {}
-    for i, (name, data) in enumerate(sized("sizes", (1000, 1500, 2000), 5)):
+    images = sized("sizes", (1000, 1500, 2000), 5)
+    for i, (name, data) in enumerate(images[side * 5 + n] for n in range(5) for side in range(3)):
         # a steady arrival rate: pacing the uploads, not waiting for an outcome
         time.sleep(max(0.0, started.timestamp() + i * 0.5 - time.time()))
         uploaded[name] = stack.upload(name, data)
@@ -144,7 +149,11 @@ def test_4_larger_images_that_read_no_better_lower_the_max_dimension(
     wait_for(lambda: load_kpi(runner, timedelta(hours=1)).analysed >= len(uploaded), timeout=60,
              what="telemetry of the sized stream")
     body = review(stack, "recommend")
-    rec = changes(body)["preprocess_max_dimension"]
+    found = changes(body)
+    # (on failure, what the review saw for that tunable: its evidence says why it kept it)
+    assert "preprocess_max_dimension" in found, json.dumps([
+        r for r in body["review"]["recommendations"] if r["tunable"] == "preprocess_max_dimension"])
+    rec = found["preprocess_max_dimension"]
     assert (rec["current"], rec["recommended"]) == (2048.0, 1536.0), rec
     assert abs(rec["evidence"]["words_gain"]) <= 0.05
     top = rec["evidence"]["1536-2048px"]

@@ -98,6 +98,8 @@ class Load:
     clients: int
     interval: float
     codes: Counter[int] = field(default_factory=Counter)
+    #: transport errors (code 0) by exception type, so a failure says which
+    errors: Counter[str] = field(default_factory=Counter)
     stale: int = 0
     latencies: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -110,8 +112,9 @@ class Load:
             started = time.monotonic()
             try:
                 res = await http.get(self.url, params=self.params)
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 self.codes[0] += 1
+                self.errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
             else:
                 self.codes[res.status_code] += 1
                 if res.status_code == 200 and res.json()["cache"]["stale"]:
