@@ -235,19 +235,19 @@ def up(opts: StackOptions, report: Callable[[str], None] = print) -> StackState:
             argv = host_argv(opts.script_root, state.host_port, state_dir,
                              shutdown_timeout=opts.host_shutdown_timeout,
                              flush_timeout=opts.host_telemetry_flush_timeout)
-            _start(state, state_dir, "host", argv, logs, env=env,
+            _spawn(state, state_dir, "host", argv, logs, env=env,
                    ready=lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{state.host_port}/"),
-                   timeout=opts.timeout, report=report, stop_timeout=opts.host_stop_timeout)
+                   report=report, stop_timeout=opts.host_stop_timeout)(opts.timeout)
             if opts.front:
                 from devstack.front import write_backend
 
                 write_backend(state_dir, f"http://{procs.LOOPBACK}:{state.host_port}")
-                _start(state, state_dir, "front",
+                _spawn(state, state_dir, "front",
                        [python, "-m", "devstack.front", "--port", str(state.ports["functions"]),
                         "--state-dir", str(state_dir)], logs, env=None,
                        ready=lambda: procs.http_ok(
                            f"http://{procs.LOOPBACK}:{state.ports['functions']}/.front/status"),
-                       timeout=opts.timeout, report=report)
+                       report=report)(opts.timeout)
     except BaseException:
         report("start-up failed; stopping what was started (see the logs under "
                f"{logs})")
@@ -285,27 +285,10 @@ def start_process(state: StackState, state_dir: Path, name: str, argv: list[str]
                   env: dict[str, str] | None, ready: Callable[[], bool], timeout: float,
                   report: Callable[[str], None] = print) -> None:
     """Start one more recorded process (the rollout's new host) and wait until it is ready."""
-    _start(state, state_dir, name, argv, state_dir / "logs", env=env, ready=ready,
-           timeout=timeout, report=report,
+    _spawn(state, state_dir, name, argv, state_dir / "logs", env=env, ready=ready,
+           report=report,
            stop_timeout=StackOptions().host_stop_timeout if name.startswith("host")
-           else STOP_TIMEOUT)
-
-
-def _start(
-    state: StackState,
-    state_dir: Path,
-    name: str,
-    argv: list[str],
-    logs: Path,
-    *,
-    env: dict[str, str] | None,
-    ready: Callable[[], bool],
-    timeout: float,
-    report: Callable[[str], None],
-    stop_timeout: float = STOP_TIMEOUT,
-) -> None:
-    _spawn(state, state_dir, name, argv, logs, env=env, ready=ready, report=report,
-           stop_timeout=stop_timeout)(timeout)
+           else STOP_TIMEOUT)(timeout)
 
 
 def _spawn(
