@@ -289,7 +289,7 @@ def print_simulation(duration: float = 40.0, tps: float = 10.0) -> None:
     for name, inputs in scenarios(duration, tps).items():
         r = simulate(ceiling=tps, **{"seconds": duration, **inputs})
         print(f"  {name}: goodput {100 * r.goodput:.1f} %, 429 {100 * r.share_429:.1f} %; "
-              f"settled: goodput {100 * r.settled_goodput:.1f} %, "
+              f"settled ({len(r.settled())} s): goodput {100 * r.settled_goodput:.1f} %, "
               f"429 {100 * r.settled_429:.1f} %, fairness {r.settled_fairness:.2f}")
 
 

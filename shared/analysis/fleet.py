@@ -392,7 +392,10 @@ class Fleet:
     def moved(self, slot: Slot) -> bool:
         """Has the grid ``slot`` was cut from changed (its caller should take a new one)?"""
         with self._lock:
-            return slot.grid != self._grid(self._clock())
+            return self._moved(slot, self._clock())
+
+    def _moved(self, slot: Slot, now: float) -> bool:
+        return slot.grid != self._grid(now)
 
     def current(self, slot: Slot) -> bool:
         """May the caller that slept until ``slot`` send now? Not if the grid moved meanwhile
@@ -402,7 +405,7 @@ class Fleet:
         call spends it for someone else. Skipping one slot costs less than the 429."""
         with self._lock:
             now = self._clock()
-            if slot.grid != self._grid(now):
+            if self._moved(slot, now):
                 return False
             if slot.probe:
                 return True

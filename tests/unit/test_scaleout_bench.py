@@ -86,6 +86,18 @@ def test_a_run_with_changes_is_judged_on_its_settled_seconds() -> None:
     assert not bench.verdict(steady)["goodput"]
 
 
+def test_settled_targets_fail_when_no_second_is_settled_or_nothing_was_sent() -> None:
+    # 15 s with a change at 5: no second is outside the allowance, so nothing can be judged
+    short = make_run([10] * 15, [0] * 15, changes=((5.0, 10.0),))
+    short.scenario = bench.Scenario("short", short.scenario.instances, changes=((5.0, 10.0),),
+                                    initial_tps=5.0)
+    assert short.settled() == []
+    assert {k for k, ok in bench.verdict(short).items() if not ok} >= {"goodput", "429",
+                                                                      "fairness"}
+    silent = make_run([0] * 20, [0] * 20)  # every second settled, no call sent: 0 % 429s
+    assert silent.settled_429 == 0.0 and not bench.verdict(silent)["429"]
+
+
 def test_a_start_below_the_limit_is_a_change_and_seconds_from_events_are_whole() -> None:
     assert _targets.settled_seconds(30, [0.0, 13.3]) == [10, 11, 12, 24, 25, 26, 27, 28, 29]
     scenario = bench.Scenario("d", (bench.Instance(0, 30),), changes=((15.0, 10.0),),
