@@ -14,10 +14,12 @@ from devstack.vision import pose as pose_module
 from devstack.vision.analysis import Analyzer
 from devstack.vision.config import VisionConfig
 from devstack.vision.ocr import (
+    INKLESS_RANGE,
     Glyph,
     Line,
     OcrEngine,
     group_boxes,
+    inkless,
     merged_quad,
     read_result,
     reported_confidence,
@@ -202,8 +204,32 @@ def test_ocr_reads_printed_text(ocr: OcrEngine) -> None:
     assert lefts == sorted(lefts) and len(set(lefts)) == 3
 
 
+def test_the_ocr_sessions_do_not_spin(ocr: OcrEngine) -> None:
+    assert ocr.spinning() == ["0", "0", "0"]
+
+
 def test_ocr_on_blank_image_finds_nothing(ocr: OcrEngine) -> None:
     assert ocr.lines(np.full((200, 200, 3), 255, dtype=np.uint8)) == []
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0), (37, 91, 160), (111, 53, 160)])
+def test_an_inkless_image_reads_as_no_text_and_the_engine_agrees(
+    ocr: OcrEngine, colour: tuple[int, int, int]
+) -> None:
+    # a flat colour plus codec-like noise of INKLESS_RANGE levels, at the e2e test's size
+    rng = np.random.default_rng(sum(colour))
+    noise = rng.integers(0, INKLESS_RANGE + 1, size=(80, 200, 3))
+    pixels = np.clip(np.array(colour) - noise, 0, 255).astype(np.uint8)
+    assert inkless(pixels)
+    assert ocr.lines(pixels) == []
+    assert ocr.engine_boxes(pixels) == []  # the shortcut returns what the engine finds
+
+
+def test_ink_in_one_channel_just_past_the_range_is_searched() -> None:
+    image = Image.new("RGB", (200, 80), (200, 200, 200))
+    ImageDraw.Draw(image).text((12, 32), "QUOKKA 00", fill=(200, 200, 200 - INKLESS_RANGE - 1))
+    assert not inkless(np.asarray(image))
+    assert inkless(np.asarray(Image.new("L", (200, 80), 7)))
 
 
 def read_words(ocr: OcrEngine, pixels: np.ndarray) -> list[list[tuple[str, float]]]:
