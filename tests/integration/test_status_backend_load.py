@@ -55,7 +55,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.cost(115)]  # seconds: see te
 #: 60 s of load: six report TTLs, every dashboard polling throughout.
 LOAD_SECONDS = 60.0
 LOAD_CLIENTS = 50
-LOAD_INTERVAL = 0.5
+LOAD_INTERVAL = 1.0
 
 
 @pytest.fixture(scope="module")
