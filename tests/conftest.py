@@ -2,10 +2,10 @@
 and the order files run in.
 
 ``scripts/test`` runs ``--dist loadfile``: a worker takes a whole file at a time, so a module's
-stack starts once. A long suite is split into files, each on its own stack, so two workers can
-run its parts at once. Files marked ``cost(seconds)`` (about what they take on a busy 2-core
-machine) run longest first, so no long file is left to start last while the other worker idles;
-xdist must not reorder them by test count (``--no-loadscope-reorder``).
+stack starts once. A long suite is split into files, each on its own stack, so workers can run
+its parts at once. Files marked ``cost(seconds)`` (about what they take in the parallel run on a
+2-core machine) run longest first, so no long file is left to start last while the others
+idle; xdist must not reorder them by test count (``--no-loadscope-reorder``).
 """
 
 from __future__ import annotations

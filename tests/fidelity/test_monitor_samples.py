@@ -19,7 +19,8 @@ import pytest
 from tests.support import fidelity as support
 from tests.support.fidelity import Stack, record
 
-pytestmark = [pytest.mark.integration, pytest.mark.fidelity]
+# cost: seconds, see tests/conftest.py
+pytestmark = [pytest.mark.integration, pytest.mark.fidelity, pytest.mark.cost(30)]
 
 SUITE = "azure-monitor-query samples"
 CLIENT = "LogsQueryClient(credential)"

@@ -25,7 +25,7 @@ from azure.storage.queue import QueueClient
 from devstack import procs
 from devstack.azurite import AzuriteConfig
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(20)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration, pytest.mark.cost(25)]  # seconds: see tests/conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_ROOT = REPO_ROOT / "tests" / "host_app"

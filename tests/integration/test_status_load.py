@@ -4,9 +4,9 @@ A private stack (Azurite, Vision and Monitor emulators, local host; timers off, 
 status function queries Log Analytics), the status cache's TTL shortened to
 ``TTL`` seconds so a bounded run sees several refreshes. In order:
 
-1. a first run like ``./scripts/run`` (the samples analysed) reads HEALTHY with the local
-   latency baseline of ``local.settings.json.example``, and a real slowdown (every Vision call
-   slower than the alert threshold) still raises ``latency-p95``;
+1. a real slowdown (every Vision call slower than the local latency baseline's alert threshold)
+   raises ``latency-p95`` (that a first run on a quiet box reads HEALTHY with the same baseline
+   is test_first_run.py, which runs alone);
 2. an image stream's time from upload to document with 20 clients polling status (each once a
    second) stays within 1.2x of the same stream without them (Vision answering in a fixed
    second, phases interleaved A B, B A, ...; the host restarted for it and back).
@@ -22,7 +22,6 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -39,7 +38,7 @@ from tests.support.status_load import (
     upload_stream,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(125)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration, pytest.mark.cost(85)]  # seconds: see tests/conftest.py
 
 POLLERS = 20
 #: Vision's fixed answer time while the pipeline is timed with and without pollers: about what
@@ -60,28 +59,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
         yield s
 
 
-def test_a_first_run_on_an_idle_stack_reads_healthy(stack: PipelineStack) -> None:
-    ended = upload_stream(stack, "first", every=0.0)
-    assert len(times_to_document(stack, ended)) == len(SAMPLES)
-    body: dict[str, Any] = {}
-
-    def reported() -> bool:  # telemetry arrives in export batches; the cache holds TTL s
-        nonlocal body
-        res = get_status(stack)
-        body = res.json() if res.status_code == 200 else {}
-        return body.get("windows", {}).get("15m", {}).get("invocations", 0) >= len(SAMPLES)
-
-    wait_for(reported, timeout=120, interval=1.0, what="the samples in the status report")
-    latency = body["windows"]["15m"]["latency_ms"]
-    threshold = next(a["threshold"] for a in body["alerts"]["rules"] if a["name"] == "latency-p95")
-    print(f"\nfirst run: {body['state']}, p95 {latency['p95']:.0f} ms (alert above"
-          f" {threshold:.0f} ms)")
-    assert body["state"] == "healthy", body["reasons"]
-    assert body["alerts"]["active"] == []
-    assert body["telemetry"]["query_errors"] == []
-
-
 def test_a_real_slowdown_still_alerts_with_the_local_baseline(stack: PipelineStack) -> None:
+    wait_for(lambda: get_status(stack).status_code == 200, timeout=60, interval=1.0,
+             what="a first report")
     body = get_status(stack).json()
     threshold = next(a["threshold"] for a in body["alerts"]["rules"] if a["name"] == "latency-p95")
     # every Vision call now takes longer than the whole alert threshold

@@ -39,7 +39,7 @@ from shared.settings import Settings
 from tests.support import polling
 from tests.support.stack import Execution, PipelineStack, host_executions
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(140)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration, pytest.mark.cost(75)]  # seconds: see tests/conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -439,11 +439,16 @@ def test_exporter_outage_loses_nothing_and_does_not_slow_the_pipeline(
 
     # Export runs on background threads: an unreachable backend must not slow the pipeline.
     # Our own work (everything but the Vision call, which the emulator's OCR queue dominates)
-    # must stay the same; the totals only must not show an exporter timeout (seconds).
-    own = [statistics.median(x[1] for x in b) for b in (baseline, during)]
-    total = [statistics.median(x[0] for x in b) for b in (baseline, during)]
-    assert own[1] <= 2 * own[0] + 100, (baseline, during)
-    assert total[1] <= 3 * total[0] + 2000, (baseline, during)
+    # must stay the same; the totals only must not show an exporter timeout (seconds). The
+    # outage batch is judged against the slower of a batch before and one after it: beside
+    # other stacks on two cores, the box's load drifts between batches (a before-batch at 39 ms
+    # of own time, then 188 ms during the outage, on a box running five other test files).
+    after = batch("after-restart")
+    own = [statistics.median(x[1] for x in b) for b in (baseline, during, after)]
+    total = [statistics.median(x[0] for x in b) for b in (baseline, during, after)]
+    evidence = {"before": baseline, "during": during, "after": after}
+    assert own[1] <= 2 * max(own[0], own[2]) + 100, evidence
+    assert total[1] <= 3 * max(total[0], total[2]) + 2000, evidence
 
 
 # --------------------------------------------------------------------------- host stop and crash

@@ -442,10 +442,12 @@ def test_the_test_command_runs_the_static_check_as_its_own_step() -> None:
     counts and fails on a finding or a check of nothing; tests/unit/test_infracheck.py seeds
     mistakes into a copy of infra/ and shows each one fails it."""
     steps = [line.strip() for line in (REPO / "scripts" / "test").read_text().splitlines()]
-    scan = [line for line in steps if line.endswith("scripts/infra-scan")]
-    assert len(scan) == 1, steps
-    assert steps.index(scan[0]) < next(i for i, line in enumerate(steps) if "pytest" in line
-                                       and line.startswith("exec"))
+    scan = [i for i, line in enumerate(steps) if line.endswith("scripts/infra-scan")]
+    pytest_runs = [i for i, line in enumerate(steps) if "-m pytest" in line]
+    waits = [i for i, line in enumerate(steps) if line.startswith('wait "$checks_pid"')]
+    assert len(scan) == 1 and pytest_runs and len(waits) == 1, steps
+    # started before the tests (beside them), and its result waited for after the last run
+    assert scan[0] < pytest_runs[0] and waits[0] > pytest_runs[-1]
 
 
 def test_poison_attempts_match_host_json() -> None:
