@@ -22,8 +22,8 @@ from tests.support.polling import wait_for
 from tests.support.stack import PipelineStack
 from tests.support.status_load import (
     SAMPLES,
+    SETTINGS,
     get_status,
-    start_stack,
     times_to_document,
     upload_stream,
 )
@@ -33,7 +33,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
-    with start_stack(tmp_path_factory.mktemp("first-run")) as s:
+    # The status loads' stack settings, with a report cached for 2 s instead of 10 s: the wait
+    # for a report that holds the six samples is then at most 2 s longer than their telemetry.
+    settings = {**SETTINGS, "STATUS_CACHE_TTL_SECONDS": "2"}
+    with PipelineStack(tmp_path_factory.mktemp("first-run"), settings) as s:
         yield s
 
 
