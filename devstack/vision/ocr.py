@@ -160,6 +160,11 @@ def _point_at(quad: Quad, position: float) -> Point:
     return (top[0] + bottom[0]) / 2, (top[1] + bottom[1]) / 2
 
 
+def _session_holders(engine: Any) -> tuple[Any, Any, Any]:
+    """rapidocr's detector, classifier and recogniser wrappers, each holding its ``session``."""
+    return engine.text_det.infer, engine.text_cls.infer, engine.text_rec.session
+
+
 def _without_spinning(engine: Any) -> None:
     """Rebuild the engine's three ONNX sessions with spinning off.
 
@@ -170,7 +175,7 @@ def _without_spinning(engine: Any) -> None:
     """
     import onnxruntime  # with the engine: its import costs time
 
-    for part in (engine.text_det.infer, engine.text_cls.infer, engine.text_rec.session):
+    for part in _session_holders(engine):
         old = part.session
         options = old.get_session_options()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -190,10 +195,8 @@ class OcrEngine:
 
     def spinning(self) -> list[str]:
         """Each ONNX session's intra-op spinning entry ("0": off)."""
-        parts = (self._engine.text_det.infer, self._engine.text_cls.infer,
-                 self._engine.text_rec.session)
         return [part.session.get_session_options().get_session_config_entry(
-            "session.intra_op.allow_spinning") for part in parts]
+            "session.intra_op.allow_spinning") for part in _session_holders(self._engine)]
 
     def boxes(self, rgb: npt.NDArray[np.uint8]) -> list[Line]:
         """rapidocr's raw detections, in ``rgb``'s pixel space (none on an inkless image)."""

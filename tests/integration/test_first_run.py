@@ -41,6 +41,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineStack]:
 
 
 def test_a_first_run_on_an_idle_stack_reads_healthy(stack: PipelineStack) -> None:
+    assert len(SAMPLES) >= 6, SAMPLES  # the bundled samples: a first run of nothing proves nothing
     ended = upload_stream(stack, "first", every=0.0)
     assert len(times_to_document(stack, ended)) == len(SAMPLES)
     body: dict[str, Any] = {}
