@@ -7,10 +7,12 @@ session's Azurite, talks to it over HTTP and storage, and waits only by polling 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +27,15 @@ from azure.storage.queue import QueueClient
 from devstack import procs
 from devstack.azurite import AzuriteConfig
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(25)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration, pytest.mark.cost(30)]  # seconds: see tests/conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_ROOT = REPO_ROOT / "tests" / "host_app"
 HOST_ID = "visionops-host-test"
 POISON_QUEUE = "webjobs-blobtrigger-poison"
 DEADLINE = 90.0
+#: httpx expires idle connections after 5 s, as uvicorn did: the keep-alive test idles past it
+IDLE_PAST_CLIENT_EXPIRY_S = 6.0
 
 
 @dataclass
@@ -302,3 +306,26 @@ def test_blobs_run_in_parallel_within_max_degree_of_parallelism(host_env: HostEn
     starts = [r for r in host_env.records("record_blob") if r["event"] == "start"]
     assert len({r["thread"] for r in starts}) > 1
     assert host.stop() == 0
+
+
+def test_an_idle_keep_alive_connection_outlives_the_client_side_expiry(
+    host_env: HostEnv,
+) -> None:
+    """Kestrel's 130 s keep-alive, not uvicorn's 5 s (which equals httpx's own expiry, so a
+    client could send on a connection in the instant the server closed it). One connection,
+    two requests with an idle gap past those 5 s: the second is answered on the same socket."""
+    host = host_env.start()
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
+    try:
+        conn.request("GET", "/api/ping")
+        first = conn.getresponse()
+        assert (first.status, first.read()) == (200, b"pong")
+        local = conn.sock.getsockname()
+        threading.Event().wait(IDLE_PAST_CLIENT_EXPIRY_S)  # the idle gap is what is tested
+        # http.client would reconnect silently after a close; it raises RemoteDisconnected instead
+        conn.request("GET", "/api/ping")
+        second = conn.getresponse()
+        assert (second.status, second.read()) == (200, b"pong")
+        assert conn.sock.getsockname() == local  # the same connection, not a new one
+    finally:
+        conn.close()
