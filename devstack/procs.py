@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,11 @@ class StartupError(RuntimeError):
 
 #: Where ``free_port`` picks from: below the kernel's ephemeral range (Linux: 32768-60999).
 _LISTEN_PORTS = (20000, 32768)
+#: Ports ``free_port`` handed out, one file each, shared by every process on the machine: a port
+#: claimed less than ``PORT_CLAIM_S`` ago is not handed out again, so two stacks starting at once
+#: cannot both pick it between the check and their server's bind.
+_PORT_CLAIMS = Path(tempfile.gettempdir()) / "devstack-port-claims"
+PORT_CLAIM_S = 120.0
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -38,8 +44,9 @@ def free_port(host: str = LOOPBACK) -> int:
     Not one the OS picks for ``bind(0)``: those come from the ephemeral range, which is also
     where every outgoing connection's source port comes from, so on a busy machine (several
     stacks and their clients) a client could take the port before the server binds it. A
-    random free port below that range has no such race; only another stack picking the same
-    one at the same instant could collide, one chance in thousands."""
+    random free port below that range has no such race. Another stack starting at the same
+    time could still pick the same one (it happened, with six test workers: Azurite's
+    EADDRINUSE), so each port handed out is claimed first (``_claim``)."""
     low, high = _LISTEN_PORTS
     with contextlib.suppress(OSError, ValueError, IndexError):
         high = min(high, int(_EPHEMERAL_RANGE.read_text().split()[0]))
@@ -51,10 +58,31 @@ def free_port(host: str = LOOPBACK) -> int:
                     sock.bind((host, port))
                 except OSError:
                     continue
+            if _claim(port):
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _claim(port: int, now: float | None = None) -> bool:
+    """Claim ``port`` for this process: False when another claimed it under ``PORT_CLAIM_S``
+    ago. Creating the claim file is atomic (``O_EXCL``); an old claim is removed and retaken."""
+    _PORT_CLAIMS.mkdir(parents=True, exist_ok=True)
+    path = _PORT_CLAIMS / str(port)
+    for _ in range(2):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return True
+        except FileExistsError:
+            try:
+                age = (time.time() if now is None else now) - path.stat().st_mtime
+                if age < PORT_CLAIM_S:
+                    return False
+                path.unlink()
+            except FileNotFoundError:
+                pass  # released meanwhile: try to create it again
+    return False
 
 
 def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
