@@ -1,11 +1,10 @@
 """Fixtures shared by every test (the storage emulator, started once per session on free ports)
-and the order files run in.
+and how the parallel run shares its files among workers.
 
 ``scripts/test`` runs ``--dist loadfile``: a worker takes a whole file at a time, so a module's
 stack starts once. A long suite is split into files, each on its own stack, so workers can run
-its parts at once. Files marked ``cost(seconds)`` (about what they take in the parallel run on a
-2-core machine) run longest first, so no long file is left to start last while the others
-idle; xdist must not reorder them by test count (``--no-loadscope-reorder``).
+its parts at once. Which worker runs which file is planned from what each long file costs
+(``tests/support/schedule.py``); the plan and what it measured are printed at the end.
 """
 
 from __future__ import annotations
@@ -19,22 +18,24 @@ import pytest
 
 from devstack import procs
 from devstack.azurite import AzuriteConfig, azurite_argv
+from tests.support.schedule import CostScheduling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files with the largest ``cost`` first; within a file, and among files without a cost
-    (unit tests: seconds each), collection order. Every worker sorts the same list the same way."""
-    cost: dict[Path, float] = {}
-    first: dict[Path, int] = {}
-    for index, item in enumerate(items):
-        marker = item.get_closest_marker("cost")
-        declared = float(marker.args[0]) if marker else 0.0
-        cost[item.path] = max(cost.get(item.path, 0.0), declared)
-        first.setdefault(item.path, index)
-    items.sort(key=lambda item: (-cost[item.path], first[item.path]))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with the files planned by their cost; other modes as xdist has them."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return CostScheduling(config, log)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    session = config.pluginmanager.getplugin("dsession")
+    scheduler = getattr(session, "sched", None)
+    if isinstance(scheduler, CostScheduling):
+        for line in scheduler.report():
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from tests.support import telemetry_gen as gen
 from tests.support.polling import wait_for
 from tests.support.stack import BASE_SETTINGS, PipelineStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(15)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("dashboard.mjs")

@@ -20,7 +20,7 @@ from tests.support import fidelity as support
 from tests.support.fidelity import Stack, record
 
 # cost: seconds, see tests/conftest.py
-pytestmark = [pytest.mark.integration, pytest.mark.fidelity, pytest.mark.cost(30)]
+pytestmark = [pytest.mark.integration, pytest.mark.fidelity]
 
 SUITE = "azure-monitor-query samples"
 CLIENT = "LogsQueryClient(credential)"

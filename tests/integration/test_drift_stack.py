@@ -44,7 +44,7 @@ from tests.support.fakes import Documents, MemoryBlob, MemoryStore
 from tests.support.images import darker_blurrier, sample_images
 from tests.support.telemetry_gen import MonitorEmulator, request, running_monitor
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(55)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "drift-key"

@@ -27,7 +27,7 @@ from azure.storage.queue import QueueClient
 from devstack import procs
 from devstack.azurite import AzuriteConfig
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(30)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_ROOT = REPO_ROOT / "tests" / "host_app"

@@ -13,7 +13,7 @@ from azure.storage.blob import BlobServiceClient
 from devstack.run import UPLOAD_PREFIX, sample_files
 from shared.naming import result_path
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(15)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

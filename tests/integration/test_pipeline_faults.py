@@ -23,7 +23,7 @@ import pytest
 from tests.support import images
 from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(80)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 log = logging.getLogger(__name__)
 
 IMAGE_COUNT = 300

@@ -23,7 +23,7 @@ from tests.support import images
 from tests.support.polling import wait_for
 from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(90)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 log = logging.getLogger(__name__)
 
 OUTAGE_S = 60

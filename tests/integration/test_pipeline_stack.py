@@ -47,7 +47,7 @@ from tests.support.stack import (
 )
 
 pytestmark = pytest.mark.integration
-pytestmark = [pytest.mark.integration, pytest.mark.cost(55)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 SETTINGS = {
     **BASE_SETTINGS,

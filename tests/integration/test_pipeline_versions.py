@@ -44,7 +44,7 @@ from shared.naming import result_path
 from tests.support.polling import wait_for
 from tests.support.stack import BASE_SETTINGS, FAILED, IMAGES, RESULTS, PipelineStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(60)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 SEEDS = (11, 23, 37, 41)
 VERSIONS = 20

@@ -33,7 +33,7 @@ from tests.support import images
 from tests.support.polling import wait_for
 from tests.support.stack import BASE_SETTINGS, IMAGES, REPO_ROOT, RESULTS, PipelineStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(30)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 NEVER = "0 0 0 1 1 *"  # 1 January: the tests run timers through the admin endpoint instead
 LOCATION = "it-local"

@@ -40,7 +40,7 @@ from tests.support.stack import (
     PipelineStack,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(65)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 MAX_IMAGES = 40
 UPLOAD_EVERY_S = 0.6

@@ -18,7 +18,7 @@ from azure.storage.blob import BlobServiceClient
 
 from devstack import procs
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(20)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = REPO_ROOT / "samples"

@@ -50,7 +50,7 @@ from tests.support.status_load import (
     upload_stream,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(120)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 #: 60 s of load: six report TTLs, every dashboard polling throughout.
 LOAD_SECONDS = 60.0

@@ -38,7 +38,7 @@ from tests.support.status_load import (
     upload_stream,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(85)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 POLLERS = 20
 #: Vision's fixed answer time while the pipeline is timed with and without pollers: about what

@@ -39,7 +39,7 @@ from shared.settings import Settings
 from tests.support import polling
 from tests.support.stack import Execution, PipelineStack, host_executions
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(75)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

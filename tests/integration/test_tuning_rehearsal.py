@@ -50,7 +50,7 @@ from tests.support.tuning import (
     wait_overlay_in_force,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.cost(75)]  # seconds: see tests/conftest.py
+pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")

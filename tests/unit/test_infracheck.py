@@ -15,8 +15,6 @@ import pytest
 
 from devstack import infracheck
 
-pytestmark = pytest.mark.cost(20)  # seconds: see tests/conftest.py
-
 REPO = Path(__file__).resolve().parents[2]
 
 #: What infra/ holds today: 8 files, 3 raw resources (the resource group, the workbook, the Event

@@ -32,8 +32,6 @@ from shared.monitoring.status import WINDOWS
 from shared.settings import Settings
 from tests.support import telemetry_gen as gen
 
-pytestmark = pytest.mark.cost(30)  # seconds: see tests/conftest.py
-
 CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
 QUERIES = load_queries()
 SETTINGS = Settings.from_env({"VISION_ENDPOINT": "http://127.0.0.1:9",
