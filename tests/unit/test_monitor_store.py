@@ -11,8 +11,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from devstack.monitor.envelopes import Context, map_envelope
-from devstack.monitor.store import Received, Store
+from devstack.monitor.envelopes import Context, Mapped, map_envelope
+from devstack.monitor.store import Received, Store, _batch
 from tests.support.clocks import WallClock
 
 CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
@@ -117,3 +117,62 @@ def test_a_file_from_an_older_emulator_gets_the_new_columns(tmp_path: Path,
         assert s.query("AzureActivity | count", (None, None)).rows == [(0,)]
     finally:
         s.close()
+
+
+def _request(at: datetime, duration: str, name: str) -> Received:
+    env: dict[str, Any] = {
+        "name": "Microsoft.ApplicationInsights.Request", "iKey": "k", "time": at.isoformat(),
+        "tags": {"ai.operation.id": name},
+        "data": {"baseType": "RequestData", "baseData": {
+            "id": name, "name": name, "duration": duration, "responseCode": "200",
+            "success": True, "properties": {"blob": name}}},
+    }
+    return Received(json.dumps(env), map_envelope(env, CTX))
+
+
+def _stored(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    con: Any = store._con  # the rows exactly as stored, every column
+    return {table: con.execute(f'SELECT * FROM store.main."{table}" ORDER BY ALL').fetchall()  # noqa: S608 - our table names
+            for table in ("AppRequests", "AppTraces", "RawEnvelopes")}
+
+
+def test_a_batch_is_stored_exactly_as_row_by_row_statements_store_it(
+    tmp_path: Path, clock: WallClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [
+        *(_request(NOW - timedelta(minutes=i), f"00:00:0{i % 10}.25", f"r{i}") for i in range(40)),
+        *(trace(f"message {i} ü", NOW - timedelta(seconds=i)) for i in range(40)),
+        Received("{not json", None, "the body is not JSON"),
+    ]
+    batched = Store(tmp_path / "a.duckdb", retention=timedelta(days=30), clock=clock)
+    batched.ingest(items)
+    monkeypatch.setattr("devstack.monitor.store._batch", lambda kinds, rows: None)
+    by_row = Store(tmp_path / "b.duckdb", retention=timedelta(days=30), clock=clock)
+    by_row.ingest(items)
+    one, other = _stored(batched), _stored(by_row)
+    assert [len(rows) for rows in one.values()] == [40, 40, 81]
+    assert one == other
+
+
+def test_values_a_scan_could_load_differently_go_in_row_by_row() -> None:
+    ok = _batch(["VARCHAR", "DOUBLE", "TIMESTAMPTZ", "BOOLEAN"], [["a", 1, NOW, True],
+                                                                  [None, 2.5, None, None]])
+    assert ok is not None and [list(column) for column in ok.values()] == [
+        ["a", None], [1, 2.5], [NOW, None], [True, None]]
+    assert _batch(["DOUBLE"], [[float("nan")]]) is None  # a scan reads NaN as NULL
+    assert _batch(["TIMESTAMPTZ"], [[NOW.replace(tzinfo=None)]]) is None
+    assert _batch(["INTEGER"], [[True]]) is None
+    assert _batch(["DOUBLE"], [["1.5"]]) is None
+    assert _batch(["STRUCT"], [[None]]) is None
+
+
+def test_a_nan_is_stored_as_nan_not_null(store: Store) -> None:
+    row = _request(NOW, "00:00:01", "nan")
+    assert row.mapped is not None
+    [(table, values)] = row.mapped.rows
+    nan = Received(row.raw, Mapped(row.mapped.time, row.mapped.kind,
+                                   [(table, {**values, "DurationMs": float("nan")})]))
+    store.ingest([nan, _request(NOW, "00:00:02", "plain")])
+    result = store.query("AppRequests | order by Name asc | project Name, isnan(DurationMs)",
+                         (None, None))
+    assert result.rows == [("nan", True), ("plain", False)]
