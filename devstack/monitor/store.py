@@ -13,6 +13,7 @@ retention or on an explicit reset.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -39,6 +40,8 @@ _RAW_COLUMNS = (
 _RAW_COLUMN_KINDS: list[Column] = [
     (name, kind) for name, kind in (part.split() for part in _RAW_COLUMNS.split(", "))
 ]
+#: How many translated query texts a store remembers.
+TRANSLATIONS_KEPT = 256
 _START_VAR = "visionops_window_start"
 _END_VAR = "visionops_window_end"
 
@@ -152,6 +155,11 @@ class Store:
         self._seq = int(_one(row))
         self._warnings: list[str] = []
         kql.install(self._con, on_overflow=self._weight_overflow)
+        # The tables never change after this, so neither does the schema the translator reads,
+        # and a text always translates the same: dashboards and alert rules send the same few
+        # texts again and again (the status report's: ~50 ms of translation each, every time).
+        self._schema = kql_schema(self._con)
+        self._translated: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
     def _weight_overflow(self) -> None:
         if WEIGHT_OVERFLOW_MESSAGE not in self._warnings:
@@ -281,8 +289,7 @@ class Store:
                 [end if end is not None else "infinity"],
             )
             self._con.execute("SET TimeZone='UTC'")
-            translated = duckdb_kql.to_sql(prepared.kql, schema=kql_schema(self._con),
-                                           allow_write=False)
+            translated = self._translate(prepared.kql)
             if translated.unbound:
                 raise duckdb_kql.KqlSchemaError(", ".join(translated.unbound),
                                                 hint="declared query parameter with no value")
@@ -301,6 +308,19 @@ class Store:
                 rows = relation.fetchall()
             return QueryResult(columns=columns, rows=rows, render=prepared.render,
                                sorted=prepared.sorted, warnings=tuple(self._warnings))
+
+    def _translate(self, text: str) -> Any:
+        """``duckdb_kql.to_sql`` of ``text``, remembered for the last ``TRANSLATIONS_KEPT``
+        texts (a failed translation is not remembered: it raises every time)."""
+        translated = self._translated.get(text)
+        if translated is None:
+            translated = duckdb_kql.to_sql(text, schema=self._schema, allow_write=False)
+            self._translated[text] = translated
+            if len(self._translated) > TRANSLATIONS_KEPT:
+                self._translated.popitem(last=False)
+        else:
+            self._translated.move_to_end(text)
+        return translated
 
     @contextlib.contextmanager
     def _deadline(self, timeout_s: float | None) -> Iterator[None]:

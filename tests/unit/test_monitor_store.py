@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from devstack.monitor.envelopes import Context, Mapped, map_envelope
-from devstack.monitor.store import Received, Store, _batch
+from devstack.monitor.store import TRANSLATIONS_KEPT, Received, Store, _batch
 from tests.support.clocks import WallClock
 
 CTX = Context(workspace_id="00000000-0000-4000-8000-0000000010ca", resource_id="/rid")
@@ -176,3 +176,20 @@ def test_a_nan_is_stored_as_nan_not_null(store: Store) -> None:
     result = store.query("AppRequests | order by Name asc | project Name, isnan(DurationMs)",
                          (None, None))
     assert result.rows == [("nan", True), ("plain", False)]
+
+
+def test_a_remembered_translation_still_reads_each_querys_own_window(store: Store) -> None:
+    store.ingest([trace("old", NOW - timedelta(days=2)), trace("new", NOW - timedelta(minutes=5))])
+    text = "AppTraces | order by TimeGenerated asc | project Message"
+    assert messages(store, (NOW - timedelta(hours=1), NOW)) == ["new"]
+    assert messages(store, (None, NOW - timedelta(days=1))) == ["old"]  # same text, other window
+    assert messages(store) == ["old", "new"]
+    assert list(store._translated) == [text]  # translated once, run three times
+
+
+def test_only_the_latest_translations_are_kept(store: Store) -> None:
+    for n in range(TRANSLATIONS_KEPT + 5):
+        assert store.query(f"print n = {n}", (None, None)).rows == [(n,)]
+    assert len(store._translated) == TRANSLATIONS_KEPT
+    assert "print n = 0" not in store._translated
+    assert store.query("print n = 0", (None, None)).rows == [(0,)]  # translated again
