@@ -133,18 +133,19 @@ def test_4_larger_images_that_read_no_better_lower_the_max_dimension(
 ) -> None:
     stack.restart_host({"VISION_FEATURES": "read"})
     reset_monitor(stack)
-    # ~2-10 s per image by its size (0.02-0.08 MB here): the sizes' difference (~2-3 s between
+    # ~3-13 s per image by its size (0.02-0.08 MB here): the sizes' difference (~4-5 s between
     # the two top buckets' p50) is larger than the emulator's OCR queue adds on a box running
-    # several stacks (seen: 4-5 s for every size, the size latency's 1 s difference lost in it);
-    # the sizes interleaved, so a queue that grows or drains during the stream weighs on every
-    # size alike
-    stack.set_faults({"size_latency": {"ms_per_mb": 120000}})
+    # several stacks (seen: 4-5 s for every size at 40,000 ms/MB; at 120,000 ms/MB with uploads
+    # 0.5 s apart, one run's queue gave the middle size 4 s more than the top one); the sizes
+    # interleaved, so a queue that grows or drains during the stream weighs on every size alike,
+    # and a second apart, so it grows less
+    stack.set_faults({"size_latency": {"ms_per_mb": 160000}})
     started = datetime.now(UTC)
     uploaded: dict[str, str] = {}
     images = sized("sizes", (1000, 1500, 2000), 5)
     for i, (name, data) in enumerate(images[side * 5 + n] for n in range(5) for side in range(3)):
         # a steady arrival rate: pacing the uploads, not waiting for an outcome
-        time.sleep(max(0.0, started.timestamp() + i * 0.5 - time.time()))
+        time.sleep(max(0.0, started.timestamp() + i * 1.0 - time.time()))
         uploaded[name] = stack.upload(name, data)
     stack.wait_processed(uploaded, timeout=240)
     analysed_once(stack, uploaded)
