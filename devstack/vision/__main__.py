@@ -42,6 +42,8 @@ def parse_args(argv: Sequence[str] | None = None) -> VisionConfig:
     parser.add_argument("--per-minute", type=int, default=20, help="F0 calls per minute")
     parser.add_argument("--monthly-quota", type=int, default=5_000, help="F0 calls per month")
     parser.add_argument("--concurrency", type=int, default=2, help="parallel image analyses")
+    parser.add_argument("--ocr-threads", type=int, default=1,
+                        help="the OCR engine's threads per call (more: faster alone, more CPU)")
     args = parser.parse_args(argv)
     try:
         return VisionConfig(
@@ -53,6 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> VisionConfig:
             per_minute=args.per_minute,
             monthly_quota=args.monthly_quota,
             max_concurrency=args.concurrency,
+            ocr_threads=args.ocr_threads,
         )
     except ConfigError as exc:
         parser.error(str(exc))

@@ -25,7 +25,7 @@ class Analyzer:
     def __init__(self, config: VisionConfig, *, ocr: OcrEngine | None = None) -> None:
         self._max_decode_pixels = config.max_decode_pixels
         self._detect_max_side = config.detect_max_side
-        self.ocr = ocr or OcrEngine()
+        self.ocr = ocr or OcrEngine(threads=config.ocr_threads)
         self.pose = PoseDetector()
         self.people = PeopleDetector(config.detect_max_side, pose=self.pose)
         self._pool = ThreadPoolExecutor(

@@ -39,6 +39,8 @@ class VisionConfig:
     per_minute: int = 20
     monthly_quota: int = 5_000
     max_concurrency: int = 2
+    #: The OCR engine's ONNX intra-op threads: one costs the least CPU per call (docs).
+    ocr_threads: int = 1
     #: Detection (people, smart crops) runs on a copy whose longer side is at most this.
     detect_max_side: int = 1024
     #: Images with more pixels than this are not decoded (memory guard, see docs).
@@ -66,6 +68,8 @@ class VisionConfig:
             found.append("monthly_quota must be >= 1")
         if self.max_concurrency < 1:
             found.append("max_concurrency must be >= 1")
+        if self.ocr_threads < 1:
+            found.append("ocr_threads must be >= 1")
         if self.detect_max_side < 64:
             found.append("detect_max_side must be >= 64")
         if self.max_decode_pixels < 1_000_000:

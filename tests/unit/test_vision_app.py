@@ -221,3 +221,16 @@ def test_non_local_url_is_refused_without_network(client: TestClient) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["innererror"]["code"] == "InvalidImageUrl"
+
+
+def test_the_ocr_thread_count_is_one_unless_asked_and_never_below_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from devstack.vision.__main__ import parse_args
+
+    assert parse_args(["--port", "1", "--key", "k"]).ocr_threads == 1
+    assert parse_args(["--port", "1", "--key", "k", "--ocr-threads", "2"]).ocr_threads == 2
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--port", "1", "--key", "k", "--ocr-threads", "0"])
+    assert exited.value.code == 2
+    assert "ocr_threads must be >= 1" in capsys.readouterr().err

@@ -204,8 +204,8 @@ def test_ocr_reads_printed_text(ocr: OcrEngine) -> None:
     assert lefts == sorted(lefts) and len(set(lefts)) == 3
 
 
-def test_the_ocr_sessions_do_not_spin(ocr: OcrEngine) -> None:
-    assert ocr.spinning() == ["0", "0", "0"]
+def test_the_ocr_sessions_do_not_spin_and_use_one_thread(ocr: OcrEngine) -> None:
+    assert ocr.session_settings() == [("0", 1), ("0", 1), ("0", 1)]
 
 
 def test_ocr_on_blank_image_finds_nothing(ocr: OcrEngine) -> None:
