@@ -33,12 +33,10 @@ from devstack.monitor import kql
 from devstack.monitor.envelopes import TABLES, WORKSPACE_TABLES, Column, Mapped
 
 RAW_TABLE = "RawEnvelopes"
-_RAW_COLUMNS = (
-    "Seq BIGINT, ReceivedAt TIMESTAMPTZ, TimeGenerated TIMESTAMPTZ, TableName VARCHAR, "
-    "Accepted BOOLEAN, Error VARCHAR, Envelope VARCHAR"
-)
-_RAW_COLUMN_KINDS: list[Column] = [
-    (name, kind) for name, kind in (part.split() for part in _RAW_COLUMNS.split(", "))
+_RAW_COLUMNS: list[Column] = [
+    ("Seq", "BIGINT"), ("ReceivedAt", "TIMESTAMPTZ"), ("TimeGenerated", "TIMESTAMPTZ"),
+    ("TableName", "VARCHAR"), ("Accepted", "BOOLEAN"), ("Error", "VARCHAR"),
+    ("Envelope", "VARCHAR"),
 ]
 #: How many translated query texts a store remembers.
 TRANSLATIONS_KEPT = 256
@@ -150,7 +148,8 @@ class Store:
                 f"store.main.{_quote(table)} WHERE TimeGenerated >= getvariable('{_START_VAR}') "
                 f"AND TimeGenerated <= getvariable('{_END_VAR}')"
             )
-        self._con.execute(f"CREATE TABLE IF NOT EXISTS store.main.{RAW_TABLE} ({_RAW_COLUMNS})")
+        raw_cols = ", ".join(f"{name} {kind}" for name, kind in _RAW_COLUMNS)
+        self._con.execute(f"CREATE TABLE IF NOT EXISTS store.main.{RAW_TABLE} ({raw_cols})")
         row = self._con.execute(f"SELECT coalesce(max(Seq), 0) FROM store.main.{RAW_TABLE}")
         self._seq = int(_one(row))
         self._warnings: list[str] = []
@@ -192,7 +191,7 @@ class Store:
                         item.raw,
                     ])
                 if raw_rows:
-                    self._insert(RAW_TABLE, _RAW_COLUMN_KINDS, raw_rows)
+                    self._insert(RAW_TABLE, _RAW_COLUMNS, raw_rows)
                 self._con.commit()
             except BaseException:
                 self._con.rollback()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from xdist.scheduler import LoadFileScheduling
@@ -70,7 +70,7 @@ def plan(costs: Mapping[str, float], workers: int) -> list[list[str]]:
     return bins
 
 
-class CostScheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist ships no types
+class CostScheduling(LoadFileScheduling):
     """xdist's file scheduler with the choice of the next file made by ``plan``."""
 
     def __init__(self, config: Any, log: Any = None, *, costs: Mapping[str, float] = COSTS) -> None:
@@ -96,33 +96,27 @@ class CostScheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist ships n
         self._ran[scope] += duration
         super().mark_test_complete(node, item_index, duration)
 
-    def _next_scope(self, node: Any) -> str:
+    def _plan(self) -> dict[Any, list[str]]:
+        """Each worker's planned files, made the first time xdist asks for work."""
         if self._planned is None:
             present = {s: self._costs[s] for s in self.workqueue if s in self._costs}
-            bins = plan(present, len(self.nodes)) if self.nodes else []
-            self._planned = dict(zip(self.nodes, bins, strict=True))
-        for scope in self._planned.get(node, []):
+            self._planned = dict(zip(self.nodes, plan(present, len(self.nodes)), strict=True))
+        return self._planned
+
+    def _next_scope(self, node: Any) -> str:
+        planned = self._plan()
+        for scope in planned.get(node, []):
             if scope in self.workqueue:
                 return scope
         for scope in self.workqueue:
             if scope not in self._costs:
                 return scope
         # Nothing of its own and no filler left: the file planned last on the worker with the
-        # most planned seconds not started yet.
-        def left(other: Any) -> float:
-            return sum(self._costs[s] for s in self._planned_of(other) if s in self.workqueue)
-
-        if not self._planned:
-            return next(iter(self.workqueue))
-        donor = max(self._planned, key=left)
-        waiting = [scope for scope in self._planned_of(donor) if scope in self.workqueue]
-        if waiting:
-            return waiting[-1]
-        # A file with a cost that was not in the plan (e.g. put back by a crashed worker).
-        return next(iter(self.workqueue))
-
-    def _planned_of(self, node: Any) -> Sequence[str]:
-        return self._planned.get(node, []) if self._planned else []
+        # most planned seconds not started yet; else any file left (one put back by a worker
+        # that crashed, say).
+        waiting = [[s for s in scopes if s in self.workqueue] for scopes in planned.values()]
+        donor = max(waiting, key=lambda scopes: sum(self._costs[s] for s in scopes), default=[])
+        return donor[-1] if donor else next(iter(self.workqueue))
 
     def report(self) -> list[str]:
         """What the plan expected of each worker and what it measured, then the files to

@@ -104,7 +104,7 @@ def test_planned_files_finish_sooner_than_xdists_hand_out_and_near_the_bound() -
     assert ran_by["tests/integration/test_long.py"] != ran_by["tests/integration/test_longer.py"]
 
 
-def test_a_worker_done_with_its_plan_takes_the_filler_then_an_unstarted_planned_file() -> None:
+def test_a_worker_done_with_its_plan_takes_the_files_without_a_cost() -> None:
     # Costs that are badly off: the plan thinks test_mid is long, so its worker finishes early
     # and must take over work the plan gave others.
     wrong = {**MEASURED, "tests/integration/test_mid.py": 400}
@@ -114,6 +114,18 @@ def test_a_worker_done_with_its_plan_takes_the_filler_then_an_unstarted_planned_
     took = [name for name, worker in ran_by.items() if worker == mids]
     assert len(took) > 1, took  # it did not idle after its one planned file
     assert len(ran_by) == len(FILES)
+
+
+def test_with_no_filler_left_a_worker_takes_the_last_unstarted_file_of_the_busiest_plan() -> None:
+    files = {"tests/a.py": [10.0], **{f"tests/{n}.py": [10.0, 10.0, 10.0] for n in "bcde"}}
+    wrong = {"tests/a.py": 400.0, **{f"tests/{n}.py": 30.0 for n in "bcde"}}
+    scheduler = CostScheduling(_config(2), costs=wrong)
+    assert plan(wrong, 2) == [["tests/a.py"], ["tests/b.py", "tests/c.py", "tests/d.py",
+                                               "tests/e.py"]]
+    finished, ran_by = _simulate(scheduler, 2, files)
+    assert ran_by["tests/a.py"] == ran_by["tests/e.py"] == "gw0"  # e taken over from gw1's plan
+    assert finished <= 90, finished  # not 120 s: gw1 running b-e alone while gw0 idles
+    assert len(ran_by) == len(files)
 
 
 def test_the_report_names_each_worker_and_the_files_that_strayed_from_their_cost() -> None:
