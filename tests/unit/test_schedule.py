@@ -117,15 +117,18 @@ def test_a_worker_done_with_its_plan_takes_the_files_without_a_cost() -> None:
 
 
 def test_with_no_filler_left_a_worker_takes_the_last_unstarted_file_of_the_busiest_plan() -> None:
-    files = {"tests/a.py": [10.0], **{f"tests/{n}.py": [10.0, 10.0, 10.0] for n in "bcde"}}
-    wrong = {"tests/a.py": 400.0, **{f"tests/{n}.py": 30.0 for n in "bcde"}}
-    scheduler = CostScheduling(_config(2), costs=wrong)
-    assert plan(wrong, 2) == [["tests/a.py"], ["tests/b.py", "tests/c.py", "tests/d.py",
-                                               "tests/e.py"]]
-    finished, ran_by = _simulate(scheduler, 2, files)
-    assert ran_by["tests/a.py"] == ran_by["tests/e.py"] == "gw0"  # e taken over from gw1's plan
-    assert finished <= 90, finished  # not 120 s: gw1 running b-e alone while gw0 idles
+    files = {"tests/a.py": [10.0], "tests/b.py": [10.0] * 6, "tests/c.py": [5.0] * 5,
+             **{f"tests/{n}.py": [10.0, 10.0] for n in "defg"}}
+    # badly off: a is thought long, so its worker is planned nothing else and idles from 10 s
+    wrong = {"tests/a.py": 400.0, "tests/b.py": 60.0, "tests/c.py": 25.0,
+             **{f"tests/{n}.py": 20.0 for n in "defg"}}
+    assert plan(wrong, 3) == [["tests/a.py"], ["tests/b.py", "tests/f.py"],
+                              ["tests/c.py", "tests/d.py", "tests/e.py", "tests/g.py"]]
+    finished, ran_by = _simulate(CostScheduling(_config(3), costs=wrong), 3, files)
+    gw0 = [name for name, worker in ran_by.items() if worker == "gw0"]  # in the order run
+    assert gw0[:2] == ["tests/a.py", "tests/g.py"]  # g: the last unstarted file of gw2's plan
     assert len(ran_by) == len(files)
+    assert finished <= 70, finished  # gw2 running its whole plan would end at 85 s
 
 
 def test_the_report_names_each_worker_and_the_files_that_strayed_from_their_cost() -> None:
