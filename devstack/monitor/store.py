@@ -38,6 +38,8 @@ _RAW_COLUMNS: list[Column] = [
     ("TableName", "VARCHAR"), ("Accepted", "BOOLEAN"), ("Error", "VARCHAR"),
     ("Envelope", "VARCHAR"),
 ]
+#: The name a batch of rows is scanned under while it is inserted (never a table's name).
+_BATCH_VIEW = "visionops_ingest_batch"
 #: How many translated query texts a store remembers.
 TRANSLATIONS_KEPT = 256
 _START_VAR = "visionops_window_start"
@@ -134,6 +136,10 @@ class Store:
         self._retention = retention
         self._clock = clock
         self._con = duckdb_kql.connect(":memory:")
+        # A query names tables, never this process's Python variables: without this, DuckDB
+        # would look a name no table has up among the calling frames' locals ("text | take 1"
+        # answered with this file's path instead of an unknown table). Batches are registered.
+        self._con.execute("SET python_enable_replacements = false")
         target = ":memory:" if db_path is None else str(db_path)
         self._con.execute(f"ATTACH '{target.replace(chr(39), chr(39) * 2)}' AS store")
         for table, columns in ALL_TABLES.items():
@@ -208,8 +214,11 @@ class Store:
             placeholders = ", ".join("?" for _ in columns)
             self._con.executemany(f"INSERT INTO {target} VALUES ({placeholders})", rows)
             return
-        # The scan reads the local dict by its name (DuckDB's replacement scan).
-        self._con.execute(f"INSERT INTO {target} SELECT {', '.join(batch)} FROM batch")
+        self._con.register(_BATCH_VIEW, batch)
+        try:
+            self._con.execute(f"INSERT INTO {target} SELECT {', '.join(batch)} FROM {_BATCH_VIEW}")
+        finally:
+            self._con.unregister(_BATCH_VIEW)
 
     def purge(self, now: datetime | None = None) -> int:
         """Delete rows older than the retention period; the number of rows deleted."""

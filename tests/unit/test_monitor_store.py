@@ -193,3 +193,11 @@ def test_only_the_latest_translations_are_kept(store: Store) -> None:
     assert len(store._translated) == TRANSLATIONS_KEPT
     assert "print n = 0" not in store._translated
     assert store.query("print n = 0", (None, None)).rows == [(0,)]  # translated again
+
+
+def test_a_name_no_table_has_is_an_unknown_table_even_if_python_has_a_variable_so_named(
+    store: Store,
+) -> None:
+    for name in ("text", "window", "Nope"):  # the first two are locals of Store.query
+        with pytest.raises(duckdb.CatalogException, match=f"Table with name {name} does not"):
+            store.query(f"{name} | take 1", (None, None))
